@@ -1,0 +1,104 @@
+//! epoll backend (mio): readiness-based. An op first tries its syscall; on `WouldBlock` its
+//! task waits for the socket's readiness in that direction and tries again when woken.
+
+use std::io;
+use std::os::fd::RawFd;
+use std::task::Waker;
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+
+use super::op::Direction;
+use super::Wait;
+use crate::sys;
+
+const WAKE: Token = Token(usize::MAX);
+
+#[derive(Default)]
+struct ScheduledIo {
+    readers: Vec<Waker>,
+    writers: Vec<Waker>,
+}
+
+fn add_waker(list: &mut Vec<Waker>, waker: &Waker) {
+    if !list.iter().any(|w| w.will_wake(waker)) {
+        list.push(waker.clone());
+    }
+}
+
+pub(crate) struct EpollDriver {
+    poll: Poll,
+    events: Events,
+    io: Slab<ScheduledIo>,
+    wake_fd: RawFd,
+}
+
+impl EpollDriver {
+    pub(crate) fn new(wake_fd: RawFd) -> io::Result<Self> {
+        let poll = Poll::new()?;
+        poll.registry().register(&mut SourceFd(&wake_fd), WAKE, Interest::READABLE)?;
+        Ok(EpollDriver { poll, events: Events::with_capacity(256), io: Slab::new(), wake_fd })
+    }
+
+    pub(crate) fn register(&mut self, fd: RawFd) -> io::Result<usize> {
+        let entry = self.io.vacant_entry();
+        let token = entry.key();
+        self.poll.registry().register(&mut SourceFd(&fd), Token(token), Interest::READABLE | Interest::WRITABLE)?;
+        entry.insert(ScheduledIo::default());
+        Ok(token)
+    }
+
+    pub(crate) fn deregister(&mut self, fd: RawFd, token: usize) {
+        let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+        if let Some(io) = self.io.try_remove(token) {
+            // Anyone still waiting learns of the close when their op retries.
+            io.readers.into_iter().chain(io.writers).for_each(Waker::wake);
+        }
+    }
+
+    pub(crate) fn wait_ready(&mut self, token: usize, dir: Direction, waker: &Waker) {
+        if let Some(io) = self.io.get_mut(token) {
+            match dir {
+                Direction::Read => add_waker(&mut io.readers, waker),
+                Direction::Write => add_waker(&mut io.writers, waker),
+            }
+        }
+    }
+
+    pub(crate) fn take_wakers(&mut self, out: &mut Vec<Waker>) {
+        for (_, io) in self.io.iter_mut() {
+            out.append(&mut io.readers);
+            out.append(&mut io.writers);
+        }
+    }
+
+    pub(crate) fn turn(&mut self, wait: Wait) -> io::Result<bool> {
+        let timeout = match wait {
+            Wait::No => Some(std::time::Duration::ZERO),
+            Wait::Sleep(t) => t,
+        };
+        match self.poll.poll(&mut self.events, timeout) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        let mut woke = false;
+        for ev in self.events.iter() {
+            if ev.token() == WAKE {
+                sys::eventfd_drain(self.wake_fd);
+                woke = true;
+                continue;
+            }
+            let Some(io) = self.io.get_mut(ev.token().0) else { continue };
+            let failed = ev.is_error() || ev.is_read_closed() || ev.is_write_closed();
+            if ev.is_readable() || failed {
+                io.readers.drain(..).for_each(Waker::wake);
+            }
+            if ev.is_writable() || failed {
+                io.writers.drain(..).for_each(Waker::wake);
+            }
+        }
+        Ok(woke)
+    }
+}

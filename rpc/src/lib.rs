@@ -1,0 +1,59 @@
+//! # multispace-rpc
+//!
+//! The NinjaRMI of multispace: a thread-per-core runtime and the RPC transports built on it.
+//!
+//! What this crate owns:
+//! - [`runtime`]: one event loop per core, each with its own I/O driver (io_uring with
+//!   SINGLE_ISSUER/DEFER_TASKRUN, or epoll through mio, picked at start), a run queue of
+//!   `!Send` tasks, and a timer wheel; sleeping or busy-poll waits; `Send + Sync` handles to
+//!   reach a core from other threads.
+//! - [`proto`]: the sans-IO wire protocol — frame header codec and the client call table
+//!   (documented in `PROTOCOL.md`). No sockets, no clock.
+//! - [`Message`]: received rkyv archives, validated (bytecheck) before any access and then
+//!   read in place; responses are archived straight into the connection's outgoing buffer.
+//! - Reliable request/response over TCP ([`Server`], [`Client`]), best-effort one-way calls
+//!   over UDP and multicast ([`OneWaySender`], [`OneWayServer`]), and [`ClientHandle`] for
+//!   callers outside the runtime.
+//!
+//! Unsafe code is confined to `sys` (syscalls), `driver` (buffers handed to the kernel) and
+//! `buf` (access to already-validated archives).
+//!
+//! ```no_run
+//! use multispace_rpc::{CallOptions, Client, LocalRuntime, Server, Service, Status};
+//! let rt = LocalRuntime::new(Default::default()).unwrap();
+//! rt.block_on(async {
+//!     let svc = Service::builder("echo")
+//!         .method(1, |_ctx, req: multispace_rpc::Message<u64>| async move { Ok::<u64, Status>(req.to_native()) })
+//!         .build();
+//!     let server = Server::bind("127.0.0.1:0".parse().unwrap(), [svc]).unwrap();
+//!     let addr = server.local_addr();
+//!     multispace_rpc::spawn(server.serve()).detach();
+//!     let client = Client::new(addr);
+//!     let r = client.call::<u64, u64>(1, &7, CallOptions::default()).await.unwrap();
+//!     assert_eq!(r.to_native(), 7);
+//! });
+//! ```
+#![deny(unsafe_code)]
+
+#[allow(unsafe_code)]
+pub mod buf;
+#[allow(unsafe_code)]
+pub mod driver;
+pub mod net;
+pub mod proto;
+mod rpc;
+pub mod runtime;
+#[allow(unsafe_code)]
+mod sys;
+
+pub use buf::{EncodeError, Message, Payload, Validate};
+pub use driver::{DriverChoice, DriverKind};
+pub use proto::frame::ErrorCode;
+pub use rpc::client::{CallOptions, Client};
+pub use rpc::conn::ConnConfig;
+pub use rpc::error::{CallError, ServeError, Status};
+pub use rpc::handle::ClientHandle;
+pub use rpc::oneway::{MulticastGroup, OneWaySender, OneWayServer, OneWayStats, SendError, MAX_DATAGRAM};
+pub use rpc::server::{Server, ServerConfig};
+pub use rpc::service::{current_deadline, CallContext, Service, ServiceBuilder};
+pub use runtime::{spawn, Config, LocalRuntime, Runtime, RuntimeBuilder, WaitMode};

@@ -1,0 +1,66 @@
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+
+use bytes::BytesMut;
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+use super::Registered;
+use crate::driver::op::{self, Op};
+
+/// A UDP socket on the current core.
+#[derive(Debug)]
+pub struct UdpSocket {
+    inner: Registered,
+}
+
+impl UdpSocket {
+    /// Bind to `addr`.
+    pub fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
+        let sock = Socket::new(Domain::for_address(addr), Type::DGRAM.cloexec(), Some(Protocol::UDP))?;
+        sock.bind(&addr.into())?;
+        Ok(UdpSocket { inner: Registered::new(sock)? })
+    }
+
+    /// Bind to `port` on all addresses and join `group` on the interface with address
+    /// `interface` (loopback by default in the rpc layer). Several sockets on this host may
+    /// join the same group and port; each receives every datagram.
+    pub fn bind_multicast(group: Ipv4Addr, port: u16, interface: Ipv4Addr) -> io::Result<UdpSocket> {
+        let sock = Socket::new(Domain::IPV4, Type::DGRAM.cloexec(), Some(Protocol::UDP))?;
+        sock.set_reuse_address(true)?;
+        sock.set_reuse_port(true)?;
+        // Binding the group address (not INADDR_ANY) keeps unicast traffic to the port out.
+        sock.bind(&SocketAddr::V4(SocketAddrV4::new(group, port)).into())?;
+        sock.join_multicast_v4(&group, &interface)?;
+        Ok(UdpSocket { inner: Registered::new(sock)? })
+    }
+
+    /// Bind a sender for multicast: outgoing interface `interface`, hop limit `ttl`, and
+    /// loop-back on so receivers on this host hear it.
+    pub fn bind_multicast_sender(interface: Ipv4Addr, ttl: u32) -> io::Result<UdpSocket> {
+        let sock = Socket::new(Domain::IPV4, Type::DGRAM.cloexec(), Some(Protocol::UDP))?;
+        sock.set_multicast_if_v4(&interface)?;
+        sock.set_multicast_ttl_v4(ttl)?;
+        sock.set_multicast_loop_v4(true)?;
+        sock.bind(&SocketAddr::V4(SocketAddrV4::new(interface, 0)).into())?;
+        Ok(UdpSocket { inner: Registered::new(sock)? })
+    }
+
+    /// Receive one datagram into the spare capacity of `buf` (reserve first).
+    pub async fn recv_from(&self, buf: BytesMut) -> (io::Result<(usize, SocketAddr)>, BytesMut) {
+        let (res, buf) = Op::new(op::RecvFrom::new(self.inner.fd(), buf), self.inner.reg).await;
+        let res = res.and_then(|(n, a)| {
+            a.as_socket().map(|a| (n, a)).ok_or_else(|| io::Error::other("datagram from a non-IP address"))
+        });
+        (res, buf)
+    }
+
+    /// Send `buf` as one datagram to `to`.
+    pub async fn send_to(&self, buf: BytesMut, to: SocketAddr) -> (io::Result<usize>, BytesMut) {
+        Op::new(op::SendTo::new(self.inner.fd(), buf, &SockAddr::from(to)), self.inner.reg).await
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.sock.local_addr()?.as_socket().ok_or_else(|| io::Error::other("not an IP socket"))
+    }
+}

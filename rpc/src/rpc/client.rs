@@ -1,0 +1,250 @@
+//! The reliable (TCP) client: many calls in flight on one connection, matched by request id,
+//! with deadlines, cancellation on drop, and reconnection on next use.
+
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::conn::{ConnConfig, FrameReader, Outbox, ReadError};
+use super::error::CallError;
+use super::service::current_deadline;
+use crate::buf::{Message, Payload, Validate};
+use crate::net::TcpStream;
+use crate::proto::calls::CallTable;
+use crate::proto::frame::{ErrorCode, FrameError, FrameKind, Header};
+use crate::runtime::time::timeout_at;
+use crate::runtime::{spawn, JoinHandle};
+
+/// Per-call options.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CallOptions {
+    /// Give up after this long. Combined with (never longer than) the deadline inherited from
+    /// the handler this call is made from, if any.
+    pub timeout: Option<Duration>,
+}
+
+impl CallOptions {
+    /// Options with a timeout.
+    pub fn timeout(d: Duration) -> Self {
+        CallOptions { timeout: Some(d) }
+    }
+}
+
+type Outcome = Result<(Header, Bytes), CallError>;
+
+struct Conn {
+    outbox: Rc<Outbox>,
+    calls: RefCell<CallTable<Outcome>>,
+    stream: Rc<TcpStream>,
+    _reader: JoinHandle<()>,
+    _writer: JoinHandle<()>,
+}
+
+impl Conn {
+    fn alive(&self) -> bool {
+        !self.outbox.is_closed()
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// A client of one server address, on the current core. Cheap to clone (shares the
+/// connection).
+#[derive(Clone)]
+pub struct Client {
+    inner: Rc<ClientInner>,
+}
+
+struct ClientInner {
+    addr: SocketAddr,
+    config: ConnConfig,
+    conn: RefCell<Option<Rc<Conn>>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("addr", &self.inner.addr).finish()
+    }
+}
+
+impl Client {
+    /// A client for `addr`; connects on first use.
+    pub fn new(addr: SocketAddr) -> Client {
+        Client::with_config(addr, ConnConfig::default())
+    }
+
+    /// [`Client::new`] with explicit limits.
+    pub fn with_config(addr: SocketAddr, config: ConnConfig) -> Client {
+        Client { inner: Rc::new(ClientInner { addr, config, conn: RefCell::new(None) }) }
+    }
+
+    /// Connect now (instead of on first call).
+    pub async fn connect(addr: SocketAddr) -> Result<Client, CallError> {
+        let c = Client::new(addr);
+        c.connection().await?;
+        Ok(c)
+    }
+
+    /// The server address.
+    pub fn addr(&self) -> SocketAddr {
+        self.inner.addr
+    }
+
+    /// Calls in flight on the current connection.
+    pub fn in_flight(&self) -> usize {
+        self.inner.conn.borrow().as_ref().map_or(0, |c| c.calls.borrow().len())
+    }
+
+    async fn connection(&self) -> Result<Rc<Conn>, CallError> {
+        if let Some(c) = self.inner.conn.borrow().as_ref() {
+            if c.alive() {
+                return Ok(c.clone());
+            }
+        }
+        let stream = Rc::new(TcpStream::connect(self.inner.addr).await.map_err(CallError::Connect)?);
+        // Another task may have connected while we did; keep theirs if it is alive.
+        if let Some(c) = self.inner.conn.borrow().as_ref() {
+            if c.alive() {
+                return Ok(c.clone());
+            }
+        }
+        let config = &self.inner.config;
+        let outbox = Outbox::new(config);
+        let conn = Rc::new_cyclic(|weak: &std::rc::Weak<Conn>| {
+            let writer = spawn({
+                let (outbox, stream) = (outbox.clone(), stream.clone());
+                async move {
+                    let _ = outbox.run_writer(stream).await;
+                }
+            });
+            let reader = spawn(read_responses(weak.clone(), stream.clone(), FrameReader::new(config)));
+            Conn {
+                outbox,
+                calls: RefCell::new(CallTable::new(config.max_in_flight)),
+                stream,
+                _reader: reader,
+                _writer: writer,
+            }
+        });
+        *self.inner.conn.borrow_mut() = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Call `method_id` with `req`; the result is the server's archived response, validated.
+    pub async fn call<Req, Resp>(
+        &self,
+        method_id: u32,
+        req: &Req,
+        opts: CallOptions,
+    ) -> Result<Message<Resp>, CallError>
+    where
+        Req: Payload,
+        Resp: Validate,
+    {
+        let payload = self.call_raw(method_id, opts, |outbox, header| outbox.push(req, header)).await?;
+        Message::new(payload).map_err(CallError::InvalidResponse)
+    }
+
+    /// Call with an already-archived request payload (the thread-safe handle serializes on the
+    /// caller's thread). Returns the raw response payload.
+    pub async fn call_bytes(&self, method_id: u32, req: &[u8], opts: CallOptions) -> Result<Bytes, CallError> {
+        self.call_raw(method_id, opts, |outbox, header| outbox.push_raw(req, header)).await
+    }
+
+    async fn call_raw(
+        &self,
+        method_id: u32,
+        opts: CallOptions,
+        encode: impl FnOnce(&Outbox, &mut dyn FnMut(u32) -> Header) -> Result<(), crate::buf::EncodeError>,
+    ) -> Result<Bytes, CallError> {
+        let now = Instant::now();
+        let deadline = match (opts.timeout.map(|t| now + t), current_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if deadline.is_some_and(|d| d <= now) {
+            return Err(CallError::DeadlineExceeded);
+        }
+        let work = async {
+            let conn = self.connection().await?;
+            let id = conn.calls.borrow_mut().start().map_err(|_| CallError::Overloaded { remote: false })?;
+            let guard = PendingCall { conn: &conn, id, done: false };
+            let budget_us = deadline.map_or(0, |d| {
+                let us = d.saturating_duration_since(Instant::now()).as_micros();
+                us.clamp(1, u128::from(u32::MAX)) as u32
+            });
+            if let Err(e) = encode(&conn.outbox, &mut |len| Header::request(id, method_id, budget_us, len)) {
+                conn.calls.borrow_mut().cancel(id);
+                std::mem::forget(guard);
+                return Err(CallError::Encode(e));
+            }
+            let outcome = poll_fn(|cx| conn.calls.borrow_mut().poll_result(id, cx.waker())).await;
+            let mut guard = guard;
+            guard.done = true;
+            match outcome {
+                Some(Ok((h, payload))) if h.kind == FrameKind::Response => Ok(payload),
+                Some(Ok((h, payload))) => Err(CallError::from_wire(ErrorCode::from_u16(h.status), method_id, &payload)),
+                Some(Err(e)) => Err(e),
+                None => Err(CallError::ConnectionLost),
+            }
+        };
+        match deadline {
+            Some(d) => timeout_at(d, work).await.unwrap_or(Err(CallError::DeadlineExceeded)),
+            None => work.await,
+        }
+    }
+}
+
+/// Cancels the call if its future is dropped before the response arrives.
+struct PendingCall<'a> {
+    conn: &'a Conn,
+    id: u64,
+    done: bool,
+}
+
+impl Drop for PendingCall<'_> {
+    fn drop(&mut self) {
+        if !self.done && self.conn.calls.borrow_mut().cancel(self.id) && self.conn.alive() {
+            // Tell the server to stop working on it; no reply comes back.
+            let _ = self.conn.outbox.push_raw(&[], |_| Header::cancel(self.id));
+        }
+    }
+}
+
+async fn read_responses(conn: std::rc::Weak<Conn>, stream: Rc<TcpStream>, mut reader: FrameReader) {
+    let err = loop {
+        let frame = reader.next(&stream).await;
+        let Some(conn) = conn.upgrade() else { return };
+        match frame {
+            Ok(Some((h, payload))) => match h.kind {
+                FrameKind::Response | FrameKind::Error if h.request_id != 0 => {
+                    // Unknown ids are late answers to cancelled calls: dropped.
+                    conn.calls.borrow_mut().complete(h.request_id, Ok((h, payload)));
+                }
+                FrameKind::Error => {
+                    // A connection-level error: the server is about to close.
+                    let code = ErrorCode::from_u16(h.status);
+                    tracing::debug!(%code, "server reported a connection error");
+                    break CallError::from_wire(code, 0, &payload);
+                }
+                _ => break CallError::Protocol(FrameError::UnknownKind(h.kind as u8)),
+            },
+            Ok(None) | Err(ReadError::Truncated) | Err(ReadError::Io(_)) => break CallError::ConnectionLost,
+            Err(ReadError::Protocol(e)) => break CallError::Protocol(e),
+        }
+    };
+    if let Some(conn) = conn.upgrade() {
+        tracing::debug!(error = %err, "client connection closed");
+        conn.outbox.close();
+        let mut first = Some(err);
+        conn.calls.borrow_mut().fail_all(|| Err(first.take().unwrap_or(CallError::ConnectionLost)));
+    }
+}

@@ -1,0 +1,217 @@
+//! What clients and servers share about a TCP connection: limits, the frame reader and the
+//! outbox with its writer task.
+
+use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
+use std::io;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::buf::{encode_frame, encode_raw, EncodeError, Payload};
+use crate::net::TcpStream;
+use crate::proto::frame::{decode_frame, Decoded, ErrorCode, FrameError, Header, DEFAULT_MAX_PAYLOAD};
+use crate::runtime::time::timeout;
+
+/// Limits and timeouts of reliable connections, shared by clients and servers.
+#[derive(Debug, Clone)]
+pub struct ConnConfig {
+    /// Largest payload accepted or sent (default 16 MiB).
+    pub max_payload: usize,
+    /// Calls in flight per connection; more get `Overloaded` (default 1024).
+    pub max_in_flight: usize,
+    /// Stop reading from a connection while this many response bytes wait to be sent to it
+    /// (a peer that never reads cannot make us buffer without bound). Default 4 MiB.
+    pub max_outbox: usize,
+    /// A frame begun but not finished within this time closes the connection (a peer that
+    /// sends half a frame and stalls). Default 10 s.
+    pub frame_timeout: Duration,
+    /// Bytes read per receive, and the initial buffer size (default 64 KiB).
+    pub read_chunk: usize,
+}
+
+impl Default for ConnConfig {
+    fn default() -> Self {
+        ConnConfig {
+            max_payload: DEFAULT_MAX_PAYLOAD as usize,
+            max_in_flight: 1024,
+            max_outbox: 4 << 20,
+            frame_timeout: Duration::from_secs(10),
+            read_chunk: 64 << 10,
+        }
+    }
+}
+
+/// Why reading frames stopped.
+#[derive(Debug)]
+pub(crate) enum ReadError {
+    Io(io::Error),
+    Protocol(FrameError),
+    /// End of stream in the middle of a frame, or a frame that stalled.
+    Truncated,
+}
+
+/// Reads whole frames from a stream into a shared buffer; each frame is handed out as a
+/// `Bytes` view of that buffer (no copy).
+pub(crate) struct FrameReader {
+    buf: BytesMut,
+    max_payload: u32,
+    chunk: usize,
+    frame_timeout: Duration,
+}
+
+impl FrameReader {
+    pub(crate) fn new(config: &ConnConfig) -> Self {
+        FrameReader {
+            buf: BytesMut::with_capacity(config.read_chunk),
+            max_payload: config.max_payload.min(u32::MAX as usize) as u32,
+            chunk: config.read_chunk,
+            frame_timeout: config.frame_timeout,
+        }
+    }
+
+    /// The next frame's header and payload, `Ok(None)` at a clean end of stream.
+    pub(crate) async fn next(&mut self, stream: &TcpStream) -> Result<Option<(Header, Bytes)>, ReadError> {
+        loop {
+            let need = match decode_frame(&self.buf, self.max_payload) {
+                Ok(Decoded::Frame { header, len }) => {
+                    let frame = self.buf.split_to(len).freeze();
+                    let start = crate::proto::frame::HEADER_LEN;
+                    let payload = frame.slice(start..start + header.payload_len as usize);
+                    return Ok(Some((header, payload)));
+                }
+                Ok(Decoded::NeedMore(n)) => n,
+                Err(e) => return Err(ReadError::Protocol(e)),
+            };
+            // Room for the rest of this frame (it may be large) or one chunk, whichever is more.
+            self.buf.reserve(need.max(self.chunk));
+            let partial = !self.buf.is_empty();
+            let buf = std::mem::take(&mut self.buf);
+            let (res, buf) = if partial {
+                match timeout(self.frame_timeout, stream.recv(buf)).await {
+                    Ok(r) => r,
+                    Err(_) => return Err(ReadError::Truncated),
+                }
+            } else {
+                stream.recv(buf).await
+            };
+            self.buf = buf;
+            match res {
+                Ok(0) if self.buf.is_empty() => return Ok(None),
+                Ok(0) => return Err(ReadError::Truncated),
+                Ok(_) => {}
+                Err(e) => return Err(ReadError::Io(e)),
+            }
+        }
+    }
+}
+
+/// Frames waiting to be written to one connection, and the writer task's wake-up.
+pub(crate) struct Outbox {
+    pending: RefCell<BytesMut>,
+    writer: RefCell<Option<Waker>>,
+    /// Tasks waiting for the outbox to drain below its limit.
+    drained: RefCell<Vec<Waker>>,
+    closed: Cell<bool>,
+    max_payload: usize,
+    max_outbox: usize,
+}
+
+impl Outbox {
+    pub(crate) fn new(config: &ConnConfig) -> Rc<Outbox> {
+        Rc::new(Outbox {
+            pending: RefCell::new(BytesMut::with_capacity(config.read_chunk)),
+            writer: RefCell::new(None),
+            drained: RefCell::new(Vec::new()),
+            closed: Cell::new(false),
+            max_payload: config.max_payload,
+            max_outbox: config.max_outbox,
+        })
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.get()
+    }
+
+    fn wake_writer(&self) {
+        if let Some(w) = self.writer.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// Serialize a frame with `value` as payload straight into the outbox.
+    pub(crate) fn push<T: Payload>(&self, value: &T, header: impl FnOnce(u32) -> Header) -> Result<(), EncodeError> {
+        encode_frame(&mut self.pending.borrow_mut(), self.max_payload, value, header)?;
+        self.wake_writer();
+        Ok(())
+    }
+
+    /// Queue a frame with a raw payload.
+    pub(crate) fn push_raw(&self, payload: &[u8], header: impl FnOnce(u32) -> Header) -> Result<(), EncodeError> {
+        encode_raw(&mut self.pending.borrow_mut(), self.max_payload, payload, header)?;
+        self.wake_writer();
+        Ok(())
+    }
+
+    /// Queue an error frame with a text detail. Never fails: the detail is bounded.
+    pub(crate) fn push_error(&self, request_id: u64, method_id: u32, code: ErrorCode, detail: &str) {
+        let detail = crate::proto::frame::truncate_detail(detail);
+        let res = self.push_raw(detail.as_bytes(), |len| Header::error(request_id, method_id, code, len));
+        debug_assert!(res.is_ok(), "a bounded error detail always fits");
+    }
+
+    /// Close: the writer flushes what is queued, then stops.
+    pub(crate) fn close(&self) {
+        self.closed.set(true);
+        self.wake_writer();
+        self.drained.borrow_mut().drain(..).for_each(Waker::wake);
+    }
+
+    /// Wait until queued bytes are under the limit (back-pressure for readers).
+    pub(crate) async fn ready(&self) {
+        poll_fn(|cx| {
+            if self.closed.get() || self.pending.borrow().len() < self.max_outbox {
+                Poll::Ready(())
+            } else {
+                self.drained.borrow_mut().push(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    /// The writer task's body: send whatever is queued, batching every frame queued since
+    /// the last send into one syscall, until closed (then flush and stop) or a send fails.
+    pub(crate) async fn run_writer(self: Rc<Self>, stream: Rc<TcpStream>) -> io::Result<()> {
+        let mut spare = BytesMut::with_capacity(self.pending.borrow().capacity());
+        loop {
+            let batch = poll_fn(|cx| {
+                let mut pending = self.pending.borrow_mut();
+                if !pending.is_empty() {
+                    // Double-buffer: new frames go into `spare` while this batch is in flight.
+                    std::mem::swap(&mut *pending, &mut spare);
+                    return Poll::Ready(Some(std::mem::take(&mut spare)));
+                }
+                if self.closed.get() {
+                    return Poll::Ready(None);
+                }
+                *self.writer.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            })
+            .await;
+            let Some(batch) = batch else { return Ok(()) };
+            let (res, mut buf) = stream.send_all(batch).await;
+            if let Err(e) = res {
+                self.close();
+                return Err(e);
+            }
+            buf.clear();
+            spare = buf;
+            if self.pending.borrow().len() < self.max_outbox {
+                self.drained.borrow_mut().drain(..).for_each(Waker::wake);
+            }
+        }
+    }
+}

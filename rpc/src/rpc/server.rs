@@ -1,0 +1,209 @@
+//! The reliable (TCP) server: accept connections, read request frames, dispatch them to
+//! service handlers as tasks, write responses in completion order.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::conn::{ConnConfig, FrameReader, Outbox, ReadError};
+use super::error::ServeError;
+use super::service::{CallContext, Reply, Service};
+use crate::net::{TcpListener, TcpStream};
+use crate::proto::frame::{ErrorCode, FrameKind, Header};
+use crate::runtime::{spawn, JoinHandle};
+
+/// Server settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Per-connection limits.
+    pub conn: ConnConfig,
+    /// Connections served at once on this core; further ones are closed on accept.
+    pub max_connections: usize,
+    /// Bind with SO_REUSEPORT so every core can listen on the same address.
+    pub reuse_port: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig { conn: ConnConfig::default(), max_connections: 10_000, reuse_port: true }
+    }
+}
+
+/// A set of services answering on one TCP address, on the current core.
+#[derive(Debug)]
+pub struct Server {
+    listener: TcpListener,
+    services: Rc<[Service]>,
+    config: ServerConfig,
+}
+
+/// One connection's state shared by its reader loop and its handlers' replies.
+pub(crate) struct ServerConn {
+    pub(crate) outbox: Rc<Outbox>,
+    inflight: RefCell<HashMap<u64, JoinHandle<()>>>,
+}
+
+impl ServerConn {
+    /// A handler is replying: it no longer needs cancelling.
+    pub(crate) fn finish(&self, request_id: u64) {
+        if let Some(task) = self.inflight.borrow_mut().remove(&request_id) {
+            task.detach();
+        }
+    }
+}
+
+impl Server {
+    /// Bind `addr` and serve `services` (method ids must not collide across them).
+    pub fn bind(addr: SocketAddr, services: impl IntoIterator<Item = Service>) -> Result<Server, ServeError> {
+        Self::bind_with(addr, services, ServerConfig::default())
+    }
+
+    /// [`Server::bind`] with explicit settings.
+    pub fn bind_with(
+        addr: SocketAddr,
+        services: impl IntoIterator<Item = Service>,
+        config: ServerConfig,
+    ) -> Result<Server, ServeError> {
+        let listener = TcpListener::bind(addr, config.reuse_port).map_err(ServeError::Bind)?;
+        Ok(Server { listener, services: services.into_iter().collect(), config })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// Accept and serve connections until the future is dropped.
+    pub async fn serve(self) -> Result<(), ServeError> {
+        let live = Rc::new(Cell::new(0usize));
+        loop {
+            let stream = match self.listener.accept().await {
+                Ok(s) => s,
+                Err(e) if is_transient_accept_error(&e) => {
+                    // Out of descriptors or memory: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed; backing off");
+                    crate::runtime::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => continue,
+                Err(e) => return Err(ServeError::Accept(e)),
+            };
+            if live.get() >= self.config.max_connections {
+                tracing::warn!(limit = self.config.max_connections, "connection limit reached; closing new connection");
+                continue;
+            }
+            live.set(live.get() + 1);
+            let (services, config, live) = (self.services.clone(), self.config.conn.clone(), live.clone());
+            spawn(async move {
+                serve_conn(stream, services, config).await;
+                live.set(live.get() - 1);
+            })
+            .detach();
+        }
+    }
+}
+
+fn is_transient_accept_error(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
+}
+
+async fn serve_conn(stream: TcpStream, services: Rc<[Service]>, config: ConnConfig) {
+    let peer = stream.peer_addr().ok();
+    let stream = Rc::new(stream);
+    let outbox = Outbox::new(&config);
+    let writer = spawn(outbox.clone().run_writer(stream.clone()));
+    let conn = Rc::new(ServerConn { outbox: outbox.clone(), inflight: RefCell::new(HashMap::new()) });
+    let mut reader = FrameReader::new(&config);
+    let clean = loop {
+        // Back-pressure: a peer that does not read its responses stops being read.
+        outbox.ready().await;
+        if outbox.is_closed() {
+            break false;
+        }
+        let (header, payload) = match reader.next(&stream).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break true,
+            Err(ReadError::Protocol(e)) => {
+                tracing::debug!(?peer, error = %e, "malformed frame; closing connection");
+                outbox.push_error(0, 0, e.code(), &e.to_string());
+                break false;
+            }
+            Err(ReadError::Truncated) => {
+                tracing::debug!(?peer, "connection ended or stalled inside a frame; closing");
+                break false;
+            }
+            Err(ReadError::Io(e)) => {
+                tracing::debug!(?peer, error = %e, "connection read failed");
+                break false;
+            }
+        };
+        match header.kind {
+            FrameKind::Request => on_request(&conn, &services, &config, header, payload, peer),
+            FrameKind::OneWay => {
+                let ctx = CallContext { method_id: header.method_id, request_id: 0, deadline: None, peer };
+                match find(&services, header.method_id) {
+                    Some(svc) => svc.dispatch(ctx, payload, None).into_iter().for_each(JoinHandle::detach),
+                    None => tracing::debug!(method_id = header.method_id, "one-way call to unknown method dropped"),
+                }
+            }
+            FrameKind::Cancel => {
+                // Dropping the task's handle cancels the handler; no reply is sent.
+                drop(conn.inflight.borrow_mut().remove(&header.request_id));
+            }
+            FrameKind::Response | FrameKind::Error => {
+                outbox.push_error(0, 0, ErrorCode::Malformed, "a server does not accept responses");
+                break false;
+            }
+        }
+    };
+    if clean {
+        // The peer finished sending: let in-flight handlers answer before closing.
+        let pending: Vec<JoinHandle<()>> = conn.inflight.borrow_mut().drain().map(|(_, t)| t).collect();
+        for t in pending {
+            t.await;
+        }
+    } else {
+        conn.inflight.borrow_mut().clear();
+    }
+    outbox.close();
+    if let Err(e) = writer.await {
+        tracing::debug!(?peer, error = %e, "connection write failed");
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+}
+
+fn find(services: &[Service], method_id: u32) -> Option<&Service> {
+    services.iter().find(|s| s.has_method(method_id))
+}
+
+fn on_request(
+    conn: &Rc<ServerConn>,
+    services: &[Service],
+    config: &ConnConfig,
+    header: Header,
+    payload: Bytes,
+    peer: Option<SocketAddr>,
+) {
+    let (id, method_id) = (header.request_id, header.method_id);
+    if conn.inflight.borrow().len() >= config.max_in_flight {
+        conn.outbox.push_error(id, method_id, ErrorCode::Overloaded, "too many calls in flight on this connection");
+        return;
+    }
+    let Some(svc) = find(services, method_id) else {
+        conn.outbox.push_error(id, method_id, ErrorCode::UnknownMethod, "no such method");
+        return;
+    };
+    // The budget is relative: convert on arrival so clock skew between hosts cannot matter.
+    let deadline = (header.deadline_us > 0).then(|| Instant::now() + Duration::from_micros(header.deadline_us.into()));
+    let ctx = CallContext { method_id, request_id: id, deadline, peer };
+    if let Some(task) = svc.dispatch(ctx, payload, Some(Reply { conn: conn.clone(), request_id: id })) {
+        if let Some(old) = conn.inflight.borrow_mut().insert(id, task) {
+            // A peer reusing a live request id replaces (cancels) the older call.
+            drop(old);
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! Services: a name and a table of method id → handler. Generated skeletons (stubgen) build
+//! the same table with [`ServiceBuilder::method`] and [`ServiceBuilder::one_way`].
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::future::poll_fn;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::pin::pin;
+use std::rc::Rc;
+use std::task::Poll;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::error::Status;
+use super::server::ServerConn;
+use crate::buf::{Message, Payload, Validate};
+use crate::proto::frame::{ErrorCode, Header};
+use crate::runtime::time::timeout_at;
+use crate::runtime::{spawn, JoinHandle};
+
+/// What a handler knows about the call it serves.
+#[derive(Debug, Clone)]
+pub struct CallContext {
+    /// The method id called.
+    pub method_id: u32,
+    /// The caller's request id on its connection (0 for one-way calls).
+    pub request_id: u64,
+    /// When the caller stops waiting, converted to local time on arrival. Nested calls made
+    /// by the handler inherit it.
+    pub deadline: Option<Instant>,
+    /// The caller's address.
+    pub peer: Option<SocketAddr>,
+}
+
+thread_local! {
+    static CURRENT_DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// The deadline of the handler running on this core right now, if any (nested calls use it).
+pub fn current_deadline() -> Option<Instant> {
+    CURRENT_DEADLINE.with(Cell::get)
+}
+
+/// Where a handler's result goes: the connection's outbox (reliable) or nowhere (one-way).
+pub(crate) struct Reply {
+    pub(crate) conn: Rc<ServerConn>,
+    pub(crate) request_id: u64,
+}
+
+impl Reply {
+    fn ok<T: Payload>(&self, method_id: u32, value: &T) {
+        let id = self.request_id;
+        self.conn.finish(id);
+        let outbox = &self.conn.outbox;
+        if let Err(e) = outbox.push(value, |len| Header::response(id, method_id, len)) {
+            tracing::warn!(method_id, error = %e, "response could not be encoded");
+            let code = match e {
+                crate::buf::EncodeError::TooLarge { .. } => ErrorCode::TooLarge,
+                _ => ErrorCode::Internal,
+            };
+            outbox.push_error(id, method_id, code, &e.to_string());
+        }
+    }
+
+    fn err(&self, method_id: u32, status: &Status) {
+        self.conn.finish(self.request_id);
+        self.conn.outbox.push_error(self.request_id, method_id, status.code(), status.wire_detail());
+    }
+}
+
+type Dispatch = dyn Fn(CallContext, Bytes, Option<Reply>) -> JoinHandle<()>;
+
+/// A set of methods served under one name.
+#[derive(Clone)]
+pub struct Service {
+    name: Rc<str>,
+    methods: Rc<HashMap<u32, Rc<Dispatch>>>,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service").field("name", &self.name).field("methods", &self.methods.len()).finish()
+    }
+}
+
+impl Service {
+    /// Start building a service called `name`.
+    pub fn builder(name: &str) -> ServiceBuilder {
+        ServiceBuilder { name: name.into(), methods: HashMap::new() }
+    }
+
+    /// The service's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// True if `method_id` is served.
+    pub fn has_method(&self, method_id: u32) -> bool {
+        self.methods.contains_key(&method_id)
+    }
+
+    /// Run method `method_id` on `payload` as a new task. `reply` is `None` for one-way calls.
+    /// Returns `None` for an unknown method.
+    pub(crate) fn dispatch(&self, ctx: CallContext, payload: Bytes, reply: Option<Reply>) -> Option<JoinHandle<()>> {
+        let handler = self.methods.get(&ctx.method_id)?;
+        Some(handler(ctx, payload, reply))
+    }
+}
+
+/// Builds a [`Service`].
+pub struct ServiceBuilder {
+    name: Rc<str>,
+    methods: HashMap<u32, Rc<Dispatch>>,
+}
+
+impl std::fmt::Debug for ServiceBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceBuilder").field("name", &self.name).finish()
+    }
+}
+
+impl ServiceBuilder {
+    /// Register a request/response method. The handler gets the validated, archived request
+    /// in place; its `Ok` value is archived straight into the connection's outgoing buffer.
+    ///
+    /// # Panics
+    /// If `method_id` is already registered (a programming error that stubgen rules out at
+    /// build time).
+    pub fn method<Req, Resp, F, Fut>(mut self, method_id: u32, handler: F) -> Self
+    where
+        Req: Validate + 'static,
+        Resp: Payload + 'static,
+        F: Fn(CallContext, Message<Req>) -> Fut + 'static,
+        Fut: Future<Output = Result<Resp, Status>> + 'static,
+    {
+        let handler = Rc::new(handler);
+        let dispatch = move |ctx: CallContext, payload: Bytes, reply: Option<Reply>| {
+            let handler = handler.clone();
+            spawn(async move {
+                let method_id = ctx.method_id;
+                let result = run_handler(ctx, payload, |ctx, msg| handler(ctx, msg)).await;
+                if let Some(reply) = reply {
+                    match result {
+                        Ok(v) => reply.ok(method_id, &v),
+                        Err(s) => reply.err(method_id, &s),
+                    }
+                }
+            })
+        };
+        self.insert(method_id, Rc::new(dispatch));
+        self
+    }
+
+    /// Register a one-way method (no result). Callable by one-way UDP, multicast, or a reliable
+    /// call (which then gets an empty acknowledgement).
+    pub fn one_way<Req, F, Fut>(mut self, method_id: u32, handler: F) -> Self
+    where
+        Req: Validate + 'static,
+        F: Fn(CallContext, Message<Req>) -> Fut + 'static,
+        Fut: Future<Output = ()> + 'static,
+    {
+        let handler = Rc::new(handler);
+        let dispatch = move |ctx: CallContext, payload: Bytes, reply: Option<Reply>| {
+            let handler = handler.clone();
+            spawn(async move {
+                let method_id = ctx.method_id;
+                let result = run_handler(ctx, payload, |ctx, msg| {
+                    let fut = handler(ctx, msg);
+                    async move {
+                        fut.await;
+                        Ok(())
+                    }
+                })
+                .await;
+                if let Some(reply) = reply {
+                    match result {
+                        Ok(()) => reply.ok(method_id, &()),
+                        Err(s) => reply.err(method_id, &s),
+                    }
+                }
+            })
+        };
+        self.insert(method_id, Rc::new(dispatch));
+        self
+    }
+
+    fn insert(&mut self, method_id: u32, d: Rc<Dispatch>) {
+        if self.methods.insert(method_id, d).is_some() {
+            panic!("service {}: method id {method_id:#010x} registered twice", self.name);
+        }
+    }
+
+    /// Finish.
+    pub fn build(self) -> Service {
+        Service { name: self.name, methods: Rc::new(self.methods) }
+    }
+}
+
+/// Validate, enforce the deadline, run the handler with its deadline visible to nested
+/// calls, and turn a panic into an `Internal` status.
+async fn run_handler<Req, Resp, F, Fut>(ctx: CallContext, payload: Bytes, handler: F) -> Result<Resp, Status>
+where
+    Req: Validate,
+    F: FnOnce(CallContext, Message<Req>) -> Fut,
+    Fut: Future<Output = Result<Resp, Status>>,
+{
+    let deadline = ctx.deadline;
+    if deadline.is_some_and(|d| Instant::now() >= d) {
+        // Expired while queued: the caller has given up, do not run it.
+        return Err(Status::new(ErrorCode::DeadlineExceeded, "deadline expired before the handler ran"));
+    }
+    let msg = Message::<Req>::new(payload).map_err(|e| {
+        tracing::debug!(method_id = ctx.method_id, error = %e, "request failed validation");
+        Status::new(ErrorCode::InvalidPayload, format!("request failed validation: {e}"))
+    })?;
+    let method_id = ctx.method_id;
+    let mut fut = pin!(handler(ctx, msg));
+    // Each poll runs with the call's deadline visible to nested calls, and a panic becomes a
+    // status instead of unwinding through the core.
+    let guarded = poll_fn(move |cx| {
+        let prev = CURRENT_DEADLINE.with(|d| d.replace(deadline));
+        let r = std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx)));
+        CURRENT_DEADLINE.with(|d| d.set(prev));
+        match r {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Err(p) => Poll::Ready(Err(p)),
+        }
+    });
+    let res = match deadline {
+        Some(d) => match timeout_at(d, guarded).await {
+            Ok(r) => r,
+            Err(_) => return Err(Status::new(ErrorCode::DeadlineExceeded, "handler ran past the deadline")),
+        },
+        None => guarded.await,
+    };
+    res.unwrap_or_else(|_| {
+        tracing::error!(method_id, "handler panicked");
+        Err(Status::internal("handler panicked"))
+    })
+}

@@ -1,0 +1,408 @@
+//! One core: its driver, run queue, timer wheel and the loop that turns them.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::pin::pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use async_task::Runnable;
+use crossbeam_queue::SegQueue;
+
+use super::wheel::TimerWheel;
+use crate::driver::{Driver, DriverChoice, DriverKind, Wait};
+use crate::sys;
+
+/// How a core waits when it has nothing to run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WaitMode {
+    /// Sleep in the kernel until I/O, a timer or a remote wake-up (the default).
+    #[default]
+    Sleep,
+    /// Spin on completions without sleeping, for the lowest latency on a dedicated core.
+    /// With `idle_after`, fall back to sleeping after that long without any work.
+    BusyPoll {
+        /// Sleep after this long idle; `None` spins for ever.
+        idle_after: Option<Duration>,
+    },
+}
+
+/// Per-core settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Which I/O driver to use.
+    pub driver: DriverChoice,
+    /// How to wait when idle.
+    pub wait: WaitMode,
+    /// Tasks run per loop turn before the driver is polled again (fairness for I/O).
+    pub tasks_per_turn: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { driver: DriverChoice::Auto, wait: WaitMode::Sleep, tasks_per_turn: 128 }
+    }
+}
+
+/// Work that reaches a core from another thread.
+pub(crate) enum Remote {
+    /// A task of this core woken from another thread.
+    Task(Runnable),
+    /// A closure to run on this core (typically spawning a task there).
+    Job(Box<dyn FnOnce() + Send>),
+}
+
+/// The part of a core other threads may touch.
+pub(crate) struct Shared {
+    pub(crate) id: usize,
+    queue: SegQueue<Remote>,
+    eventfd: OwnedFd,
+    notified: AtomicBool,
+    pub(crate) shutdown: AtomicBool,
+}
+
+impl Shared {
+    pub(crate) fn push(&self, item: Remote) {
+        self.queue.push(item);
+        self.notify();
+    }
+
+    pub(crate) fn notify(&self) {
+        if !self.notified.swap(true, Ordering::AcqRel) {
+            sys::eventfd_write(self.eventfd.as_raw_fd());
+        }
+    }
+}
+
+pub(crate) struct Core {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) driver: RefCell<Driver>,
+    run_queue: RefCell<VecDeque<Runnable>>,
+    timers: RefCell<TimerWheel<Waker>>,
+    start: Instant,
+    config: Config,
+}
+
+static NEXT_CORE_ID: AtomicUsize = AtomicUsize::new(1);
+
+thread_local! {
+    static CURRENT: RefCell<Option<Rc<Core>>> = const { RefCell::new(None) };
+    static CURRENT_ID: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Run `f` with the current core.
+///
+/// # Panics
+/// Outside a runtime core.
+pub(crate) fn with_core<R>(f: impl FnOnce(&Core) -> R) -> R {
+    CURRENT.with(|c| {
+        let c = c.borrow();
+        let core = c.as_ref().expect("not inside a multispace runtime core (use LocalRuntime::block_on or Runtime)");
+        f(core)
+    })
+}
+
+pub(crate) fn with_driver<R>(f: impl FnOnce(&mut Driver) -> R) -> R {
+    with_core(|c| f(&mut c.driver.borrow_mut()))
+}
+
+/// Like [`with_core`], but does nothing outside a core.
+pub(crate) fn try_with_core(f: impl FnOnce(&Core)) {
+    let _ = CURRENT.try_with(|c| {
+        if let Ok(c) = c.try_borrow() {
+            if let Some(core) = c.as_ref() {
+                f(core);
+            }
+        }
+    });
+}
+
+/// Like [`with_driver`], but does nothing outside a core or while the core is being torn down.
+pub(crate) fn try_with_driver(f: impl FnOnce(&mut Driver)) {
+    let _ = CURRENT.try_with(|c| {
+        if let Ok(c) = c.try_borrow() {
+            if let Some(core) = c.as_ref() {
+                if let Ok(mut d) = core.driver.try_borrow_mut() {
+                    f(&mut d);
+                }
+            }
+        }
+    });
+}
+
+/// Schedule a runnable: locally if we are on its core, else through the remote queue.
+pub(crate) fn schedule(shared: &Arc<Shared>, r: Runnable) {
+    if CURRENT_ID.try_with(Cell::get).unwrap_or(0) == shared.id {
+        let pushed = CURRENT.try_with(|c| {
+            if let Ok(c) = c.try_borrow() {
+                if let Some(core) = c.as_ref() {
+                    core.run_queue.borrow_mut().push_back(r);
+                    return None;
+                }
+            }
+            Some(r)
+        });
+        // The core is gone (thread exiting): dropping the runnable cancels the task.
+        drop(pushed);
+        return;
+    }
+    shared.push(Remote::Task(r));
+}
+
+impl Core {
+    fn new(config: Config) -> io::Result<Core> {
+        let eventfd = sys::eventfd()?;
+        let driver = Driver::new(config.driver, eventfd.as_raw_fd())?;
+        let shared = Arc::new(Shared {
+            id: NEXT_CORE_ID.fetch_add(1, Ordering::Relaxed),
+            queue: SegQueue::new(),
+            eventfd,
+            notified: AtomicBool::new(false),
+            shutdown: AtomicBool::new(false),
+        });
+        Ok(Core {
+            shared,
+            driver: RefCell::new(driver),
+            run_queue: RefCell::new(VecDeque::with_capacity(256)),
+            timers: RefCell::new(TimerWheel::new(0)),
+            start: Instant::now(),
+            config,
+        })
+    }
+
+    /// Milliseconds since the core started, rounded up (timers never fire early).
+    pub(crate) fn tick_ceil(&self, at: Instant) -> u64 {
+        let d = at.saturating_duration_since(self.start);
+        (d.as_nanos().div_ceil(1_000_000)) as u64
+    }
+
+    fn tick_floor(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.start).as_millis() as u64
+    }
+
+    /// The timer wheel. Callers must not hold it across a wake (fire_timers wakes after release).
+    pub(crate) fn timers(&self) -> std::cell::RefMut<'_, TimerWheel<Waker>> {
+        self.timers.borrow_mut()
+    }
+
+    fn run_ready(&self) -> usize {
+        let mut n = 0;
+        while n < self.config.tasks_per_turn {
+            let next = self.run_queue.borrow_mut().pop_front();
+            let Some(r) = next else { break };
+            r.run();
+            n += 1;
+        }
+        n
+    }
+
+    fn drain_remote(&self) {
+        // Swap (not store) so that pushes made before a notifier saw `true` are visible here.
+        self.shared.notified.swap(false, Ordering::AcqRel);
+        while let Some(item) = self.shared.queue.pop() {
+            match item {
+                Remote::Task(r) => self.run_queue.borrow_mut().push_back(r),
+                Remote::Job(job) => job(),
+            }
+        }
+    }
+
+    fn fire_timers(&self, now: Instant) {
+        let tick = self.tick_floor(now);
+        let mut fired = Vec::new();
+        self.timers.borrow_mut().advance(tick, &mut |_, w: Waker| fired.push(w));
+        fired.into_iter().for_each(Waker::wake);
+    }
+
+    fn sleep_timeout(&self, now: Instant) -> Option<Duration> {
+        let next = self.timers.borrow().next_deadline()?;
+        let at = self.start + Duration::from_millis(next);
+        Some(at.saturating_duration_since(now))
+    }
+
+    /// Cancel every task of this core. Runs with the core current, so dropped I/O futures can
+    /// park their buffers in the driver. Tasks are owned by the wakers that the driver, the
+    /// timers and the queues hold; dropping those reschedules the tasks for destruction, and
+    /// dropping their runnables drops the futures, which may release more wakers: repeat
+    /// until nothing is left.
+    fn cancel_all(&self) {
+        for _ in 0..1000 {
+            let mut wakers = Vec::new();
+            self.driver.borrow_mut().take_wakers(&mut wakers);
+            self.timers.borrow_mut().advance(u64::MAX, &mut |_, w| wakers.push(w));
+            let dropped_wakers = !wakers.is_empty();
+            drop(wakers);
+            let mut runnables: Vec<Runnable> = self.run_queue.borrow_mut().drain(..).collect();
+            while let Some(item) = self.shared.queue.pop() {
+                if let Remote::Task(r) = item {
+                    runnables.push(r);
+                }
+            }
+            if runnables.is_empty() && !dropped_wakers {
+                return;
+            }
+            drop(runnables);
+        }
+        tracing::warn!("tasks still alive after core teardown");
+    }
+
+    /// One loop turn. `idle_since` tracks busy-poll idleness.
+    fn turn(&self, idle_since: &mut Instant, main_ready: &AtomicBool) -> io::Result<()> {
+        let ran = self.run_ready();
+        let now = Instant::now();
+        if ran > 0 {
+            *idle_since = now;
+        }
+        self.fire_timers(now);
+        let ready = !self.run_queue.borrow().is_empty() || main_ready.load(Ordering::Acquire);
+        let wait = if ready {
+            Wait::No
+        } else {
+            match self.config.wait {
+                WaitMode::Sleep => Wait::Sleep(self.sleep_timeout(now)),
+                WaitMode::BusyPoll { idle_after: None } => Wait::No,
+                WaitMode::BusyPoll { idle_after: Some(d) } if now.duration_since(*idle_since) < d => Wait::No,
+                WaitMode::BusyPoll { .. } => Wait::Sleep(self.sleep_timeout(now)),
+            }
+        };
+        let woke = self.driver.borrow_mut().turn(wait)?;
+        if woke || !self.shared.queue.is_empty() {
+            self.drain_remote();
+        }
+        Ok(())
+    }
+}
+
+/// Marks the thread as running `core` until dropped.
+struct Enter {
+    prev: Option<Rc<Core>>,
+    prev_id: usize,
+}
+
+impl Enter {
+    fn new(core: Rc<Core>) -> Enter {
+        let id = core.shared.id;
+        let prev = CURRENT.with(|c| c.borrow_mut().replace(core));
+        let prev_id = CURRENT_ID.with(|c| c.replace(id));
+        Enter { prev, prev_id }
+    }
+}
+
+impl Drop for Enter {
+    fn drop(&mut self) {
+        let core = CURRENT.with(|c| std::mem::replace(&mut *c.borrow_mut(), self.prev.take()));
+        CURRENT_ID.with(|c| c.set(self.prev_id));
+        drop(core);
+    }
+}
+
+/// A single-core runtime on the current thread.
+///
+/// ```no_run
+/// use multispace_rpc::runtime::LocalRuntime;
+/// let rt = LocalRuntime::new(Default::default()).unwrap();
+/// let v = rt.block_on(async { 1 + 1 });
+/// assert_eq!(v, 2);
+/// ```
+pub struct LocalRuntime {
+    core: Rc<Core>,
+}
+
+impl std::fmt::Debug for LocalRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalRuntime").field("driver", &self.driver_kind()).finish()
+    }
+}
+
+impl LocalRuntime {
+    /// Set up a core (its driver, eventfd and timers) on this thread.
+    pub fn new(config: Config) -> io::Result<LocalRuntime> {
+        Ok(LocalRuntime { core: Rc::new(Core::new(config)?) })
+    }
+
+    /// The I/O driver this core picked.
+    pub fn driver_kind(&self) -> DriverKind {
+        self.core.driver.borrow().kind()
+    }
+
+    pub(crate) fn shared(&self) -> Arc<Shared> {
+        self.core.shared.clone()
+    }
+
+    /// Run the event loop until `future` completes; other spawned tasks run alongside it and
+    /// stay (paused) when it returns. Dropping the runtime cancels them.
+    pub fn block_on<F: Future>(&self, future: F) -> F::Output {
+        let _enter = Enter::new(self.core.clone());
+        let woken = Arc::new(AtomicBool::new(true));
+        let waker = Waker::from(Arc::new(MainWaker { woken: woken.clone(), shared: self.core.shared.clone() }));
+        let mut cx = Context::from_waker(&waker);
+        let mut future = pin!(future);
+        let mut idle_since = Instant::now();
+        loop {
+            if woken.swap(false, Ordering::AcqRel) {
+                if let Poll::Ready(v) = future.as_mut().poll(&mut cx) {
+                    return v;
+                }
+            }
+            if let Err(e) = self.core.turn(&mut idle_since, &woken) {
+                // The driver failing is not recoverable for this core.
+                panic!("multispace core driver failed: {e}");
+            }
+        }
+    }
+
+    /// Run the loop until [`CoreHandle::shutdown`] is called for this core.
+    pub(crate) fn run_until_shutdown(&self) {
+        let shared = self.core.shared.clone();
+        self.block_on(std::future::poll_fn(move |cx| {
+            if shared.shutdown.load(Ordering::Acquire) {
+                Poll::Ready(())
+            } else {
+                SHUTDOWN_WAKER.with(|w| *w.borrow_mut() = Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        }))
+    }
+}
+
+/// Runs on the core (as a remote job) to let `run_until_shutdown` see the flag.
+pub(crate) fn wake_shutdown() {
+    if let Some(w) = SHUTDOWN_WAKER.with(|w| w.borrow_mut().take()) {
+        w.wake();
+    }
+}
+
+impl Drop for LocalRuntime {
+    fn drop(&mut self) {
+        let _enter = Enter::new(self.core.clone());
+        self.core.cancel_all();
+    }
+}
+
+thread_local! {
+    static SHUTDOWN_WAKER: RefCell<Option<Waker>> = const { RefCell::new(None) };
+}
+
+/// Wakes the `block_on` future, from any thread.
+struct MainWaker {
+    woken: Arc<AtomicBool>,
+    shared: Arc<Shared>,
+}
+
+impl std::task::Wake for MainWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref()
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        if CURRENT_ID.try_with(Cell::get).unwrap_or(0) != self.shared.id {
+            self.shared.notify();
+        }
+    }
+}

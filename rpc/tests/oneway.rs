@@ -1,0 +1,96 @@
+//! One-way UDP and multicast calls, on both drivers.
+
+mod common;
+
+use std::cell::RefCell;
+use std::net::Ipv4Addr;
+use std::rc::Rc;
+
+use common::{each_driver, until};
+use multispace_rpc::{spawn, Message, MulticastGroup, OneWaySender, OneWayServer, SendError, Service, MAX_DATAGRAM};
+
+const LOG: u32 = 7;
+
+fn collector(seen: Rc<RefCell<Vec<String>>>) -> Service {
+    Service::builder("log")
+        .one_way(LOG, move |_ctx, m: Message<String>| {
+            seen.borrow_mut().push(m.as_str().to_owned());
+            async {}
+        })
+        .build()
+}
+
+#[test]
+fn one_way_datagrams_reach_the_handler() {
+    each_driver(|_| async {
+        let seen = Rc::new(RefCell::new(Vec::new()));
+        let server = OneWayServer::bind("127.0.0.1:0".parse().unwrap(), [collector(seen.clone())]).unwrap();
+        let addr = server.local_addr();
+        spawn(server.serve()).detach();
+        let sender = OneWaySender::new().unwrap();
+        for i in 0..50 {
+            sender.send(addr, LOG, &format!("entry {i}")).await.unwrap();
+            // One in flight at a time keeps loopback from dropping any (best effort is
+            // lossy under pressure; this test checks delivery and decoding, not loss).
+            until("datagram delivered", || seen.borrow().len() == i + 1).await;
+        }
+        let expect: Vec<String> = (0..50).map(|i| format!("entry {i}")).collect();
+        assert_eq!(*seen.borrow(), expect);
+    });
+}
+
+#[test]
+fn one_way_call_too_big_for_a_datagram_is_refused() {
+    each_driver(|_| async {
+        let sender = OneWaySender::new().unwrap();
+        let big = vec![7u8; MAX_DATAGRAM];
+        let err = sender.send("127.0.0.1:9".parse().unwrap(), LOG, &big).await.unwrap_err();
+        assert!(matches!(err, SendError::TooLarge { max, .. } if max == MAX_DATAGRAM), "{err:?}");
+        let small = OneWaySender::new().unwrap().with_max_datagram(100);
+        let err = small.send("127.0.0.1:9".parse().unwrap(), LOG, &vec![0u8; 200]).await.unwrap_err();
+        assert!(matches!(err, SendError::TooLarge { max: 100, .. }), "{err:?}");
+    });
+}
+
+#[test]
+fn multicast_call_reaches_every_member() {
+    each_driver(|kind| async move {
+        // A port per driver run so the two runs cannot hear each other.
+        let port = match kind {
+            multispace_rpc::DriverKind::Uring => 47_611,
+            multispace_rpc::DriverKind::Epoll => 47_612,
+        };
+        let group = MulticastGroup::loopback(Ipv4Addr::new(239, 255, 42, 17), port);
+        let members: Vec<Rc<RefCell<Vec<String>>>> = (0..3).map(|_| Rc::default()).collect();
+        for seen in &members {
+            let server = OneWayServer::join(&group, [collector(seen.clone())]).unwrap();
+            spawn(server.serve()).detach();
+        }
+        let sender = OneWaySender::multicast(&group).unwrap();
+        sender.send_group(&group, LOG, &"to all".to_string()).await.unwrap();
+        until("every member heard it", || members.iter().all(|m| m.borrow().len() == 1)).await;
+        for m in &members {
+            assert_eq!(m.borrow()[0], "to all");
+        }
+    });
+}
+
+#[test]
+fn malformed_datagrams_are_dropped_and_counted() {
+    each_driver(|_| async {
+        let seen = Rc::new(RefCell::new(Vec::new()));
+        let server = OneWayServer::bind("127.0.0.1:0".parse().unwrap(), [collector(seen.clone())]).unwrap();
+        let addr = server.local_addr();
+        let stats = server.stats();
+        spawn(server.serve()).detach();
+        let raw = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        raw.send_to(b"definitely not a frame", addr).unwrap();
+        let mut unknown = multispace_rpc::proto::frame::Header::one_way(999, 0).encode().to_vec();
+        unknown.extend_from_slice(&[0; 0]);
+        raw.send_to(&unknown, addr).unwrap();
+        until("both dropped", || stats.borrow().dropped == 2).await;
+        // A good one still goes through.
+        OneWaySender::new().unwrap().send(addr, LOG, &"fine".to_string()).await.unwrap();
+        until("good datagram delivered", || seen.borrow().len() == 1).await;
+    });
+}
