@@ -41,11 +41,14 @@ impl std::fmt::Display for Waiting {
     }
 }
 
+/// Pin the current thread to the `cpu`-th CPU the process was allowed at its first pin.
+/// The set is read once: a thread spawned by an already pinned thread inherits one CPU, and
+/// asking it for "all" CPUs would put every side of a benchmark on the same core.
 fn pin(cpu: usize) {
-    if let Some(ids) = core_affinity::get_core_ids() {
-        if !ids.is_empty() {
-            core_affinity::set_for_current(ids[cpu % ids.len()]);
-        }
+    static CPUS: std::sync::OnceLock<Vec<core_affinity::CoreId>> = std::sync::OnceLock::new();
+    let ids = CPUS.get_or_init(|| core_affinity::get_core_ids().unwrap_or_default());
+    if !ids.is_empty() {
+        core_affinity::set_for_current(ids[cpu % ids.len()]);
     }
 }
 
@@ -95,9 +98,16 @@ impl RawUdp {
             while !stop2.load(Ordering::Relaxed) {
                 match server.recv(&mut buf) {
                     Ok(n) => {
-                        let _ = server.send(&buf[..n]);
+                        // A non-blocking send can refuse for a moment; dropping the reply
+                        // would leave the caller waiting forever.
+                        while let Err(e) = server.send(&buf[..n]) {
+                            if e.kind() != ErrorKind::WouldBlock || stop2.load(Ordering::Relaxed) {
+                                break;
+                            }
+                        }
                     }
-                    Err(_) => continue,
+                    Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => continue,
+                    Err(e) => eprintln!("raw udp echo: {e}"),
                 }
             }
         });
@@ -111,7 +121,9 @@ impl PingPong for RawUdp {
         let msg = vec![0u8; self.payload.max(1)];
         for _ in 0..n {
             let t = Instant::now();
-            self.sock.send(&msg).expect("udp send");
+            while let Err(e) = self.sock.send(&msg) {
+                assert!(e.kind() == ErrorKind::WouldBlock, "udp send: {e}");
+            }
             let r = match self.waiting {
                 Waiting::Spin => spin_recv(|| self.sock.recv(&mut self.buf)),
                 Waiting::Sleep => self.sock.recv(&mut self.buf),

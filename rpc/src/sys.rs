@@ -119,7 +119,10 @@ pub(crate) struct MsgHdr {
 }
 
 thread_local! {
-    // Reused blocks, so datagram operations do not allocate once warm.
+    // Reused blocks, so datagram operations do not allocate once warm. Boxed on purpose: the
+    // kernel keeps pointers into a block while its operation is in flight, so blocks must not
+    // move when the pool grows.
+    #[allow(clippy::vec_box)]
     static MSGHDR_POOL: RefCell<Vec<Box<MsgHdr>>> = const { RefCell::new(Vec::new()) };
 }
 

@@ -25,18 +25,18 @@ fn main() -> anyhow::Result<()> {
     pin_caller();
     let mut rows: Vec<Row> = Vec::new();
     for waiting in [Waiting::Sleep, Waiting::Spin] {
-        let mut systems: Vec<(&str, Box<dyn PingPong>)> = vec![
-            ("raw UDP", Box::new(RawUdp::new(1, waiting)?)),
-            ("raw TCP", Box::new(RawTcp::new(1, waiting)?)),
-            ("multispace rpc (io_uring)", Box::new(RpcNull::new(DriverKind::Uring, waiting)?)),
-            ("multispace rpc (epoll)", Box::new(RpcNull::new(DriverKind::Epoll, waiting)?)),
-        ];
-        // Interleave rounds so drift on the machine hits every system alike.
+        let systems = ["raw UDP", "raw TCP", "multispace rpc (io_uring)", "multispace rpc (epoll)"];
+        // Interleave rounds so drift on the machine hits every system alike. Each system is
+        // built just before it is measured and torn down after: spinning echo threads of idle
+        // systems would otherwise steal the two cores.
         let mut per_system: Vec<Vec<Row>> = vec![Vec::new(); systems.len()];
         for _ in 0..args.rounds {
-            for (i, (name, s)) in systems.iter_mut().enumerate() {
-                s.run(1000, None);
-                per_system[i].push(measure(name, waiting, s.as_mut(), args.calls));
+            for (i, name) in systems.iter().enumerate() {
+                let mut s = build(i, waiting)?;
+                s.run(2000, None);
+                let row = measure(name, waiting, s.as_mut(), args.calls);
+                eprintln!("{name} ({waiting}): p50 {:.1} µs", row.p50_us);
+                per_system[i].push(row);
             }
         }
         let merged: Vec<Row> = per_system.into_iter().map(merge).collect();
@@ -45,7 +45,6 @@ fn main() -> anyhow::Result<()> {
             r.ratio_to_raw_udp = Some(r.p50_us / floor);
             r
         }));
-        drop(systems);
     }
     println!("| system | waiting | p50 µs | p99 µs | p99.9 µs | max µs | calls/s | p50 ÷ raw UDP p50 |");
     println!("|---|---|---|---|---|---|---|---|");
@@ -67,6 +66,15 @@ fn main() -> anyhow::Result<()> {
         println!("wrote {}", path.display());
     }
     Ok(())
+}
+
+fn build(i: usize, waiting: Waiting) -> anyhow::Result<Box<dyn PingPong>> {
+    Ok(match i {
+        0 => Box::new(RawUdp::new(1, waiting)?),
+        1 => Box::new(RawTcp::new(1, waiting)?),
+        2 => Box::new(RpcNull::new(DriverKind::Uring, waiting)?),
+        _ => Box::new(RpcNull::new(DriverKind::Epoll, waiting)?),
+    })
 }
 
 /// Combine rounds: the median of the rounds' medians (robust to one disturbed round), and the

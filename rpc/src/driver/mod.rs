@@ -79,6 +79,9 @@ pub(crate) enum Wait {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Registration(pub(crate) Option<usize>);
 
+// One per core, created once and never moved around, so the size gap between variants costs
+// nothing, while boxing would add a pointer chase to every operation.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Driver {
     Uring(uring::UringDriver),
     Epoll(epoll::EpollDriver),
