@@ -15,6 +15,12 @@ struct Args {
     /// Interleaved rounds; medians of each row are taken over all rounds together.
     #[arg(long, default_value_t = 3)]
     rounds: u32,
+    /// Only systems whose name contains this (e.g. `io_uring`, `raw`); for profiling.
+    #[arg(long)]
+    only: Option<String>,
+    /// Only this waiting style.
+    #[arg(long)]
+    waiting: Option<String>,
     /// Write the rows as JSON here.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -25,6 +31,9 @@ fn main() -> anyhow::Result<()> {
     pin_caller();
     let mut rows: Vec<Row> = Vec::new();
     for waiting in [Waiting::Sleep, Waiting::Spin] {
+        if args.waiting.as_deref().is_some_and(|w| w != waiting.to_string()) {
+            continue;
+        }
         let systems = ["raw UDP", "raw TCP", "multispace rpc (io_uring)", "multispace rpc (epoll)"];
         // Interleave rounds so drift on the machine hits every system alike. Each system is
         // built just before it is measured and torn down after: spinning echo threads of idle
@@ -32,6 +41,9 @@ fn main() -> anyhow::Result<()> {
         let mut per_system: Vec<Vec<Row>> = vec![Vec::new(); systems.len()];
         for _ in 0..args.rounds {
             for (i, name) in systems.iter().enumerate() {
+                if args.only.as_deref().is_some_and(|o| !name.contains(o)) && i != 0 {
+                    continue;
+                }
                 let mut s = build(i, waiting)?;
                 s.run(2000, None);
                 let row = measure(name, waiting, s.as_mut(), args.calls);
@@ -39,7 +51,7 @@ fn main() -> anyhow::Result<()> {
                 per_system[i].push(row);
             }
         }
-        let merged: Vec<Row> = per_system.into_iter().map(merge).collect();
+        let merged: Vec<Row> = per_system.into_iter().filter(|r| !r.is_empty()).map(merge).collect();
         let floor = merged[0].p50_us;
         rows.extend(merged.into_iter().map(|mut r| {
             r.ratio_to_raw_udp = Some(r.p50_us / floor);

@@ -15,10 +15,22 @@ use crate::sys;
 
 const WAKE: Token = Token(usize::MAX);
 
-#[derive(Default)]
 struct ScheduledIo {
     readers: Vec<Waker>,
     writers: Vec<Waker>,
+    /// Whether an attempt in each direction may succeed. Starts true (unknown), cleared on
+    /// `WouldBlock` or a short transfer, set again by the next edge.
+    read_ready: bool,
+    write_ready: bool,
+    /// Sticky: the peer closed or the socket failed. Such an edge may have arrived together
+    /// with data that a short read then consumed; the next attempt must still see the end.
+    closed: bool,
+}
+
+impl Default for ScheduledIo {
+    fn default() -> Self {
+        ScheduledIo { readers: Vec::new(), writers: Vec::new(), read_ready: true, write_ready: true, closed: false }
+    }
 }
 
 fn add_waker(list: &mut Vec<Waker>, waker: &Waker) {
@@ -66,6 +78,26 @@ impl EpollDriver {
         }
     }
 
+    /// False only when the last attempt showed the direction exhausted and no edge came since.
+    pub(crate) fn is_ready(&self, token: usize, dir: Direction) -> bool {
+        self.io.get(token).is_none_or(|io| {
+            io.closed
+                || match dir {
+                    Direction::Read => io.read_ready,
+                    Direction::Write => io.write_ready,
+                }
+        })
+    }
+
+    pub(crate) fn clear_ready(&mut self, token: usize, dir: Direction) {
+        if let Some(io) = self.io.get_mut(token) {
+            match dir {
+                Direction::Read => io.read_ready = false,
+                Direction::Write => io.write_ready = false,
+            }
+        }
+    }
+
     pub(crate) fn take_wakers(&mut self, out: &mut Vec<Waker>) {
         for (_, io) in self.io.iter_mut() {
             out.append(&mut io.readers);
@@ -92,10 +124,13 @@ impl EpollDriver {
             }
             let Some(io) = self.io.get_mut(ev.token().0) else { continue };
             let failed = ev.is_error() || ev.is_read_closed() || ev.is_write_closed();
+            io.closed |= failed;
             if ev.is_readable() || failed {
+                io.read_ready = true;
                 io.readers.drain(..).for_each(Waker::wake);
             }
             if ev.is_writable() || failed {
+                io.write_ready = true;
                 io.writers.drain(..).for_each(Waker::wake);
             }
         }

@@ -13,6 +13,7 @@
 //!   tasks whose operations completed or whose sockets became ready.
 
 pub(crate) mod epoll;
+pub(crate) mod multishot;
 pub(crate) mod op;
 pub(crate) mod uring;
 

@@ -3,13 +3,15 @@
 //! one), no SQPOLL, one `io_uring_enter` per loop turn for all queued submissions.
 
 use std::any::Any;
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::RawFd;
 use std::task::{Poll, Waker};
 
-use io_uring::{opcode, squeue, types, IoUring};
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use slab::Slab;
 
+use super::multishot::{BufRing, MultiData};
 use super::Wait;
 
 /// user_data of the core's eventfd read.
@@ -24,6 +26,24 @@ enum Lifecycle {
     /// The future was dropped; the data the kernel may still touch is parked here until the
     /// completion arrives.
     Abandoned(#[allow(dead_code)] Box<dyn Any>),
+    /// A multishot op: completions (result, flags) not yet taken by its owner.
+    Multi {
+        queue: VecDeque<(i32, u32)>,
+        waker: Waker,
+    },
+    /// A multishot op whose owner is gone; its ring lives until the final completion.
+    AbandonedMulti(Box<MultiData>),
+}
+
+impl Lifecycle {
+    /// The kernel may still post a completion for this op.
+    fn outstanding(&self) -> bool {
+        match self {
+            Lifecycle::Completed(_) => false,
+            Lifecycle::Multi { queue, .. } => !queue.iter().any(|&(_, f)| !cqueue::more(f)),
+            _ => true,
+        }
+    }
 }
 
 pub(crate) struct UringDriver {
@@ -33,6 +53,11 @@ pub(crate) struct UringDriver {
     /// Target of the eventfd read; boxed so its address is stable for the kernel.
     wake_buf: Box<u64>,
     wake_armed: bool,
+    /// Buffer-group ids for provided-buffer rings: the next new one, and released ones.
+    next_bgid: u16,
+    free_bgids: Vec<u16>,
+    /// Rings of abandoned multishot ops that finished during a completion pass.
+    finished_rings: Vec<MultiData>,
 }
 
 impl UringDriver {
@@ -44,8 +69,16 @@ impl UringDriver {
             .setup_coop_taskrun()
             .setup_cqsize(4096)
             .build(1024)?;
-        let mut d =
-            UringDriver { ring, ops: Slab::with_capacity(256), wake_fd, wake_buf: Box::new(0), wake_armed: false };
+        let mut d = UringDriver {
+            ring,
+            ops: Slab::with_capacity(256),
+            wake_fd,
+            wake_buf: Box::new(0),
+            wake_armed: false,
+            next_bgid: 0,
+            free_bgids: Vec::new(),
+            finished_rings: Vec::new(),
+        };
         d.arm_wake();
         Ok(d)
     }
@@ -91,7 +124,78 @@ impl UringDriver {
                 }
                 Poll::Pending
             }
-            Lifecycle::Abandoned(_) => unreachable!("polled an abandoned op"),
+            _ => unreachable!("polled an op in the wrong state"),
+        }
+    }
+
+    /// Allocate a provided-buffer ring and register it with the kernel.
+    pub(crate) fn register_buf_ring(&mut self) -> io::Result<BufRing> {
+        let bgid = match self.free_bgids.pop() {
+            Some(b) => b,
+            None => {
+                let b = self.next_bgid;
+                self.next_bgid = b.checked_add(1).ok_or_else(|| io::Error::other("out of buffer-group ids"))?;
+                b
+            }
+        };
+        let ring = BufRing::new(bgid);
+        // SAFETY: the entry array is page aligned, holds `entries()` entries and stays
+        // allocated until `unregister_buf_ring` (or the ring's teardown, after which the kernel
+        // no longer touches it): `BufRing` is only dropped after one of those.
+        let res =
+            unsafe { self.ring.submitter().register_buf_ring_with_flags(ring.addr(), BufRing::entries(), bgid, 0) };
+        if let Err(e) = res {
+            self.free_bgids.push(bgid);
+            return Err(e);
+        }
+        Ok(ring)
+    }
+
+    /// Unregister a ring no armed op uses; the caller may then drop it.
+    pub(crate) fn unregister_buf_ring(&mut self, ring: &BufRing) {
+        match self.ring.submitter().unregister_buf_ring(ring.bgid) {
+            Ok(()) => self.free_bgids.push(ring.bgid),
+            Err(e) => tracing::warn!(error = %e, bgid = ring.bgid, "could not unregister a buffer ring"),
+        }
+    }
+
+    /// Queue a multishot op; its completions queue up for [`Self::poll_multi`].
+    pub(crate) fn submit_multi(&mut self, entry: squeue::Entry, waker: Waker) -> usize {
+        let key = self.ops.insert(Lifecycle::Multi { queue: VecDeque::with_capacity(16), waker });
+        self.push(&entry.user_data(key as u64));
+        key
+    }
+
+    /// The next completion of a multishot op, or `None` (and `waker` is kept) if none yet.
+    pub(crate) fn poll_multi(&mut self, key: usize, waker: &Waker) -> Option<(i32, u32)> {
+        match &mut self.ops[key] {
+            Lifecycle::Multi { queue, waker: w } => {
+                let next = queue.pop_front();
+                if next.is_none() && !w.will_wake(waker) {
+                    *w = waker.clone();
+                }
+                next
+            }
+            _ => unreachable!("polled a multishot op in the wrong state"),
+        }
+    }
+
+    /// The owner took the final completion of a multishot op.
+    pub(crate) fn finish_multi(&mut self, key: usize) {
+        self.ops.remove(key);
+    }
+
+    /// The owner of a multishot op is gone: cancel it and keep its ring until it ends.
+    pub(crate) fn abandon_multi(&mut self, key: usize, data: Box<MultiData>) {
+        let Some(slot) = self.ops.get_mut(key) else { return };
+        if slot.outstanding() {
+            *slot = Lifecycle::AbandonedMulti(data);
+            let cancel = opcode::AsyncCancel::new(key as u64).build().user_data(CANCEL_TOKEN);
+            self.push(&cancel);
+        } else {
+            // Its final completion is already queued: nothing in flight.
+            self.ops.remove(key);
+            self.unregister_buf_ring(&data.ring);
         }
     }
 
@@ -112,7 +216,7 @@ impl UringDriver {
 
     pub(crate) fn take_wakers(&mut self, out: &mut Vec<Waker>) {
         for (_, slot) in self.ops.iter_mut() {
-            if let Lifecycle::Waiting(w) = slot {
+            if let Lifecycle::Waiting(w) | Lifecycle::Multi { waker: w, .. } = slot {
                 if !w.will_wake(Waker::noop()) {
                     out.push(std::mem::replace(w, Waker::noop().clone()));
                 }
@@ -156,12 +260,25 @@ impl UringDriver {
                 key => {
                     let key = key as usize;
                     let Some(slot) = self.ops.get_mut(key) else { continue };
-                    match std::mem::replace(slot, Lifecycle::Completed(cqe.result())) {
-                        Lifecycle::Waiting(w) => w.wake(),
-                        Lifecycle::Abandoned(_) => {
-                            self.ops.remove(key);
+                    match slot {
+                        Lifecycle::Multi { queue, waker } => {
+                            queue.push_back((cqe.result(), cqe.flags()));
+                            waker.wake_by_ref();
                         }
-                        Lifecycle::Completed(_) => {}
+                        Lifecycle::AbandonedMulti(_) => {
+                            if !cqueue::more(cqe.flags()) {
+                                if let Lifecycle::AbandonedMulti(data) = self.ops.remove(key) {
+                                    self.finished_rings.push(*data);
+                                }
+                            }
+                        }
+                        _ => match std::mem::replace(slot, Lifecycle::Completed(cqe.result())) {
+                            Lifecycle::Waiting(w) => w.wake(),
+                            Lifecycle::Abandoned(_) => {
+                                self.ops.remove(key);
+                            }
+                            _ => {}
+                        },
                     }
                 }
             }
@@ -169,6 +286,9 @@ impl UringDriver {
         if rearm {
             self.wake_armed = false;
             self.arm_wake();
+        }
+        while let Some(data) = self.finished_rings.pop() {
+            self.unregister_buf_ring(&data.ring);
         }
         Ok(woke)
     }
@@ -186,7 +306,7 @@ impl Drop for UringDriver {
         let wake = opcode::AsyncCancel::new(WAKE_TOKEN).build().user_data(CANCEL_TOKEN);
         self.push(&wake);
         let mut rounds = 0;
-        while self.ops.iter().any(|(_, l)| !matches!(l, Lifecycle::Completed(_))) || self.wake_armed {
+        while self.ops.iter().any(|(_, l)| l.outstanding()) || self.wake_armed {
             if self.ring.submit_and_wait(1).is_err() || rounds > 10_000 {
                 break;
             }
@@ -197,7 +317,10 @@ impl Drop for UringDriver {
                     CANCEL_TOKEN => {}
                     key => {
                         if let Some(slot) = self.ops.get_mut(key as usize) {
-                            *slot = Lifecycle::Completed(cqe.result());
+                            let multi = matches!(slot, Lifecycle::Multi { .. } | Lifecycle::AbandonedMulti(_));
+                            if !multi || !cqueue::more(cqe.flags()) {
+                                *slot = Lifecycle::Completed(cqe.result());
+                            }
                         }
                     }
                 }

@@ -54,6 +54,12 @@ impl UdpSocket {
         (res, buf)
     }
 
+    /// A receiver for a stream of datagrams on this socket: on io_uring one multishot receive
+    /// with a provided-buffer ring stays armed across datagrams. It must not outlive the socket.
+    pub(crate) fn receiver(&self) -> crate::driver::multishot::DatagramReceiver {
+        crate::driver::multishot::DatagramReceiver::new(self.inner.fd(), self.inner.reg)
+    }
+
     /// Send `buf` as one datagram to `to`.
     pub async fn send_to(&self, buf: BytesMut, to: SocketAddr) -> (io::Result<usize>, BytesMut) {
         Op::new(op::SendTo::new(self.inner.fd(), buf, &SockAddr::from(to)), self.inner.reg).await

@@ -173,11 +173,14 @@ impl OneWayServer {
     /// Receive and dispatch until dropped.
     pub async fn serve(self) -> std::io::Result<()> {
         let mut buf = BytesMut::with_capacity(4 * MAX_DATAGRAM);
+        // Declared after `self`, so it is dropped (its multishot receive cancelled) before the
+        // socket closes.
+        let mut rx = self.sock.receiver();
         loop {
             if buf.capacity() - buf.len() < MAX_DATAGRAM + 16 {
                 buf.reserve(MAX_DATAGRAM + 16);
             }
-            let (res, b) = self.sock.recv_from(buf).await;
+            let (res, b) = rx.recv_from(buf).await;
             buf = b;
             let (n, peer) = match res {
                 Ok(r) => r,

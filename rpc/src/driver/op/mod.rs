@@ -41,6 +41,13 @@ pub(crate) trait OpCode: 'static {
     fn uring_entry(&mut self) -> squeue::Entry;
     /// One non-blocking attempt (epoll backend). `WouldBlock` means wait for readiness.
     fn try_io(&mut self) -> io::Result<u32>;
+    /// True if a successful `try_io` moving `n` bytes shows the socket has nothing more in
+    /// this direction right now (a short read or write), so the next attempt can wait for
+    /// readiness instead of spending a syscall on `WouldBlock`. Safe with edge-triggered
+    /// epoll: anything arriving later raises a new edge.
+    fn exhausted(&self, _n: u32) -> bool {
+        false
+    }
     fn complete(self, res: io::Result<u32>) -> Self::Output;
 }
 
@@ -89,10 +96,20 @@ impl<T: OpCode> Future for Op<T> {
             },
             Driver::Epoll(d) => {
                 let data = this.data.as_mut().expect("op polled after completion");
+                let dir = data.direction();
+                let token = this.reg.0;
+                if let Some(t) = token {
+                    if !d.is_ready(t, dir) {
+                        d.wait_ready(t, dir, cx.waker());
+                        this.state = State::Waiting;
+                        return Poll::Pending;
+                    }
+                }
                 match data.try_io() {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        let token = this.reg.0.expect("socket not registered with epoll");
-                        d.wait_ready(token, data.direction(), cx.waker());
+                        let t = token.expect("socket not registered with epoll");
+                        d.clear_ready(t, dir);
+                        d.wait_ready(t, dir, cx.waker());
                         this.state = State::Waiting;
                         Poll::Pending
                     }
@@ -101,6 +118,11 @@ impl<T: OpCode> Future for Op<T> {
                         Poll::Pending
                     }
                     res => {
+                        if let (Ok(n), Some(t)) = (&res, token) {
+                            if data.exhausted(*n) {
+                                d.clear_ready(t, dir);
+                            }
+                        }
                         this.state = State::Unsubmitted;
                         Poll::Ready(res)
                     }

@@ -39,6 +39,11 @@ impl OpCode for Recv {
         unsafe { sys::recv(self.fd, ptr, len) }.map(|n| n as u32)
     }
 
+    fn exhausted(&self, n: u32) -> bool {
+        // 0 is end of stream, which stays readable.
+        n > 0 && (n as usize) < self.buf.capacity() - self.buf.len()
+    }
+
     fn complete(mut self, res: io::Result<u32>) -> Self::Output {
         let res = res.map(|n| {
             let n = n as usize;

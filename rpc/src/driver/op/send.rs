@@ -30,6 +30,10 @@ impl OpCode for Send {
         sys::send(self.fd, &self.buf[self.pos..]).map(|n| n as u32)
     }
 
+    fn exhausted(&self, n: u32) -> bool {
+        (n as usize) < self.buf.len() - self.pos
+    }
+
     fn complete(self, res: io::Result<u32>) -> Self::Output {
         (res.map(|n| n as usize), self.buf)
     }
