@@ -2,6 +2,7 @@
 //! outbox with its writer task.
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io;
 use std::rc::Rc;
@@ -53,10 +54,18 @@ pub(crate) enum ReadError {
     Truncated,
 }
 
+/// Retired read buffers kept for reuse per connection.
+const MAX_SPARES: usize = 4;
+
 /// Reads whole frames from a stream into a shared buffer; each frame is handed out as a
 /// `Bytes` view of that buffer (no copy).
+///
+/// Buffers are recycled rather than reallocated: when the current one runs out of room it is
+/// kept as a spare, and a spare whose frames have all been dropped is reclaimed in place, so
+/// a steady stream of calls reads without touching the heap.
 pub(crate) struct FrameReader {
     buf: BytesMut,
+    spares: VecDeque<BytesMut>,
     max_payload: u32,
     chunk: usize,
     frame_timeout: Duration,
@@ -66,10 +75,31 @@ impl FrameReader {
     pub(crate) fn new(config: &ConnConfig) -> Self {
         FrameReader {
             buf: BytesMut::with_capacity(config.read_chunk),
+            spares: VecDeque::with_capacity(MAX_SPARES),
             max_payload: config.max_payload.min(u32::MAX as usize) as u32,
             chunk: config.read_chunk,
             frame_timeout: config.frame_timeout,
         }
+    }
+
+    /// Ensure room for the rest of this frame (it may be large) and at least a quarter chunk.
+    fn make_room(&mut self, need: usize) {
+        let want = need.max(self.chunk / 4);
+        if self.buf.capacity() - self.buf.len() >= want || self.buf.try_reclaim(want) {
+            return;
+        }
+        // Frames handed out still pin the current buffer: move the partial frame (less than
+        // one frame) to a reclaimable spare, or to a new buffer if every spare is pinned.
+        let total = want + self.buf.len();
+        let next = self.spares.iter_mut().position(|b| b.try_reclaim(total)).and_then(|i| self.spares.remove(i));
+        let mut next = next.unwrap_or_else(|| BytesMut::with_capacity(total.max(self.chunk)));
+        next.extend_from_slice(&self.buf);
+        let mut old = std::mem::replace(&mut self.buf, next);
+        old.clear();
+        if self.spares.len() == MAX_SPARES {
+            self.spares.pop_front();
+        }
+        self.spares.push_back(old);
     }
 
     /// The next frame's header and payload, `Ok(None)` at a clean end of stream.
@@ -85,8 +115,7 @@ impl FrameReader {
                 Ok(Decoded::NeedMore(n)) => n,
                 Err(e) => return Err(ReadError::Protocol(e)),
             };
-            // Room for the rest of this frame (it may be large) or one chunk, whichever is more.
-            self.buf.reserve(need.max(self.chunk));
+            self.make_room(need);
             let partial = !self.buf.is_empty();
             let buf = std::mem::take(&mut self.buf);
             let (res, buf) = if partial {

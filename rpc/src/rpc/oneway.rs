@@ -8,11 +8,10 @@ use std::rc::Rc;
 
 use bytes::BytesMut;
 
-use super::service::{CallContext, Service};
+use super::service::{CallContext, Dispatched, Service};
 use crate::buf::{encode_frame, EncodeError, Payload};
 use crate::net::UdpSocket;
 use crate::proto::frame::{decode_datagram, FrameKind, Header, HEADER_LEN};
-use crate::runtime::JoinHandle;
 
 /// The largest UDP payload over IPv4 (65535 − 8 − 20).
 pub const MAX_DATAGRAM: usize = 65_507;
@@ -201,7 +200,9 @@ impl OneWayServer {
                     let payload = datagram.slice(HEADER_LEN..HEADER_LEN + h.payload_len as usize);
                     match self.services.iter().find(|s| s.has_method(h.method_id)) {
                         Some(svc) => {
-                            svc.dispatch(ctx, payload, None).into_iter().for_each(JoinHandle::detach);
+                            if let Dispatched::Running(task) = svc.dispatch(ctx, payload, None) {
+                                task.detach();
+                            }
                             self.stats.borrow_mut().dispatched += 1;
                         }
                         None => {

@@ -11,7 +11,7 @@ use bytes::Bytes;
 
 use super::conn::{ConnConfig, FrameReader, Outbox, ReadError};
 use super::error::ServeError;
-use super::service::{CallContext, Reply, Service};
+use super::service::{CallContext, Dispatched, Reply, Service};
 use crate::net::{TcpListener, TcpStream};
 use crate::proto::frame::{ErrorCode, FrameKind, Header};
 use crate::runtime::{spawn, JoinHandle};
@@ -145,9 +145,12 @@ async fn serve_conn(stream: TcpStream, services: Rc<[Service]>, config: ConnConf
             FrameKind::Request => on_request(&conn, &services, &config, header, payload, peer),
             FrameKind::OneWay => {
                 let ctx = CallContext { method_id: header.method_id, request_id: 0, deadline: None, peer };
-                match find(&services, header.method_id) {
-                    Some(svc) => svc.dispatch(ctx, payload, None).into_iter().for_each(JoinHandle::detach),
-                    None => tracing::debug!(method_id = header.method_id, "one-way call to unknown method dropped"),
+                match find(&services, header.method_id).map(|svc| svc.dispatch(ctx, payload, None)) {
+                    Some(Dispatched::Running(task)) => task.detach(),
+                    Some(Dispatched::Done) => {}
+                    Some(Dispatched::Unknown) | None => {
+                        tracing::debug!(method_id = header.method_id, "one-way call to unknown method dropped")
+                    }
                 }
             }
             FrameKind::Cancel => {
@@ -200,10 +203,14 @@ fn on_request(
     // The budget is relative: convert on arrival so clock skew between hosts cannot matter.
     let deadline = (header.deadline_us > 0).then(|| Instant::now() + Duration::from_micros(header.deadline_us.into()));
     let ctx = CallContext { method_id, request_id: id, deadline, peer };
-    if let Some(task) = svc.dispatch(ctx, payload, Some(Reply { conn: conn.clone(), request_id: id })) {
-        if let Some(old) = conn.inflight.borrow_mut().insert(id, task) {
-            // A peer reusing a live request id replaces (cancels) the older call.
-            drop(old);
+    match svc.dispatch(ctx, payload, Some(Reply { conn: conn.clone(), request_id: id })) {
+        Dispatched::Running(task) => {
+            if let Some(old) = conn.inflight.borrow_mut().insert(id, task) {
+                // A peer reusing a live request id replaces (cancels) the older call.
+                drop(old);
+            }
         }
+        Dispatched::Done => {}
+        Dispatched::Unknown => conn.outbox.push_error(id, method_id, ErrorCode::UnknownMethod, "no such method"),
     }
 }

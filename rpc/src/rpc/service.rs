@@ -1,15 +1,15 @@
 //! Services: a name and a table of method id → handler. Generated skeletons (stubgen) build
 //! the same table with [`ServiceBuilder::method`] and [`ServiceBuilder::one_way`].
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::poll_fn;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::rc::Rc;
-use std::task::Poll;
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -71,7 +71,51 @@ impl Reply {
     }
 }
 
-type Dispatch = dyn Fn(CallContext, Bytes, Option<Reply>) -> JoinHandle<()>;
+/// Starts one call; `None` when it already finished inline.
+type Dispatch = dyn Fn(CallContext, Bytes, Option<Reply>) -> Option<JoinHandle<()>>;
+
+/// What became of a dispatched call.
+pub(crate) enum Dispatched {
+    /// No such method in this service.
+    Unknown,
+    /// The handler finished during dispatch (its reply, if any, is queued).
+    Done,
+    /// The handler is waiting on something and continues as this task.
+    Running(JoinHandle<()>),
+}
+
+/// Recycled slots for one method's call futures.
+type Pool<F> = Rc<RefCell<Vec<Pin<Box<Option<F>>>>>>;
+
+/// Most handlers finish without waiting, so a call is first polled inline, in a slot
+/// recycled from `pool`: then it costs no task and no allocation. A call that must wait moves
+/// on as a task owning its slot (the box moves, the pinned future inside does not). The
+/// inline poll uses a no-op waker; that is sound because the task polls again at once and
+/// every future re-registers its waker on each poll.
+fn run_pooled<F: Future<Output = ()> + 'static>(pool: &Pool<F>, fut: F) -> Option<JoinHandle<()>> {
+    let mut slot = pool.borrow_mut().pop().unwrap_or_else(|| Box::pin(None));
+    slot.as_mut().set(Some(fut));
+    let mut cx = Context::from_waker(Waker::noop());
+    if slot.as_mut().as_pin_mut().expect("just set").poll(&mut cx).is_ready() {
+        recycle(pool, slot);
+        return None;
+    }
+    let pool = pool.clone();
+    Some(spawn(async move {
+        let mut slot = slot;
+        poll_fn(|cx| slot.as_mut().as_pin_mut().expect("set until done").poll(cx)).await;
+        recycle(&pool, slot);
+    }))
+}
+
+fn recycle<F>(pool: &Pool<F>, mut slot: Pin<Box<Option<F>>>) {
+    slot.as_mut().set(None);
+    let mut pool = pool.borrow_mut();
+    // Enough for bursts of waiting calls; beyond it slots are freed.
+    if pool.len() < 64 {
+        pool.push(slot);
+    }
+}
 
 /// A set of methods served under one name.
 #[derive(Clone)]
@@ -102,11 +146,15 @@ impl Service {
         self.methods.contains_key(&method_id)
     }
 
-    /// Run method `method_id` on `payload` as a new task. `reply` is `None` for one-way calls.
-    /// Returns `None` for an unknown method.
-    pub(crate) fn dispatch(&self, ctx: CallContext, payload: Bytes, reply: Option<Reply>) -> Option<JoinHandle<()>> {
-        let handler = self.methods.get(&ctx.method_id)?;
-        Some(handler(ctx, payload, reply))
+    /// Run method `ctx.method_id` on `payload`. `reply` is `None` for one-way calls.
+    pub(crate) fn dispatch(&self, ctx: CallContext, payload: Bytes, reply: Option<Reply>) -> Dispatched {
+        match self.methods.get(&ctx.method_id) {
+            None => Dispatched::Unknown,
+            Some(handler) => match handler(ctx, payload, reply) {
+                None => Dispatched::Done,
+                Some(task) => Dispatched::Running(task),
+            },
+        }
     }
 }
 
@@ -137,9 +185,10 @@ impl ServiceBuilder {
         Fut: Future<Output = Result<Resp, Status>> + 'static,
     {
         let handler = Rc::new(handler);
+        let pool = Rc::new(RefCell::new(Vec::new()));
         let dispatch = move |ctx: CallContext, payload: Bytes, reply: Option<Reply>| {
             let handler = handler.clone();
-            spawn(async move {
+            run_pooled(&pool, async move {
                 let method_id = ctx.method_id;
                 let result = run_handler(ctx, payload, |ctx, msg| handler(ctx, msg)).await;
                 if let Some(reply) = reply {
@@ -163,9 +212,10 @@ impl ServiceBuilder {
         Fut: Future<Output = ()> + 'static,
     {
         let handler = Rc::new(handler);
+        let pool = Rc::new(RefCell::new(Vec::new()));
         let dispatch = move |ctx: CallContext, payload: Bytes, reply: Option<Reply>| {
             let handler = handler.clone();
-            spawn(async move {
+            run_pooled(&pool, async move {
                 let method_id = ctx.method_id;
                 let result = run_handler(ctx, payload, |ctx, msg| {
                     let fut = handler(ctx, msg);
