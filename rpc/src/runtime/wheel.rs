@@ -108,6 +108,10 @@ impl<T> TimerWheel<T> {
     /// Move time forward to `now`, handing every timer with a deadline `<= now` to `fired`.
     /// Never fires a timer early; time never moves backwards (an earlier `now` is a no-op).
     pub(crate) fn advance(&mut self, now: u64, fired: &mut impl FnMut(TimerKey, T)) {
+        if now <= self.elapsed && self.expired == NIL {
+            // Nothing can be due: a spinning core calls this every turn within one tick.
+            return;
+        }
         loop {
             while self.expired != NIL {
                 let i = self.expired;
