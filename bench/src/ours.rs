@@ -1,0 +1,265 @@
+//! Multispace fixtures: reliable calls of every Table 1 shape, and one-way UDP calls
+//! answered by a one-way acknowledgement (two datagrams, like the raw UDP ping-pong).
+//! Server core pinned to CPU 0, client core to CPU 1, both with the same driver and waiting
+//! style.
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use multispace_rpc::runtime::time::timeout;
+use multispace_rpc::{
+    spawn, CallOptions, Client, DriverChoice, DriverKind, Message, OneWaySender, OneWayServer, Payload, Runtime,
+    RuntimeBuilder, Server, Service, Status, Validate, WaitMode,
+};
+
+use crate::shapes::Shape;
+use crate::{pin, PingPong, Waiting};
+
+fn runtimes(driver: DriverKind, waiting: Waiting) -> anyhow::Result<(Runtime, Runtime)> {
+    let wait = match waiting {
+        Waiting::Sleep => WaitMode::Sleep,
+        Waiting::Spin => WaitMode::BusyPoll { idle_after: None },
+    };
+    let build = |name: &str| {
+        RuntimeBuilder::new().cores(1).pin(false).name(name).driver(DriverChoice::Force(driver)).wait(wait).build()
+    };
+    let server_rt = build("bench-server")?;
+    let client_rt = build("bench-client")?;
+    server_rt.core(0).run(|| async { pin(0) })?;
+    client_rt.core(0).run(|| async { pin(1) })?;
+    Ok((server_rt, client_rt))
+}
+
+/// The Table 1 service: one method per shape.
+fn table1_service() -> Service {
+    Service::builder("table1")
+        .method(Shape::Void.method_id(), |_ctx, _r: Message<()>| async { Ok::<(), Status>(()) })
+        .method(Shape::Int.method_id(), |_ctx, _r: Message<i32>| async { Ok::<(), Status>(()) })
+        .method(Shape::IntInt.method_id(), |_ctx, r: Message<i32>| async move {
+            Ok::<i32, Status>(r.to_native().wrapping_add(1))
+        })
+        .method(Shape::Int4.method_id(), |_ctx, r: Message<[i32; 4]>| async move {
+            Ok::<i32, Status>(r.iter().fold(0i32, |a, v| a.wrapping_add(v.to_native())))
+        })
+        .method(Shape::Bytes(0).method_id(), |_ctx, r: Message<Vec<u8>>| async move {
+            std::hint::black_box(r.len());
+            Ok::<(), Status>(())
+        })
+        .method(Shape::ReturnBytes(0).method_id(), |_ctx, r: Message<i32>| async move {
+            Ok::<Vec<u8>, Status>(vec![7u8; r.to_native().clamp(0, 1 << 20) as usize])
+        })
+        .build()
+}
+
+/// Reliable calls of one shape over TCP.
+pub struct Rpc {
+    // Field order: the client runtime goes first, so its connection closes before the server.
+    client_rt: Runtime,
+    _server_rt: Runtime,
+    addr: SocketAddr,
+    shape: Shape,
+}
+
+impl Rpc {
+    /// Start both runtimes and the server, connect and warm up.
+    pub fn new(driver: DriverKind, waiting: Waiting, shape: Shape) -> anyhow::Result<Self> {
+        let (server_rt, client_rt) = runtimes(driver, waiting)?;
+        let addr = server_rt.core(0).run(|| async {
+            let server = Server::bind("127.0.0.1:0".parse().expect("address"), [table1_service()])?;
+            let addr = server.local_addr();
+            spawn(server.serve()).detach();
+            Ok::<_, multispace_rpc::ServeError>(addr)
+        })??;
+        let mut me = Rpc { client_rt, _server_rt: server_rt, addr, shape };
+        me.run(1000, None);
+        Ok(me)
+    }
+}
+
+thread_local! {
+    static CLIENT: RefCell<Option<Client>> = const { RefCell::new(None) };
+}
+
+async fn timed<Req: Payload, Resp: Validate>(client: &Client, method: u32, req: &Req, n: u64, h: &mut Histogram<u64>) {
+    for _ in 0..n {
+        let t = Instant::now();
+        let resp = client.call::<Req, Resp>(method, req, CallOptions::default()).await.expect("benchmark call");
+        std::hint::black_box(resp.bytes().len());
+        let _ = h.record(t.elapsed().as_nanos() as u64);
+    }
+}
+
+impl PingPong for Rpc {
+    fn run(&mut self, n: u64, hist: Option<&mut Histogram<u64>>) -> Duration {
+        let (addr, shape) = (self.addr, self.shape);
+        let (elapsed, h) = self
+            .client_rt
+            .core(0)
+            .run(move || async move {
+                let client = CLIENT.with(|c| c.borrow_mut().get_or_insert_with(|| Client::new(addr)).clone());
+                let mut h = Histogram::<u64>::new(3).expect("histogram");
+                let m = shape.method_id();
+                let start = Instant::now();
+                match shape {
+                    Shape::Void => timed::<(), ()>(&client, m, &(), n, &mut h).await,
+                    Shape::Int => timed::<i32, ()>(&client, m, &7, n, &mut h).await,
+                    Shape::IntInt => timed::<i32, i32>(&client, m, &7, n, &mut h).await,
+                    Shape::Int4 => timed::<[i32; 4], i32>(&client, m, &[1, 2, 3, 4], n, &mut h).await,
+                    Shape::Bytes(len) => timed::<Vec<u8>, ()>(&client, m, &vec![7u8; len], n, &mut h).await,
+                    Shape::ReturnBytes(len) => timed::<i32, Vec<u8>>(&client, m, &(len as i32), n, &mut h).await,
+                }
+                (start.elapsed(), h)
+            })
+            .expect("client core alive");
+        if let Some(out) = hist {
+            out.add(h).expect("same histogram bounds");
+        }
+        elapsed
+    }
+}
+
+/// Method id of the acknowledgement the one-way server sends back.
+const ACK: u32 = 100;
+
+/// Acknowledgements seen by the client core, and the task waiting for the next one.
+#[derive(Default)]
+struct Acks {
+    seen: Cell<u64>,
+    waiter: RefCell<Option<Waker>>,
+}
+
+struct OneWayClient {
+    sender: OneWaySender,
+    acks: Rc<Acks>,
+}
+
+thread_local! {
+    static ONE_WAY: RefCell<Option<Rc<OneWayClient>>> = const { RefCell::new(None) };
+}
+
+/// One-way UDP calls of a shape with no result, each answered by a one-way acknowledgement:
+/// a round trip of two best-effort datagrams carrying our framing, comparable with the raw
+/// UDP ping-pong. A lost datagram costs a 100 ms timeout and is counted.
+pub struct OneWayPair {
+    client_rt: Runtime,
+    _server_rt: Runtime,
+    server: SocketAddr,
+    shape: Shape,
+    /// Round trips that timed out (datagram lost).
+    pub lost: u64,
+}
+
+impl OneWayPair {
+    /// Start both sides. Panics if `shape` has a result.
+    pub fn new(driver: DriverKind, waiting: Waiting, shape: Shape) -> anyhow::Result<Self> {
+        assert!(shape.no_result(), "one-way calls carry no result");
+        let (server_rt, client_rt) = runtimes(driver, waiting)?;
+        let ack_addr = client_rt.core(0).run(|| async {
+            let acks = Rc::new(Acks::default());
+            let a = acks.clone();
+            let svc = Service::builder("acks")
+                .one_way(ACK, move |_ctx, _m: Message<()>| {
+                    a.seen.set(a.seen.get() + 1);
+                    if let Some(w) = a.waiter.borrow_mut().take() {
+                        w.wake();
+                    }
+                    async {}
+                })
+                .build();
+            let server = OneWayServer::bind("127.0.0.1:0".parse().expect("address"), [svc])?;
+            let addr = server.local_addr();
+            spawn(server.serve()).detach();
+            let client = OneWayClient { sender: OneWaySender::new()?, acks };
+            ONE_WAY.with(|c| *c.borrow_mut() = Some(Rc::new(client)));
+            Ok::<_, std::io::Error>(addr)
+        })??;
+        let server = server_rt.core(0).run(move || async move {
+            let sender = Rc::new(OneWaySender::new()?);
+            let ack = move || {
+                let s = sender.clone();
+                async move {
+                    let _ = s.send(ack_addr, ACK, &()).await;
+                }
+            };
+            let (a1, a2, a3) = (ack.clone(), ack.clone(), ack);
+            let svc = Service::builder("table1-oneway")
+                .one_way(Shape::Void.method_id(), move |_ctx, _m: Message<()>| a1())
+                .one_way(Shape::Int.method_id(), move |_ctx, _m: Message<i32>| a2())
+                .one_way(Shape::Bytes(0).method_id(), move |_ctx, m: Message<Vec<u8>>| {
+                    std::hint::black_box(m.len());
+                    a3()
+                })
+                .build();
+            let server = OneWayServer::bind("127.0.0.1:0".parse().expect("address"), [svc])?;
+            let addr = server.local_addr();
+            spawn(server.serve()).detach();
+            Ok::<_, std::io::Error>(addr)
+        })??;
+        let mut me = OneWayPair { client_rt, _server_rt: server_rt, server, shape, lost: 0 };
+        me.run(1000, None);
+        Ok(me)
+    }
+}
+
+async fn one_way_timed<Req: Payload>(
+    c: &OneWayClient,
+    to: SocketAddr,
+    method: u32,
+    req: &Req,
+    n: u64,
+    h: &mut Histogram<u64>,
+) -> u64 {
+    let mut lost = 0;
+    for _ in 0..n {
+        let before = c.acks.seen.get();
+        let t = Instant::now();
+        c.sender.send(to, method, req).await.expect("one-way send");
+        let acked = std::future::poll_fn(|cx| {
+            if c.acks.seen.get() > before {
+                Poll::Ready(())
+            } else {
+                *c.acks.waiter.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        });
+        match timeout(Duration::from_millis(100), acked).await {
+            Ok(()) => {
+                let _ = h.record(t.elapsed().as_nanos() as u64);
+            }
+            Err(_) => lost += 1,
+        }
+    }
+    lost
+}
+
+impl PingPong for OneWayPair {
+    fn run(&mut self, n: u64, hist: Option<&mut Histogram<u64>>) -> Duration {
+        let (to, shape) = (self.server, self.shape);
+        let (elapsed, h, lost) = self
+            .client_rt
+            .core(0)
+            .run(move || async move {
+                let c = ONE_WAY.with(|c| c.borrow().clone()).expect("one-way client set up");
+                let mut h = Histogram::<u64>::new(3).expect("histogram");
+                let m = shape.method_id();
+                let start = Instant::now();
+                let lost = match shape {
+                    Shape::Void => one_way_timed(&c, to, m, &(), n, &mut h).await,
+                    Shape::Int => one_way_timed(&c, to, m, &7i32, n, &mut h).await,
+                    Shape::Bytes(len) => one_way_timed(&c, to, m, &vec![7u8; len], n, &mut h).await,
+                    _ => unreachable!("checked in new"),
+                };
+                (start.elapsed(), h, lost)
+            })
+            .expect("client core alive");
+        self.lost += lost;
+        if let Some(out) = hist {
+            out.add(h).expect("same histogram bounds");
+        }
+        elapsed
+    }
+}
