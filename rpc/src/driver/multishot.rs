@@ -1,11 +1,11 @@
-//! Multishot datagram receive on io_uring with a provided-buffer ring.
+//! Multishot receive on io_uring with provided-buffer rings, for datagrams and streams.
 //!
-//! One `RECVMSG` submission stays armed and completes once per datagram, each time into a
-//! buffer the kernel picks from a ring we own, so a busy UDP socket costs no submission and
-//! no poll re-arm per datagram. The datagram is copied out into the caller's buffer (one
-//! memcpy of at most a datagram) and its ring buffer handed straight back, so the ring never
-//! runs dry while handlers hold payloads. On the epoll driver the same API does one
-//! `recvmsg` per datagram.
+//! One receive submission stays armed and completes once per arrival, each time into a
+//! buffer the kernel picks from a ring the receiver owns, so a busy socket costs no
+//! submission, no failed first attempt and no poll re-arm per message. The bytes are copied
+//! out into the caller's buffer (one memcpy) and the ring buffer handed straight back, so the
+//! ring never runs dry while handlers hold payloads. On the epoll driver the same API does one
+//! `recv`/`recvmsg` per call.
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::io;
@@ -23,39 +23,38 @@ use socket2::SockAddr;
 use super::{op, Driver, Registration};
 use crate::runtime::{try_with_driver, with_driver};
 
-/// Buffers in each socket's ring (a power of two).
-const RING_ENTRIES: u16 = 16;
-/// Room for the kernel's `io_uring_recvmsg_out` header, the peer address and the largest UDP
-/// payload, rounded to a page multiple.
-const BUF_SIZE: usize = (65_536usize + 256).next_multiple_of(4096);
-
-/// The ring of buffers registered with the kernel under one buffer-group id.
+/// A ring of `count` buffers of `size` bytes registered with the kernel under one
+/// buffer-group id.
 pub(crate) struct BufRing {
     pub(crate) bgid: u16,
     entries: NonNull<BufRingEntry>,
     bufs: NonNull<u8>,
+    count: u16,
+    size: usize,
     tail: u16,
 }
 
 impl BufRing {
-    fn entries_layout() -> Layout {
+    fn entries_layout(count: u16) -> Layout {
         // The kernel requires the entry array to be page aligned.
-        Layout::from_size_align(RING_ENTRIES as usize * size_of::<BufRingEntry>(), 4096).expect("valid layout")
+        Layout::from_size_align(count as usize * size_of::<BufRingEntry>(), 4096).expect("valid layout")
     }
 
-    fn bufs_layout() -> Layout {
-        Layout::from_size_align(RING_ENTRIES as usize * BUF_SIZE, 4096).expect("valid layout")
+    fn bufs_layout(count: u16, size: usize) -> Layout {
+        Layout::from_size_align(count as usize * size, 4096).expect("valid layout")
     }
 
-    /// Allocate the ring and fill it; the caller registers it with the kernel.
-    pub(crate) fn new(bgid: u16) -> BufRing {
+    /// Allocate the ring and fill it; the caller registers it with the kernel. `count` is a
+    /// power of two.
+    pub(crate) fn new(bgid: u16, count: u16, size: usize) -> BufRing {
+        assert!(count.is_power_of_two() && size > 0, "bad buffer ring geometry");
+        let (el, bl) = (Self::entries_layout(count), Self::bufs_layout(count, size));
         // SAFETY: both layouts have non-zero size.
-        let (entries, bufs) = unsafe { (alloc_zeroed(Self::entries_layout()), alloc_zeroed(Self::bufs_layout())) };
-        let entries = NonNull::new(entries.cast::<BufRingEntry>())
-            .unwrap_or_else(|| std::alloc::handle_alloc_error(Self::entries_layout()));
-        let bufs = NonNull::new(bufs).unwrap_or_else(|| std::alloc::handle_alloc_error(Self::bufs_layout()));
-        let mut ring = BufRing { bgid, entries, bufs, tail: 0 };
-        for bid in 0..RING_ENTRIES {
+        let (entries, bufs) = unsafe { (alloc_zeroed(el), alloc_zeroed(bl)) };
+        let entries = NonNull::new(entries.cast::<BufRingEntry>()).unwrap_or_else(|| std::alloc::handle_alloc_error(el));
+        let bufs = NonNull::new(bufs).unwrap_or_else(|| std::alloc::handle_alloc_error(bl));
+        let mut ring = BufRing { bgid, entries, bufs, count, size, tail: 0 };
+        for bid in 0..count {
             ring.provide(bid);
         }
         ring
@@ -63,13 +62,13 @@ impl BufRing {
 
     /// Give buffer `bid` (back) to the kernel.
     fn provide(&mut self, bid: u16) {
-        let idx = (self.tail & (RING_ENTRIES - 1)) as usize;
-        // SAFETY: `idx < RING_ENTRIES`, inside the entry array we own; the kernel reads only
-        // entries between its head and our published tail, and this one is past the tail.
+        let idx = (self.tail & (self.count - 1)) as usize;
+        // SAFETY: `idx < count`, inside the entry array we own; the kernel reads only entries
+        // between its head and our published tail, and this one is past the tail.
         let entry = unsafe { &mut *self.entries.as_ptr().add(idx) };
-        // SAFETY: `bid < RING_ENTRIES`, so the buffer lies inside the `bufs` allocation.
-        entry.set_addr(unsafe { self.bufs.as_ptr().add(bid as usize * BUF_SIZE) } as u64);
-        entry.set_len(BUF_SIZE as u32);
+        // SAFETY: `bid < count`, so the buffer lies inside the `bufs` allocation.
+        entry.set_addr(unsafe { self.bufs.as_ptr().add(bid as usize * self.size) } as u64);
+        entry.set_len(self.size as u32);
         entry.set_bid(bid);
         self.tail = self.tail.wrapping_add(1);
         // SAFETY: the tail field lives inside the first entry, which we own and which stays
@@ -81,18 +80,18 @@ impl BufRing {
 
     /// The first `len` bytes of buffer `bid`, as filled by the kernel.
     fn buf(&self, bid: u16, len: usize) -> &[u8] {
-        assert!(bid < RING_ENTRIES && len <= BUF_SIZE, "kernel returned an out-of-range buffer");
+        assert!(bid < self.count && len <= self.size, "kernel returned an out-of-range buffer");
         // SAFETY: in range (checked above); the kernel has finished writing this buffer (its
         // completion was reaped) and will not reuse it until we provide it again.
-        unsafe { std::slice::from_raw_parts(self.bufs.as_ptr().add(bid as usize * BUF_SIZE), len) }
+        unsafe { std::slice::from_raw_parts(self.bufs.as_ptr().add(bid as usize * self.size), len) }
     }
 
     pub(crate) fn addr(&self) -> u64 {
         self.entries.as_ptr() as u64
     }
 
-    pub(crate) const fn entries() -> u16 {
-        RING_ENTRIES
+    pub(crate) fn count(&self) -> u16 {
+        self.count
     }
 }
 
@@ -101,36 +100,60 @@ impl Drop for BufRing {
         // SAFETY: allocated in `new` with these layouts; the driver unregisters the ring (or
         // tears the io_uring down) before a registered ring is dropped.
         unsafe {
-            dealloc(self.entries.as_ptr().cast(), Self::entries_layout());
-            dealloc(self.bufs.as_ptr(), Self::bufs_layout());
+            dealloc(self.entries.as_ptr().cast(), Self::entries_layout(self.count));
+            dealloc(self.bufs.as_ptr(), Self::bufs_layout(self.count, self.size));
         }
     }
 }
 
-/// What the kernel may touch while the multishot receive is armed; parked in the driver if
-/// the receiver is dropped first.
+/// What the kernel may touch while a multishot receive is armed; parked in the driver if the
+/// receiver is dropped first.
 pub(crate) struct MultiData {
     pub(crate) ring: BufRing,
-    msghdr: Box<libc::msghdr>,
+    /// recvmsg only: tells the kernel how much room to leave for the peer address.
+    msghdr: Option<Box<libc::msghdr>>,
 }
 
-/// Receives datagrams from one socket; on io_uring through a multishot receive.
-pub(crate) struct DatagramReceiver {
+/// What a receiver reads: datagrams (recvmsg, with the peer address) or a byte stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Datagram,
+    Stream,
+}
+
+impl Kind {
+    /// (buffers, bytes per buffer). Datagram buffers hold the largest UDP datagram; stream
+    /// buffers are smaller (a connection's bytes may span several), and fewer, since every
+    /// connection has its own ring.
+    fn geometry(self) -> (u16, usize) {
+        match self {
+            Kind::Datagram => (16, (65_536usize + 256).next_multiple_of(4096)),
+            Kind::Stream => (8, 16 << 10),
+        }
+    }
+}
+
+/// Receives from one socket; on io_uring through one multishot receive that stays armed.
+pub(crate) struct MultiReceiver {
     fd: RawFd,
     reg: Registration,
-    /// io_uring only: the armed op's key and its data.
+    kind: Kind,
+    /// io_uring only: the armed op's key, its data, and (stream) a buffer not fully copied
+    /// out yet: (buffer id, bytes copied, bytes in it).
     armed: Option<usize>,
     data: Option<Box<MultiData>>,
+    partial: Option<(u16, usize, usize)>,
 }
 
-impl DatagramReceiver {
-    pub(crate) fn new(fd: RawFd, reg: Registration) -> Self {
-        DatagramReceiver { fd, reg, armed: None, data: None }
+impl MultiReceiver {
+    pub(crate) fn new(fd: RawFd, reg: Registration, kind: Kind) -> Self {
+        MultiReceiver { fd, reg, kind, armed: None, data: None, partial: None }
     }
 
     /// Receive one datagram into the spare capacity of `buf` (reserve room for the largest
     /// datagram first). A datagram larger than that room fails with `InvalidData`.
     pub(crate) async fn recv_from(&mut self, mut buf: BytesMut) -> (io::Result<(usize, SocketAddr)>, BytesMut) {
+        debug_assert_eq!(self.kind, Kind::Datagram);
         if with_driver(|d| matches!(d, Driver::Epoll(_))) {
             let (res, buf) = op::Op::new(op::RecvFrom::new(self.fd, buf), self.reg).await;
             let res = res.and_then(|(n, a)| {
@@ -139,56 +162,107 @@ impl DatagramReceiver {
             return (res, buf);
         }
         let res = std::future::poll_fn(|cx| {
-            with_driver(|driver| {
-                let Driver::Uring(d) = driver else { unreachable!("driver changed under a core") };
-                loop {
-                    let key = match self.armed {
-                        Some(k) => k,
-                        None => {
-                            if self.data.is_none() {
-                                let ring = match d.register_buf_ring() {
-                                    Ok(r) => r,
-                                    Err(e) => return Poll::Ready(Err(e)),
-                                };
-                                // SAFETY: an all-zero msghdr is valid; only the name length is
-                                // read by a multishot recvmsg (no iovec, no control data).
-                                let mut msghdr: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
-                                msghdr.msg_namelen = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
-                                self.data = Some(Box::new(MultiData { ring, msghdr }));
-                            }
-                            let data = self.data.as_ref().expect("just set");
-                            let entry =
-                                opcode::RecvMsgMulti::new(types::Fd(self.fd), &*data.msghdr, data.ring.bgid).build();
-                            let k = d.submit_multi(entry, cx.waker().clone());
-                            self.armed = Some(k);
-                            k
-                        }
-                    };
-                    let Some((res, flags)) = d.poll_multi(key, cx.waker()) else { return Poll::Pending };
-                    if !cqueue::more(flags) {
-                        // The kernel ended the multishot (buffers ran out, or an error):
-                        // re-arm on the next pass.
-                        d.finish_multi(key);
-                        self.armed = None;
-                    }
-                    if res == -libc::ENOBUFS {
-                        continue;
-                    }
-                    let data = self.data.as_mut().expect("armed implies data");
-                    if res < 0 {
-                        return Poll::Ready(Err(io::Error::from_raw_os_error(-res)));
-                    }
-                    let Some(bid) = cqueue::buffer_select(flags) else {
-                        return Poll::Ready(Err(io::Error::other("multishot completion without a buffer")));
-                    };
-                    let out = copy_datagram(data.ring.buf(bid, res as usize), &data.msghdr, &mut buf);
-                    data.ring.provide(bid);
-                    return Poll::Ready(out);
-                }
+            self.poll_completion(cx.waker()).map(|r| {
+                let (bid, len) = r?.ok_or_else(|| io::Error::other("datagram socket reported end of stream"))?;
+                let data = self.data.as_mut().expect("armed implies data");
+                let msghdr = data.msghdr.as_deref().expect("datagram receivers have a msghdr");
+                let out = copy_datagram(data.ring.buf(bid, len), msghdr, &mut buf);
+                data.ring.provide(bid);
+                out
             })
         })
         .await;
         (res, buf)
+    }
+
+    /// Receive stream bytes into the spare capacity of `buf` (which must have some); `Ok(0)`
+    /// at end of stream. Cancel-safe: bytes already received stay queued for the next call.
+    pub(crate) async fn recv(&mut self, mut buf: BytesMut) -> (io::Result<usize>, BytesMut) {
+        debug_assert_eq!(self.kind, Kind::Stream);
+        if with_driver(|d| matches!(d, Driver::Epoll(_))) {
+            return op::Op::new(op::Recv { fd: self.fd, buf }, self.reg).await;
+        }
+        let res = std::future::poll_fn(|cx| {
+            let (bid, start, end) = match self.partial.take() {
+                Some(p) => p,
+                None => match self.poll_completion(cx.waker()) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Ok(None)) => return Poll::Ready(Ok(0)),
+                    Poll::Ready(Ok(Some((bid, len)))) => (bid, 0, len),
+                },
+            };
+            let data = self.data.as_mut().expect("armed implies data");
+            let room = buf.capacity() - buf.len();
+            let n = room.min(end - start);
+            buf.extend_from_slice(&data.ring.buf(bid, end)[start..start + n]);
+            if start + n < end {
+                self.partial = Some((bid, start + n, end));
+            } else {
+                data.ring.provide(bid);
+            }
+            Poll::Ready(Ok(n))
+        })
+        .await;
+        (res, buf)
+    }
+
+    /// The next completion as (buffer id, length), `None` at end of stream. Arms (or re-arms)
+    /// the multishot receive as needed.
+    fn poll_completion(&mut self, waker: &std::task::Waker) -> Poll<io::Result<Option<(u16, usize)>>> {
+        with_driver(|driver| {
+            let Driver::Uring(d) = driver else { unreachable!("driver changed under a core") };
+            loop {
+                let key = match self.armed {
+                    Some(k) => k,
+                    None => {
+                        if self.data.is_none() {
+                            let (entries, size) = self.kind.geometry();
+                            let ring = match d.register_buf_ring(entries, size) {
+                                Ok(r) => r,
+                                Err(e) => return Poll::Ready(Err(e)),
+                            };
+                            let msghdr = (self.kind == Kind::Datagram).then(|| {
+                                // SAFETY: an all-zero msghdr is valid; a multishot recvmsg reads
+                                // only the name length (no iovec, no control data).
+                                let mut m: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
+                                m.msg_namelen = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+                                m
+                            });
+                            self.data = Some(Box::new(MultiData { ring, msghdr }));
+                        }
+                        let data = self.data.as_ref().expect("just set");
+                        let entry = match &data.msghdr {
+                            Some(m) => opcode::RecvMsgMulti::new(types::Fd(self.fd), &**m, data.ring.bgid).build(),
+                            None => opcode::RecvMulti::new(types::Fd(self.fd), data.ring.bgid).build(),
+                        };
+                        let k = d.submit_multi(entry, waker.clone());
+                        self.armed = Some(k);
+                        k
+                    }
+                };
+                let Some((res, flags)) = d.poll_multi(key, waker) else { return Poll::Pending };
+                if !cqueue::more(flags) {
+                    // The kernel ended the multishot (buffers ran out, end of stream, or an
+                    // error): re-arm on the next pass if reading goes on.
+                    d.finish_multi(key);
+                    self.armed = None;
+                }
+                if res == -libc::ENOBUFS {
+                    // Every buffer was taken by completions queued before this one, and those
+                    // have all been consumed and recycled by now: re-arm.
+                    continue;
+                }
+                if res < 0 {
+                    return Poll::Ready(Err(io::Error::from_raw_os_error(-res)));
+                }
+                return Poll::Ready(match cqueue::buffer_select(flags) {
+                    Some(bid) => Ok(Some((bid, res as usize))),
+                    None if res == 0 => Ok(None),
+                    None => Err(io::Error::other("multishot completion without a buffer")),
+                });
+            }
+        })
     }
 }
 
@@ -216,7 +290,7 @@ fn copy_datagram(raw: &[u8], msghdr: &libc::msghdr, out: &mut BytesMut) -> io::R
     Ok((payload.len(), addr))
 }
 
-impl Drop for DatagramReceiver {
+impl Drop for MultiReceiver {
     fn drop(&mut self) {
         let data = self.data.take();
         match (self.armed.take(), data) {

@@ -129,7 +129,7 @@ impl UringDriver {
     }
 
     /// Allocate a provided-buffer ring and register it with the kernel.
-    pub(crate) fn register_buf_ring(&mut self) -> io::Result<BufRing> {
+    pub(crate) fn register_buf_ring(&mut self, count: u16, size: usize) -> io::Result<BufRing> {
         let bgid = match self.free_bgids.pop() {
             Some(b) => b,
             None => {
@@ -138,12 +138,12 @@ impl UringDriver {
                 b
             }
         };
-        let ring = BufRing::new(bgid);
-        // SAFETY: the entry array is page aligned, holds `entries()` entries and stays
+        let ring = BufRing::new(bgid, count, size);
+        // SAFETY: the entry array is page aligned, holds `count()` entries and stays
         // allocated until `unregister_buf_ring` (or the ring's teardown, after which the kernel
         // no longer touches it): `BufRing` is only dropped after one of those.
         let res =
-            unsafe { self.ring.submitter().register_buf_ring_with_flags(ring.addr(), BufRing::entries(), bgid, 0) };
+            unsafe { self.ring.submitter().register_buf_ring_with_flags(ring.addr(), ring.count(), bgid, 0) };
         if let Err(e) = res {
             self.free_bgids.push(bgid);
             return Err(e);

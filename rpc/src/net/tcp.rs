@@ -41,6 +41,14 @@ impl TcpStream {
         Op::new(op::Recv { fd: self.inner.fd(), buf }, self.inner.reg).await
     }
 
+    /// A receiver for this stream's bytes: on io_uring one multishot receive over a small
+    /// provided-buffer ring stays armed, so a busy connection costs no submission and no poll
+    /// re-arm per read. It must not outlive the stream.
+    pub(crate) fn receiver(&self) -> crate::driver::multishot::MultiReceiver {
+        use crate::driver::multishot::{Kind, MultiReceiver};
+        MultiReceiver::new(self.inner.fd(), self.inner.reg, Kind::Stream)
+    }
+
     /// Send `buf[pos..]` once; returns how many bytes went.
     pub async fn send(&self, buf: BytesMut, pos: usize) -> (io::Result<usize>, BytesMut) {
         Op::new(op::Send { fd: self.inner.fd(), buf, pos }, self.inner.reg).await

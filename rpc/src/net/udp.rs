@@ -56,8 +56,9 @@ impl UdpSocket {
 
     /// A receiver for a stream of datagrams on this socket: on io_uring one multishot receive
     /// with a provided-buffer ring stays armed across datagrams. It must not outlive the socket.
-    pub(crate) fn receiver(&self) -> crate::driver::multishot::DatagramReceiver {
-        crate::driver::multishot::DatagramReceiver::new(self.inner.fd(), self.inner.reg)
+    pub(crate) fn receiver(&self) -> crate::driver::multishot::MultiReceiver {
+        use crate::driver::multishot::{Kind, MultiReceiver};
+        MultiReceiver::new(self.inner.fd(), self.inner.reg, Kind::Datagram)
     }
 
     /// Send `buf` as one datagram to `to`.

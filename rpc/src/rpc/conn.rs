@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
+use crate::driver::multishot::MultiReceiver;
 use crate::buf::{encode_frame, encode_raw, EncodeError, Payload};
 use crate::net::TcpStream;
 use crate::proto::frame::{decode_frame, Decoded, ErrorCode, FrameError, Header, DEFAULT_MAX_PAYLOAD};
@@ -64,6 +65,9 @@ const MAX_SPARES: usize = 4;
 /// kept as a spare, and a spare whose frames have all been dropped is reclaimed in place, so
 /// a steady stream of calls reads without touching the heap.
 pub(crate) struct FrameReader {
+    // Declared before the stream it reads, so it is dropped (its receive cancelled) first.
+    rx: Option<MultiReceiver>,
+    stream: Option<Rc<TcpStream>>,
     buf: BytesMut,
     spares: VecDeque<BytesMut>,
     max_payload: u32,
@@ -74,6 +78,8 @@ pub(crate) struct FrameReader {
 impl FrameReader {
     pub(crate) fn new(config: &ConnConfig) -> Self {
         FrameReader {
+            rx: None,
+            stream: None,
             buf: BytesMut::with_capacity(config.read_chunk),
             spares: VecDeque::with_capacity(MAX_SPARES),
             max_payload: config.max_payload.min(u32::MAX as usize) as u32,
@@ -103,7 +109,11 @@ impl FrameReader {
     }
 
     /// The next frame's header and payload, `Ok(None)` at a clean end of stream.
-    pub(crate) async fn next(&mut self, stream: &TcpStream) -> Result<Option<(Header, Bytes)>, ReadError> {
+    pub(crate) async fn next(&mut self, stream: &Rc<TcpStream>) -> Result<Option<(Header, Bytes)>, ReadError> {
+        if self.rx.is_none() {
+            self.rx = Some(stream.receiver());
+            self.stream = Some(stream.clone());
+        }
         loop {
             let need = match decode_frame(&self.buf, self.max_payload) {
                 Ok(Decoded::Frame { header, len }) => {
@@ -118,13 +128,16 @@ impl FrameReader {
             self.make_room(need);
             let partial = !self.buf.is_empty();
             let buf = std::mem::take(&mut self.buf);
+            let rx = self.rx.as_mut().expect("set above");
             let (res, buf) = if partial {
-                match timeout(self.frame_timeout, stream.recv(buf)).await {
+                // The receive is cancel-safe, so the timeout loses no bytes (it ends the
+                // connection anyway).
+                match timeout(self.frame_timeout, rx.recv(buf)).await {
                     Ok(r) => r,
                     Err(_) => return Err(ReadError::Truncated),
                 }
             } else {
-                stream.recv(buf).await
+                rx.recv(buf).await
             };
             self.buf = buf;
             match res {
