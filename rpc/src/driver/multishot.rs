@@ -51,7 +51,8 @@ impl BufRing {
         let (el, bl) = (Self::entries_layout(count), Self::bufs_layout(count, size));
         // SAFETY: both layouts have non-zero size.
         let (entries, bufs) = unsafe { (alloc_zeroed(el), alloc_zeroed(bl)) };
-        let entries = NonNull::new(entries.cast::<BufRingEntry>()).unwrap_or_else(|| std::alloc::handle_alloc_error(el));
+        let entries =
+            NonNull::new(entries.cast::<BufRingEntry>()).unwrap_or_else(|| std::alloc::handle_alloc_error(el));
         let bufs = NonNull::new(bufs).unwrap_or_else(|| std::alloc::handle_alloc_error(bl));
         let mut ring = BufRing { bgid, entries, bufs, count, size, tail: 0 };
         for bid in 0..count {

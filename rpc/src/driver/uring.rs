@@ -142,8 +142,7 @@ impl UringDriver {
         // SAFETY: the entry array is page aligned, holds `count()` entries and stays
         // allocated until `unregister_buf_ring` (or the ring's teardown, after which the kernel
         // no longer touches it): `BufRing` is only dropped after one of those.
-        let res =
-            unsafe { self.ring.submitter().register_buf_ring_with_flags(ring.addr(), ring.count(), bgid, 0) };
+        let res = unsafe { self.ring.submitter().register_buf_ring_with_flags(ring.addr(), ring.count(), bgid, 0) };
         if let Err(e) = res {
             self.free_bgids.push(bgid);
             return Err(e);

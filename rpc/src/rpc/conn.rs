@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::driver::multishot::MultiReceiver;
 use crate::buf::{encode_frame, encode_raw, EncodeError, Payload};
+use crate::driver::multishot::MultiReceiver;
 use crate::net::TcpStream;
 use crate::proto::frame::{decode_frame, Decoded, ErrorCode, FrameError, Header, DEFAULT_MAX_PAYLOAD};
 use crate::runtime::time::timeout;
