@@ -15,6 +15,7 @@
 #![allow(missing_debug_implementations)]
 
 pub mod ours;
+pub mod peers;
 pub mod raw;
 pub mod report;
 pub mod shapes;
@@ -91,10 +92,12 @@ pub enum System {
     OneWayUring,
     /// The same on the epoll driver.
     OneWayEpoll,
+    /// tarpc (tokio, TCP, bincode), sleeping style only.
+    Tarpc,
 }
 
 /// Every system, floors first.
-pub const SYSTEMS: [System; 7] = [
+pub const SYSTEMS: [System; 8] = [
     System::RawUdp,
     System::RawUringUdp,
     System::RawTcp,
@@ -102,6 +105,7 @@ pub const SYSTEMS: [System; 7] = [
     System::RpcEpoll,
     System::OneWayUring,
     System::OneWayEpoll,
+    System::Tarpc,
 ];
 
 impl System {
@@ -115,6 +119,7 @@ impl System {
             System::RpcEpoll => "multispace rpc (epoll)",
             System::OneWayUring => "multispace one-way+ack (io_uring)",
             System::OneWayEpoll => "multispace one-way+ack (epoll)",
+            System::Tarpc => "tarpc (tokio, bincode)",
         }
     }
 
@@ -128,6 +133,7 @@ impl System {
             System::RpcEpoll => "rpc_epoll",
             System::OneWayUring => "oneway_uring",
             System::OneWayEpoll => "oneway_epoll",
+            System::Tarpc => "tarpc",
         }
     }
 
@@ -136,6 +142,8 @@ impl System {
         match self {
             System::RawUringUdp => waiting == Waiting::Sleep,
             System::OneWayUring | System::OneWayEpoll => shape.no_result(),
+            // Peers run only when built in, and only in their own (sleeping) style.
+            System::Tarpc => cfg!(feature = "tarpc") && waiting == Waiting::Sleep,
             _ => true,
         }
     }
@@ -151,6 +159,10 @@ impl System {
             System::RpcEpoll => Box::new(ours::Rpc::new(DriverKind::Epoll, waiting, shape)?),
             System::OneWayUring => Box::new(ours::OneWayPair::new(DriverKind::Uring, waiting, shape)?),
             System::OneWayEpoll => Box::new(ours::OneWayPair::new(DriverKind::Epoll, waiting, shape)?),
+            #[cfg(feature = "tarpc")]
+            System::Tarpc => Box::new(peers::tarpc_peer::Tarpc::new(shape)?),
+            #[cfg(not(feature = "tarpc"))]
+            System::Tarpc => anyhow::bail!("built without the `tarpc` feature"),
         })
     }
 }

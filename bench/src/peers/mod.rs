@@ -1,0 +1,5 @@
+//! Peer frameworks measured beside multispace on the same rows, behind cargo features so
+//! their dependency trees are only built for benchmarking.
+
+#[cfg(feature = "tarpc")]
+pub mod tarpc_peer;
