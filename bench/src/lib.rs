@@ -94,10 +94,12 @@ pub enum System {
     OneWayEpoll,
     /// tarpc (tokio, TCP, bincode), sleeping style only.
     Tarpc,
+    /// tonic (gRPC over HTTP/2), sleeping style only.
+    Tonic,
 }
 
 /// Every system, floors first.
-pub const SYSTEMS: [System; 8] = [
+pub const SYSTEMS: [System; 9] = [
     System::RawUdp,
     System::RawUringUdp,
     System::RawTcp,
@@ -106,6 +108,7 @@ pub const SYSTEMS: [System; 8] = [
     System::OneWayUring,
     System::OneWayEpoll,
     System::Tarpc,
+    System::Tonic,
 ];
 
 impl System {
@@ -120,6 +123,7 @@ impl System {
             System::OneWayUring => "multispace one-way+ack (io_uring)",
             System::OneWayEpoll => "multispace one-way+ack (epoll)",
             System::Tarpc => "tarpc (tokio, bincode)",
+            System::Tonic => "tonic (gRPC, HTTP/2)",
         }
     }
 
@@ -134,6 +138,7 @@ impl System {
             System::OneWayUring => "oneway_uring",
             System::OneWayEpoll => "oneway_epoll",
             System::Tarpc => "tarpc",
+            System::Tonic => "tonic",
         }
     }
 
@@ -144,6 +149,7 @@ impl System {
             System::OneWayUring | System::OneWayEpoll => shape.no_result(),
             // Peers run only when built in, and only in their own (sleeping) style.
             System::Tarpc => cfg!(feature = "tarpc") && waiting == Waiting::Sleep,
+            System::Tonic => cfg!(feature = "tonic") && waiting == Waiting::Sleep,
             _ => true,
         }
     }
@@ -163,6 +169,10 @@ impl System {
             System::Tarpc => Box::new(peers::tarpc_peer::Tarpc::new(shape)?),
             #[cfg(not(feature = "tarpc"))]
             System::Tarpc => anyhow::bail!("built without the `tarpc` feature"),
+            #[cfg(feature = "tonic")]
+            System::Tonic => Box::new(peers::tonic_peer::Tonic::new(shape)?),
+            #[cfg(not(feature = "tonic"))]
+            System::Tonic => anyhow::bail!("built without the `tonic` feature"),
         })
     }
 }

@@ -3,3 +3,6 @@
 
 #[cfg(feature = "tarpc")]
 pub mod tarpc_peer;
+
+#[cfg(feature = "tonic")]
+pub mod tonic_peer;
