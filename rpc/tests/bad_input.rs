@@ -15,12 +15,14 @@ use multispace_rpc::{spawn, CallOptions, Client, ConnConfig, Message, Server, Se
 const ECHO: u32 = 1;
 const BIG: u32 = 2;
 const FLAG: u32 = 3;
+const NEVER: u32 = 4;
 
 fn service() -> Service {
     Service::builder("victim")
         .method(ECHO, |_ctx, req: Message<String>| async move { Ok::<String, Status>(req.as_str().to_owned()) })
         .method(BIG, |_ctx, _req: Message<()>| async move { Ok::<Vec<u8>, Status>(vec![1u8; 64 << 10]) })
         .method(FLAG, |_ctx, req: Message<bool>| async move { Ok::<bool, Status>(*req) })
+        .method(NEVER, |_ctx, _req: Message<()>| std::future::pending::<Result<(), Status>>())
         .build()
 }
 
@@ -87,7 +89,11 @@ async fn still_serving(addr: SocketAddr) {
 }
 
 fn request(method: u32, payload: &[u8]) -> Vec<u8> {
-    let mut v = Header::request(9, method, 0, payload.len() as u32).encode().to_vec();
+    request_with_id(9, method, payload)
+}
+
+fn request_with_id(id: u64, method: u32, payload: &[u8]) -> Vec<u8> {
+    let mut v = Header::request(id, method, 0, payload.len() as u32).encode().to_vec();
     v.extend_from_slice(payload);
     v.resize(HEADER_LEN + payload.len().next_multiple_of(16), 0);
     v
@@ -190,6 +196,63 @@ fn half_a_frame_then_stall_is_closed_after_the_frame_timeout() {
         // Not half-closed: the peer just stops sending.
         let reply = exchange(addr, &h[..20], false).await;
         assert!(reply.is_empty());
+        still_serving(addr).await;
+    });
+}
+
+#[test]
+fn a_frame_dripped_a_byte_at_a_time_is_closed_at_its_deadline() {
+    each_driver(|_| async {
+        let conn = ConnConfig { frame_timeout: Duration::from_millis(100), ..ConnConfig::default() };
+        let addr = start_with(ServerConfig { conn, ..ServerConfig::default() });
+        let s = std::rc::Rc::new(TcpStream::connect(addr).await.unwrap());
+        // A 1 MiB frame, one byte every 10 ms: each read is prompt, but the frame would take
+        // hours. The server must close at the frame's deadline, well before the drip ends
+        // (3000 bytes, 30 s, longer than the test's event bound).
+        let frame = request(ECHO, &vec![0u8; 1 << 20]);
+        let drip = {
+            let s = s.clone();
+            spawn(async move {
+                for b in frame.into_iter().take(3000) {
+                    let (res, _) = s.send_all(BytesMut::from(&[b][..])).await;
+                    if res.is_err() {
+                        return;
+                    }
+                    multispace_rpc::runtime::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+        };
+        let reply = read_to_end(&s).await;
+        assert!(reply.is_empty(), "a stalled frame is closed without an answer");
+        drop(drip);
+        still_serving(addr).await;
+    });
+}
+
+#[test]
+fn request_id_zero_is_a_protocol_error() {
+    each_driver(|_| async {
+        let addr = start();
+        let good = rkyv::to_bytes::<rkyv::rancor::Error>(&"x".to_string()).unwrap();
+        let reply = exchange(addr, &request_with_id(0, ECHO, &good), false).await;
+        assert_eq!(error_code(&reply), ErrorCode::Malformed);
+        still_serving(addr).await;
+    });
+}
+
+#[test]
+fn reusing_a_live_request_id_is_a_protocol_error() {
+    each_driver(|_| async {
+        let addr = start();
+        let unit = rkyv::to_bytes::<rkyv::rancor::Error>(&()).unwrap();
+        let mut bytes = request_with_id(5, NEVER, &unit);
+        bytes.extend(request_with_id(5, NEVER, &unit));
+        let reply = exchange(addr, &bytes, false).await;
+        match decode_frame(&reply, 1 << 20).unwrap() {
+            Decoded::Frame { header, .. } => assert_eq!(header.request_id, 0, "a connection-level error"),
+            Decoded::NeedMore(_) => panic!("no error frame"),
+        }
+        assert_eq!(error_code(&reply), ErrorCode::Malformed);
         still_serving(addr).await;
     });
 }

@@ -406,6 +406,21 @@ pub enum FrameError {
         /// Bytes received.
         got: usize,
     },
+    /// A well-formed frame of a kind this side never receives (a response sent to a server,
+    /// a request sent to a client).
+    #[error("a {receiver} does not accept {kind:?} frames")]
+    UnexpectedKind {
+        /// The kind received.
+        kind: FrameKind,
+        /// Who received it: `"server"` or `"client"`.
+        receiver: &'static str,
+    },
+    /// A request uses id 0, which is reserved for connection-level error frames.
+    #[error("request id 0 is reserved for connection-level errors")]
+    ReservedRequestId,
+    /// A request reuses the id of a call still running on the same connection.
+    #[error("request id {0} is already in flight on this connection")]
+    DuplicateRequestId(u64),
     /// A datagram continues past its frame's padding (one datagram must be one frame).
     #[error("datagram has {extra} bytes after its frame: one datagram must hold exactly one frame")]
     TrailingBytes {

@@ -177,9 +177,11 @@ impl Client {
             let conn = self.connection().await?;
             let id = conn.calls.borrow_mut().start().map_err(|_| CallError::Overloaded { remote: false })?;
             let guard = PendingCall { conn: &conn, id, done: false };
+            // A budget too long for the field (over ~71 minutes) is sent as none: the client
+            // still enforces it, and a shortened one would make the server give up early.
             let budget_us = deadline.map_or(0, |d| {
-                let us = d.saturating_duration_since(Instant::now()).as_micros();
-                us.clamp(1, u128::from(u32::MAX)) as u32
+                let us = d.saturating_duration_since(Instant::now()).as_micros().max(1);
+                u32::try_from(us).unwrap_or(0)
             });
             if let Err(e) = encode(&conn.outbox, &mut |len| Header::request(id, method_id, budget_us, len)) {
                 conn.calls.borrow_mut().cancel(id);
@@ -235,7 +237,8 @@ async fn read_responses(conn: std::rc::Weak<Conn>, stream: Rc<TcpStream>, mut re
                     tracing::debug!(%code, "server reported a connection error");
                     break CallError::from_wire(code, 0, &payload);
                 }
-                _ => break CallError::Protocol(FrameError::UnknownKind(h.kind as u8)),
+                FrameKind::Response => break CallError::Protocol(FrameError::ReservedRequestId),
+                kind => break CallError::Protocol(FrameError::UnexpectedKind { kind, receiver: "client" }),
             },
             Ok(None) | Err(ReadError::Truncated) | Err(ReadError::Io(_)) => break CallError::ConnectionLost,
             Err(ReadError::Protocol(e)) => break CallError::Protocol(e),

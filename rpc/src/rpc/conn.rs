@@ -7,7 +7,7 @@ use std::future::poll_fn;
 use std::io;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
@@ -15,7 +15,7 @@ use crate::buf::{encode_frame, encode_raw, EncodeError, Payload};
 use crate::driver::multishot::MultiReceiver;
 use crate::net::TcpStream;
 use crate::proto::frame::{decode_frame, Decoded, ErrorCode, FrameError, Header, DEFAULT_MAX_PAYLOAD};
-use crate::runtime::time::timeout;
+use crate::runtime::time::timeout_at;
 
 /// Limits and timeouts of reliable connections, shared by clients and servers.
 #[derive(Debug, Clone)]
@@ -27,8 +27,9 @@ pub struct ConnConfig {
     /// Stop reading from a connection while this many response bytes wait to be sent to it
     /// (a peer that never reads cannot make us buffer without bound). Default 4 MiB.
     pub max_outbox: usize,
-    /// A frame begun but not finished within this time closes the connection (a peer that
-    /// sends half a frame and stalls). Default 10 s.
+    /// A frame begun but not finished within this time closes the connection, however the
+    /// peer paces its bytes (a peer that sends half a frame, or one byte now and then, cannot
+    /// hold the connection open). Default 10 s.
     pub frame_timeout: Duration,
     /// Bytes read per receive, and the initial buffer size (default 64 KiB).
     pub read_chunk: usize,
@@ -73,6 +74,8 @@ pub(crate) struct FrameReader {
     max_payload: u32,
     chunk: usize,
     frame_timeout: Duration,
+    /// When the frame now partly read must be complete.
+    frame_deadline: Option<Instant>,
 }
 
 impl FrameReader {
@@ -85,6 +88,7 @@ impl FrameReader {
             max_payload: config.max_payload.min(u32::MAX as usize) as u32,
             chunk: config.read_chunk,
             frame_timeout: config.frame_timeout,
+            frame_deadline: None,
         }
     }
 
@@ -117,6 +121,7 @@ impl FrameReader {
         loop {
             let need = match decode_frame(&self.buf, self.max_payload) {
                 Ok(Decoded::Frame { header, len }) => {
+                    self.frame_deadline = None;
                     let frame = self.buf.split_to(len).freeze();
                     let start = crate::proto::frame::HEADER_LEN;
                     let payload = frame.slice(start..start + header.payload_len as usize);
@@ -130,9 +135,10 @@ impl FrameReader {
             let buf = std::mem::take(&mut self.buf);
             let rx = self.rx.as_mut().expect("set above");
             let (res, buf) = if partial {
-                // The receive is cancel-safe, so the timeout loses no bytes (it ends the
-                // connection anyway).
-                match timeout(self.frame_timeout, rx.recv(buf)).await {
+                // One deadline per frame, set when its first bytes arrive. The receive is
+                // cancel-safe, so the timeout loses no bytes (it ends the connection anyway).
+                let deadline = *self.frame_deadline.get_or_insert_with(|| Instant::now() + self.frame_timeout);
+                match timeout_at(deadline, rx.recv(buf)).await {
                     Ok(r) => r,
                     Err(_) => return Err(ReadError::Truncated),
                 }

@@ -72,9 +72,16 @@ pub struct OneWaySender {
 }
 
 impl OneWaySender {
-    /// A unicast sender bound to an ephemeral loopback port.
+    /// A unicast sender bound to an ephemeral loopback port (reaches loopback addresses
+    /// only; use [`OneWaySender::bind`] to send to other hosts).
     pub fn new() -> std::io::Result<Self> {
-        Self::from_socket(UdpSocket::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?)
+        Self::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+    }
+
+    /// A unicast sender bound to `local` (e.g. `0.0.0.0:0` or a node's own address, port 0
+    /// for an ephemeral one).
+    pub fn bind(local: SocketAddr) -> std::io::Result<Self> {
+        Self::from_socket(UdpSocket::bind(local)?)
     }
 
     /// A sender for `group` (its interface and TTL); can also send unicast.

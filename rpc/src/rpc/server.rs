@@ -13,7 +13,7 @@ use super::conn::{ConnConfig, FrameReader, Outbox, ReadError};
 use super::error::ServeError;
 use super::service::{CallContext, Dispatched, Reply, Service};
 use crate::net::{TcpListener, TcpStream};
-use crate::proto::frame::{ErrorCode, FrameKind, Header};
+use crate::proto::frame::{ErrorCode, FrameError, FrameKind, Header};
 use crate::runtime::{spawn, JoinHandle};
 
 /// Server settings.
@@ -142,7 +142,14 @@ async fn serve_conn(stream: TcpStream, services: Rc<[Service]>, config: ConnConf
             }
         };
         match header.kind {
-            FrameKind::Request => on_request(&conn, &services, &config, header, payload, peer),
+            FrameKind::Request => {
+                if let Err(e) = on_request(&conn, &services, &config, header, payload, peer) {
+                    // A client that breaks the id rules would mismatch replies: stop it.
+                    tracing::debug!(?peer, error = %e, "protocol violation; closing connection");
+                    outbox.push_error(0, 0, e.code(), &e.to_string());
+                    break false;
+                }
+            }
             FrameKind::OneWay => {
                 let ctx = CallContext { method_id: header.method_id, request_id: 0, deadline: None, peer };
                 match find(&services, header.method_id).map(|svc| svc.dispatch(ctx, payload, None)) {
@@ -157,8 +164,9 @@ async fn serve_conn(stream: TcpStream, services: Rc<[Service]>, config: ConnConf
                 // Dropping the task's handle cancels the handler; no reply is sent.
                 drop(conn.inflight.borrow_mut().remove(&header.request_id));
             }
-            FrameKind::Response | FrameKind::Error => {
-                outbox.push_error(0, 0, ErrorCode::Malformed, "a server does not accept responses");
+            kind @ (FrameKind::Response | FrameKind::Error) => {
+                let e = FrameError::UnexpectedKind { kind, receiver: "server" };
+                outbox.push_error(0, 0, e.code(), &e.to_string());
                 break false;
             }
         }
@@ -190,27 +198,31 @@ fn on_request(
     header: Header,
     payload: Bytes,
     peer: Option<SocketAddr>,
-) {
+) -> Result<(), FrameError> {
     let (id, method_id) = (header.request_id, header.method_id);
+    if id == 0 {
+        return Err(FrameError::ReservedRequestId);
+    }
+    if conn.inflight.borrow().contains_key(&id) {
+        return Err(FrameError::DuplicateRequestId(id));
+    }
     if conn.inflight.borrow().len() >= config.max_in_flight {
         conn.outbox.push_error(id, method_id, ErrorCode::Overloaded, "too many calls in flight on this connection");
-        return;
+        return Ok(());
     }
     let Some(svc) = find(services, method_id) else {
         conn.outbox.push_error(id, method_id, ErrorCode::UnknownMethod, "no such method");
-        return;
+        return Ok(());
     };
     // The budget is relative: convert on arrival so clock skew between hosts cannot matter.
     let deadline = (header.deadline_us > 0).then(|| Instant::now() + Duration::from_micros(header.deadline_us.into()));
     let ctx = CallContext { method_id, request_id: id, deadline, peer };
     match svc.dispatch(ctx, payload, Some(Reply { conn: conn.clone(), request_id: id })) {
         Dispatched::Running(task) => {
-            if let Some(old) = conn.inflight.borrow_mut().insert(id, task) {
-                // A peer reusing a live request id replaces (cancels) the older call.
-                drop(old);
-            }
+            conn.inflight.borrow_mut().insert(id, task);
         }
         Dispatched::Done => {}
         Dispatched::Unknown => conn.outbox.push_error(id, method_id, ErrorCode::UnknownMethod, "no such method"),
     }
+    Ok(())
 }
