@@ -14,6 +14,9 @@
 //! - Reliable request/response over TCP ([`Server`], [`Client`]), best-effort one-way calls
 //!   over UDP and multicast ([`OneWaySender`], [`OneWayServer`]), and [`ClientHandle`] for
 //!   callers outside the runtime.
+//! - [`Redirector`]: one client over many instances of a service, with a pluggable
+//!   [`Policy`] and failover that never repeats a non-idempotent call that may have run
+//!   (generated redirector stubs wrap it).
 //!
 //! Unsafe code is confined to `sys` (syscalls), `driver` (buffers handed to the kernel) and
 //! `buf` (access to already-validated archives).
@@ -46,14 +49,21 @@ pub mod runtime;
 #[allow(unsafe_code)]
 mod sys;
 
+/// The rkyv this crate archives with (generated stubs derive through it, so a service crate
+/// needs no rkyv dependency of its own unless it defines its own types).
+pub use rkyv;
+
 pub use buf::{EncodeError, Message, Payload, Validate};
 pub use driver::{DriverChoice, DriverKind};
+pub use proto::balance::{key_hash, Policy};
 pub use proto::frame::ErrorCode;
 pub use rpc::client::{CallOptions, Client};
 pub use rpc::conn::ConnConfig;
 pub use rpc::error::{CallError, ServeError, Status};
 pub use rpc::handle::ClientHandle;
 pub use rpc::oneway::{MulticastGroup, OneWaySender, OneWayServer, OneWayStats, SendError, MAX_DATAGRAM};
+pub use rpc::redirect::{RedirectConfig, RedirectError, Redirector};
 pub use rpc::server::{Server, ServerConfig};
 pub use rpc::service::{current_deadline, CallContext, Service, ServiceBuilder};
+pub use rpc::stub;
 pub use runtime::{spawn, Config, LocalRuntime, Runtime, RuntimeBuilder, WaitMode};

@@ -1,4 +1,7 @@
-//! Sans-IO protocol logic: framing and the client's call table. No sockets, no clock.
+//! Sans-IO protocol logic: framing, the client's call table, and the redirector's choice of
+//! instance and failover rule. No sockets, no clock.
+
+pub mod balance;
 
 pub mod calls;
 pub mod frame;

@@ -129,6 +129,16 @@ pub enum ServeError {
     /// Binding or listening failed.
     #[error("bind failed")]
     Bind(#[source] io::Error),
+    /// Two services given to one server answer the same method id.
+    #[error("services `{first}` and `{second}` both answer method id {method_id:#010x}")]
+    DuplicateMethod {
+        /// The id.
+        method_id: u32,
+        /// One service.
+        first: String,
+        /// The other.
+        second: String,
+    },
     /// Accepting failed in a way that is not per-connection.
     #[error("accept failed")]
     Accept(#[source] io::Error),

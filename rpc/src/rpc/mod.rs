@@ -1,10 +1,12 @@
 //! The RPC layer: services and their dispatch, the reliable TCP client and server, one-way
-//! UDP and multicast calls, and the thread-safe client handle.
+//! UDP and multicast calls, redirectors over many instances, and the thread-safe client handle.
 
 pub(crate) mod client;
 pub(crate) mod conn;
 pub(crate) mod error;
 pub(crate) mod handle;
 pub(crate) mod oneway;
+pub(crate) mod redirect;
 pub(crate) mod server;
 pub(crate) mod service;
+pub mod stub;

@@ -68,8 +68,21 @@ impl Server {
         services: impl IntoIterator<Item = Service>,
         config: ServerConfig,
     ) -> Result<Server, ServeError> {
+        let services: Rc<[Service]> = services.into_iter().collect();
+        // Requests carry only a method id: two services answering one id would be ambiguous.
+        for (i, a) in services.iter().enumerate() {
+            for b in &services[i + 1..] {
+                if let Some(id) = a.method_ids().find(|&id| b.has_method(id)) {
+                    return Err(ServeError::DuplicateMethod {
+                        method_id: id,
+                        first: a.name().into(),
+                        second: b.name().into(),
+                    });
+                }
+            }
+        }
         let listener = TcpListener::bind(addr, config.reuse_port).map_err(ServeError::Bind)?;
-        Ok(Server { listener, services: services.into_iter().collect(), config })
+        Ok(Server { listener, services, config })
     }
 
     /// The bound address.

@@ -141,6 +141,11 @@ impl Service {
         &self.name
     }
 
+    /// The method ids served.
+    pub fn method_ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.methods.keys().copied()
+    }
+
     /// True if `method_id` is served.
     pub fn has_method(&self, method_id: u32) -> bool {
         self.methods.contains_key(&method_id)

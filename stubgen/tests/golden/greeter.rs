@@ -1,0 +1,19 @@
+//! A small interface for the golden test.
+
+/// Greets people.
+pub trait Greeter {
+    /// A greeting for `name`.
+    #[idempotent]
+    async fn greet(&self, #[key] name: String) -> String;
+
+    /// Count a visit.
+    async fn visit(&self, count: u32) -> u64;
+
+    /// Tell one instance.
+    #[oneway]
+    async fn note(&self, text: String);
+
+    /// Tell every instance.
+    #[multicast]
+    async fn broadcast(&self, text: String);
+}

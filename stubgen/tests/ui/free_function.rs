@@ -1,0 +1,5 @@
+pub fn helper() {}
+
+pub trait Calc {
+    async fn add(&self, a: i64, b: i64) -> i64;
+}

@@ -1,0 +1,3 @@
+pub trait Store {
+    async fn put<T>(&self, value: T);
+}

@@ -1,0 +1,3 @@
+pub trait Batch {
+    async fn sum(&self, values: Vec<&[u8]>) -> u64;
+}

@@ -1,0 +1,3 @@
+pub trait Calc {
+    async fn add(a: i64, b: i64) -> i64;
+}

@@ -1,0 +1,4 @@
+pub trait Log {
+    #[oneway]
+    async fn append(&self, line: String) -> u64;
+}

@@ -1,0 +1,3 @@
+pub trait Names {
+    async fn greet(&self, name: &str) -> String;
+}

@@ -1,0 +1,3 @@
+pub trait Calc {
+    async fn new(&self) -> u64;
+}

@@ -1,0 +1,3 @@
+pub trait Kv {
+    async fn copy(&self, #[key] from: String, #[key] to: String);
+}

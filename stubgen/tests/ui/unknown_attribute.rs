@@ -1,0 +1,4 @@
+pub trait Calc {
+    #[retry]
+    async fn add(&self, a: i64, b: i64) -> i64;
+}
