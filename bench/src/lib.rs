@@ -92,6 +92,8 @@ pub enum System {
     OneWayUring,
     /// The same on the epoll driver.
     OneWayEpoll,
+    /// The null call through the generated stub and dispatcher (io_uring); `f()` only.
+    StubUring,
     /// tarpc (tokio, TCP, bincode), sleeping style only.
     Tarpc,
     /// tonic (gRPC over HTTP/2), sleeping style only.
@@ -99,7 +101,7 @@ pub enum System {
 }
 
 /// Every system, floors first.
-pub const SYSTEMS: [System; 9] = [
+pub const SYSTEMS: [System; 10] = [
     System::RawUdp,
     System::RawUringUdp,
     System::RawTcp,
@@ -107,6 +109,7 @@ pub const SYSTEMS: [System; 9] = [
     System::RpcEpoll,
     System::OneWayUring,
     System::OneWayEpoll,
+    System::StubUring,
     System::Tarpc,
     System::Tonic,
 ];
@@ -122,6 +125,7 @@ impl System {
             System::RpcEpoll => "multispace rpc (epoll)",
             System::OneWayUring => "multispace one-way+ack (io_uring)",
             System::OneWayEpoll => "multispace one-way+ack (epoll)",
+            System::StubUring => "multispace generated stub (io_uring)",
             System::Tarpc => "tarpc (tokio, bincode)",
             System::Tonic => "tonic (gRPC, HTTP/2)",
         }
@@ -137,6 +141,7 @@ impl System {
             System::RpcEpoll => "rpc_epoll",
             System::OneWayUring => "oneway_uring",
             System::OneWayEpoll => "oneway_epoll",
+            System::StubUring => "stub_uring",
             System::Tarpc => "tarpc",
             System::Tonic => "tonic",
         }
@@ -147,6 +152,7 @@ impl System {
         match self {
             System::RawUringUdp => waiting == Waiting::Sleep,
             System::OneWayUring | System::OneWayEpoll => shape.no_result(),
+            System::StubUring => shape == Shape::Void,
             // Peers run only when built in, and only in their own (sleeping) style.
             System::Tarpc => cfg!(feature = "tarpc") && waiting == Waiting::Sleep,
             System::Tonic => cfg!(feature = "tonic") && waiting == Waiting::Sleep,
@@ -165,6 +171,7 @@ impl System {
             System::RpcEpoll => Box::new(ours::Rpc::new(DriverKind::Epoll, waiting, shape)?),
             System::OneWayUring => Box::new(ours::OneWayPair::new(DriverKind::Uring, waiting, shape)?),
             System::OneWayEpoll => Box::new(ours::OneWayPair::new(DriverKind::Epoll, waiting, shape)?),
+            System::StubUring => Box::new(ours::Stub::new(DriverKind::Uring, waiting)?),
             #[cfg(feature = "tarpc")]
             System::Tarpc => Box::new(peers::tarpc_peer::Tarpc::new(shape)?),
             #[cfg(not(feature = "tarpc"))]

@@ -16,6 +16,9 @@ use multispace_rpc::{
     RuntimeBuilder, Server, Service, Status, Validate, WaitMode,
 };
 
+use multispace_services::calc::{self, CalcClient};
+use multispace_services::Calculator;
+
 use crate::shapes::Shape;
 use crate::{pin, PingPong, Waiting};
 
@@ -111,6 +114,60 @@ impl PingPong for Rpc {
                     Shape::Int4 => timed::<[i32; 4], i32>(&client, m, &[1, 2, 3, 4], n, &mut h).await,
                     Shape::Bytes(len) => timed::<Vec<u8>, ()>(&client, m, &vec![7u8; len], n, &mut h).await,
                     Shape::ReturnBytes(len) => timed::<i32, Vec<u8>>(&client, m, &(len as i32), n, &mut h).await,
+                }
+                (start.elapsed(), h)
+            })
+            .expect("client core alive");
+        if let Some(out) = hist {
+            out.add(h).expect("same histogram bounds");
+        }
+        elapsed
+    }
+}
+
+/// Null calls through the generated calculator stub (`CalcClient::ping`), served by the
+/// generated dispatcher: the same path as [`Rpc`]'s `f()` plus whatever the stubs add.
+pub struct Stub {
+    client_rt: Runtime,
+    _server_rt: Runtime,
+    addr: SocketAddr,
+}
+
+impl Stub {
+    /// Start both runtimes and the calculator, connect and warm up.
+    pub fn new(driver: DriverKind, waiting: Waiting) -> anyhow::Result<Self> {
+        let (server_rt, client_rt) = runtimes(driver, waiting)?;
+        let addr = server_rt.core(0).run(|| async {
+            let svc = calc::service(Calculator::new("bench"));
+            let server = Server::bind("127.0.0.1:0".parse().expect("address"), [svc])?;
+            let addr = server.local_addr();
+            spawn(server.serve()).detach();
+            Ok::<_, multispace_rpc::ServeError>(addr)
+        })??;
+        let mut me = Stub { client_rt, _server_rt: server_rt, addr };
+        me.run(1000, None);
+        Ok(me)
+    }
+}
+
+thread_local! {
+    static STUB: RefCell<Option<CalcClient>> = const { RefCell::new(None) };
+}
+
+impl PingPong for Stub {
+    fn run(&mut self, n: u64, hist: Option<&mut Histogram<u64>>) -> Duration {
+        let addr = self.addr;
+        let (elapsed, h) = self
+            .client_rt
+            .core(0)
+            .run(move || async move {
+                let stub = STUB.with(|c| c.borrow_mut().get_or_insert_with(|| CalcClient::new(addr)).clone());
+                let mut h = Histogram::<u64>::new(3).expect("histogram");
+                let start = Instant::now();
+                for _ in 0..n {
+                    let t = Instant::now();
+                    stub.ping().await.expect("benchmark call");
+                    let _ = h.record(t.elapsed().as_nanos() as u64);
                 }
                 (start.elapsed(), h)
             })

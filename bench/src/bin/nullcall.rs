@@ -27,7 +27,7 @@ struct Args {
     json: Option<std::path::PathBuf>,
 }
 
-const SYSTEMS: [System; 4] = [System::RawUdp, System::RawTcp, System::RpcUring, System::RpcEpoll];
+const SYSTEMS: [System; 5] = [System::RawUdp, System::RawTcp, System::RpcUring, System::RpcEpoll, System::StubUring];
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
