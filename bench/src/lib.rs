@@ -19,6 +19,9 @@ pub mod peers;
 pub mod raw;
 pub mod report;
 pub mod shapes;
+// setsockopt and sysconf for the raw floors.
+#[allow(unsafe_code)]
+pub mod throughput;
 
 use std::time::{Duration, Instant};
 
@@ -67,6 +70,12 @@ pub fn pin_caller() {
 pub trait PingPong {
     /// Run `n` round trips; returns the total time and records each in `hist` (ns) if given.
     fn run(&mut self, n: u64, hist: Option<&mut Histogram<u64>>) -> Duration;
+}
+
+/// A system that can keep several calls in flight (throughput runs).
+pub trait Windowed {
+    /// Make `n` null calls with `window` of them in flight at a time; returns the total time.
+    fn run_window(&mut self, n: u64, window: usize) -> Duration;
 }
 
 pub(crate) fn record(hist: &mut Option<&mut Histogram<u64>>, start: Instant) {

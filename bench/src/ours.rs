@@ -22,7 +22,7 @@ use multispace_services::Calculator;
 use crate::shapes::Shape;
 use crate::{pin, PingPong, Waiting};
 
-fn runtimes(driver: DriverKind, waiting: Waiting) -> anyhow::Result<(Runtime, Runtime)> {
+pub(crate) fn runtimes(driver: DriverKind, waiting: Waiting) -> anyhow::Result<(Runtime, Runtime)> {
     let wait = match waiting {
         Waiting::Sleep => WaitMode::Sleep,
         Waiting::Spin => WaitMode::BusyPoll { idle_after: None },
@@ -122,6 +122,35 @@ impl PingPong for Rpc {
             out.add(h).expect("same histogram bounds");
         }
         elapsed
+    }
+}
+
+impl crate::Windowed for Rpc {
+    fn run_window(&mut self, n: u64, window: usize) -> Duration {
+        let (addr, m) = (self.addr, Shape::Void.method_id());
+        self.client_rt
+            .core(0)
+            .run(move || async move {
+                let client = CLIENT.with(|c| c.borrow_mut().get_or_insert_with(|| Client::new(addr)).clone());
+                let remaining = Rc::new(Cell::new(n));
+                let start = Instant::now();
+                let workers: Vec<_> = (0..window)
+                    .map(|_| {
+                        let (client, remaining) = (client.clone(), remaining.clone());
+                        spawn(async move {
+                            while remaining.get() > 0 {
+                                remaining.set(remaining.get() - 1);
+                                client.call::<(), ()>(m, &(), CallOptions::default()).await.expect("benchmark call");
+                            }
+                        })
+                    })
+                    .collect();
+                for w in workers {
+                    w.await;
+                }
+                start.elapsed()
+            })
+            .expect("client core alive")
     }
 }
 

@@ -135,6 +135,24 @@ impl PingPong for Tarpc {
     }
 }
 
+impl crate::Windowed for Tarpc {
+    fn run_window(&mut self, n: u64, window: usize) -> Duration {
+        let client = &self.client;
+        self.rt.block_on(async {
+            let remaining = std::cell::Cell::new(n);
+            let worker = || async {
+                while remaining.get() > 0 {
+                    remaining.set(remaining.get() - 1);
+                    client.void(ctx()).await.expect("tarpc call");
+                }
+            };
+            let start = Instant::now();
+            futures::future::join_all((0..window).map(|_| worker())).await;
+            start.elapsed()
+        })
+    }
+}
+
 impl Drop for Tarpc {
     fn drop(&mut self) {
         if let Some(s) = self.stop.take() {

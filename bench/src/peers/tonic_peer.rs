@@ -123,6 +123,28 @@ impl PingPong for Tonic {
     }
 }
 
+impl crate::Windowed for Tonic {
+    fn run_window(&mut self, n: u64, window: usize) -> Duration {
+        let (Some(rt), Some(client)) = (&self.rt, &self.client) else { return Duration::ZERO };
+        rt.block_on(async {
+            let remaining = std::cell::Cell::new(n);
+            let worker = |mut client: Table1Client<Channel>| {
+                let remaining = &remaining;
+                async move {
+                    while remaining.get() > 0 {
+                        remaining.set(remaining.get() - 1);
+                        client.void(Empty {}).await.expect("tonic call");
+                    }
+                }
+            };
+            let start = Instant::now();
+            let workers: Vec<_> = (0..window).map(|_| worker(client.clone())).collect();
+            futures::future::join_all(workers).await;
+            start.elapsed()
+        })
+    }
+}
+
 impl Drop for Tonic {
     fn drop(&mut self) {
         // Dropping the client runtime cancels the connection task and closes the socket.

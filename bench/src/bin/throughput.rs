@@ -1,0 +1,115 @@
+//! Throughput report: null calls per second with 1, 16 and 256 in flight (ours on both
+//! drivers, raw windowed UDP echo, tarpc, tonic), one-way and multicast messages per second
+//! against a raw UDP blast, and calls per second from one core to all cores.
+//!
+//! `cargo run --release -p multispace-bench --bin throughput -- [--quick] [--json PATH]`
+
+use clap::Parser;
+use multispace_bench::shapes::Shape;
+use multispace_bench::throughput::{oneway_blast, rate, raw_udp_blast, scaling, Rate, RawWindowedUdp};
+use multispace_bench::{pin_caller, Waiting, Windowed};
+use multispace_rpc::DriverKind;
+
+#[derive(Parser)]
+struct Args {
+    /// Smoke run: fewer calls (well under a minute).
+    #[arg(long)]
+    quick: bool,
+    /// Write the figures as JSON here.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+const WINDOWS: [usize; 3] = [1, 16, 256];
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    pin_caller();
+    let (n, rounds) = if args.quick { (5_000, 1) } else { (50_000, 3) };
+    let mut rates: Vec<Rate> = Vec::new();
+    let mut push = |kind: &str, system: &str, window: usize, per_s: f64, lost: Option<u64>| {
+        eprintln!("{kind} {system} w={window}: {per_s:.0}/s");
+        rates.push(Rate { kind: kind.into(), system: system.into(), window, per_s, ratio_to_raw: None, lost });
+    };
+
+    let mut systems: Vec<(&str, Box<dyn Windowed>)> = vec![
+        ("raw UDP (windowed echo)", Box::new(RawWindowedUdp::new()?)),
+        (
+            "multispace rpc (io_uring)",
+            Box::new(multispace_bench::ours::Rpc::new(DriverKind::Uring, Waiting::Sleep, Shape::Void)?),
+        ),
+        (
+            "multispace rpc (epoll)",
+            Box::new(multispace_bench::ours::Rpc::new(DriverKind::Epoll, Waiting::Sleep, Shape::Void)?),
+        ),
+    ];
+    #[cfg(feature = "tarpc")]
+    systems.push(("tarpc (tokio, bincode)", Box::new(multispace_bench::peers::tarpc_peer::Tarpc::new(Shape::Void)?)));
+    #[cfg(feature = "tonic")]
+    systems.push(("tonic (gRPC, HTTP/2)", Box::new(multispace_bench::peers::tonic_peer::Tonic::new(Shape::Void)?)));
+    for w in WINDOWS {
+        for (name, sys) in systems.iter_mut() {
+            push("calls", name, w, rate(sys.as_mut(), n, w, rounds), None);
+        }
+    }
+    drop(systems);
+
+    let blast = n * 4;
+    let (raw, lost) = raw_udp_blast(blast)?;
+    push("one-way", "raw UDP (blast)", 0, raw, Some(lost));
+    for driver in [DriverKind::Uring, DriverKind::Epoll] {
+        let (r, lost) = oneway_blast(driver, blast, false)?;
+        push("one-way", &format!("multispace one-way ({driver})"), 0, r, Some(lost));
+        let (r, lost) = oneway_blast(driver, blast, true)?;
+        push("multicast", &format!("multispace multicast ({driver})"), 0, r, Some(lost));
+    }
+
+    let cores = multispace_bench::throughput::cpus_online();
+    for k in 1..=cores {
+        push(
+            "scaling",
+            "multispace rpc (io_uring), 16 in flight per core",
+            k,
+            scaling(DriverKind::Uring, k, n, 16)?,
+            None,
+        );
+    }
+
+    // Ratios against the raw floor of the same kind (and window).
+    let floor = |r: &Rate| -> Option<f64> {
+        let kind = if r.kind == "multicast" { "one-way" } else { r.kind.as_str() };
+        match kind {
+            "calls" => rates.iter().find(|x| x.kind == "calls" && x.window == r.window && x.system.starts_with("raw")),
+            "one-way" => rates.iter().find(|x| x.kind == "one-way" && x.system.starts_with("raw")),
+            _ => rates.iter().find(|x| x.kind == "scaling" && x.window == 1),
+        }
+        .map(|f| r.per_s / f.per_s)
+    };
+    let ratios: Vec<Option<f64>> = rates.iter().map(floor).collect();
+    for (r, ratio) in rates.iter_mut().zip(ratios) {
+        r.ratio_to_raw = ratio;
+    }
+
+    println!("| kind | system | in flight / cores | per second | ÷ floor | lost |");
+    println!("|---|---|---|---|---|---|");
+    for r in &rates {
+        println!(
+            "| {} | {} | {} | {:.0} | {} | {} |",
+            r.kind,
+            r.system,
+            if r.window == 0 { "-".to_string() } else { r.window.to_string() },
+            r.per_s,
+            r.ratio_to_raw.map_or("-".into(), |x| format!("{x:.2}×")),
+            r.lost.map_or("-".into(), |l| l.to_string()),
+        );
+    }
+    println!(
+        "\nFloors: `calls` against raw windowed UDP echo with the same window; `one-way` and `multicast` against a raw \
+         UDP blast (delivered messages per second); `scaling` against one core."
+    );
+    if let Some(path) = args.json {
+        std::fs::write(&path, serde_json::to_string_pretty(&rates)?)?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
