@@ -176,3 +176,17 @@ fn two_services_answering_one_method_id_are_refused_at_bind() {
     let err = Server::bind("127.0.0.1:0".parse().unwrap(), [a, b]).unwrap_err();
     assert!(matches!(err, multispace_rpc::ServeError::DuplicateMethod { .. }), "{err:?}");
 }
+
+#[test]
+fn stopping_a_server_closes_its_connections_too() {
+    each_driver(|_| async {
+        let server = Server::bind("127.0.0.1:0".parse().unwrap(), [calc::service(Calculator::new("x"))]).unwrap();
+        let c = CalcClient::new(server.local_addr());
+        let serving = spawn(server.serve());
+        must("ping", c.ping()).await.unwrap();
+        // Stop it: the established connection must not go on being served.
+        drop(serving);
+        let err = must("call after stop", c.ping()).await.unwrap_err();
+        assert!(matches!(err, CallError::ConnectionLost | CallError::Connect(_)), "{err:?}");
+    });
+}

@@ -87,6 +87,23 @@ impl RedirectError {
     }
 }
 
+/// A [`Redirector`] that may have been dropped.
+#[derive(Clone)]
+pub struct WeakRedirector(std::rc::Weak<Inner>);
+
+impl std::fmt::Debug for WeakRedirector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WeakRedirector")
+    }
+}
+
+impl WeakRedirector {
+    /// The redirector, if any stub still holds it.
+    pub fn upgrade(&self) -> Option<Redirector> {
+        self.0.upgrade().map(|inner| Redirector { inner })
+    }
+}
+
 /// How a call's key is placed: `None` for methods that name no key.
 pub type Key = Option<u64>;
 
@@ -179,6 +196,12 @@ impl Redirector {
             next.push(inst);
         }
         *self.inner.instances.borrow_mut() = next.into();
+    }
+
+    /// A handle that does not keep the redirector alive (for registries that feed many
+    /// redirectors and must notice when one is dropped).
+    pub fn downgrade(&self) -> WeakRedirector {
+        WeakRedirector(Rc::downgrade(&self.inner))
     }
 
     /// The current instance addresses.

@@ -1,7 +1,7 @@
 //! The reliable (TCP) server: accept connections, read request frames, dispatch them to
 //! service handlers as tasks, write responses in completion order.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -90,9 +90,14 @@ impl Server {
         self.listener.local_addr().expect("a bound listener has an address")
     }
 
-    /// Accept and serve connections until the future is dropped.
+    /// Accept and serve connections until the future is dropped. Dropping it stops the
+    /// server: the listener closes and every connection it accepted is cancelled and closed
+    /// (as when the instance is stopped), so clients see the loss at once.
     pub async fn serve(self) -> Result<(), ServeError> {
-        let live = Rc::new(Cell::new(0usize));
+        // The connection tasks, owned here so they end with the server. A task that finishes
+        // removes (and detaches) its own handle.
+        let conns: Rc<RefCell<slab::Slab<JoinHandle<()>>>> = Rc::new(RefCell::new(slab::Slab::new()));
+        let _cancel_on_drop = CancelAll(conns.clone());
         loop {
             let stream = match self.listener.accept().await {
                 Ok(s) => s,
@@ -105,18 +110,47 @@ impl Server {
                 Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => continue,
                 Err(e) => return Err(ServeError::Accept(e)),
             };
-            if live.get() >= self.config.max_connections {
+            if conns.borrow().len() >= self.config.max_connections {
                 tracing::warn!(limit = self.config.max_connections, "connection limit reached; closing new connection");
                 continue;
             }
-            live.set(live.get() + 1);
-            let (services, config, live) = (self.services.clone(), self.config.conn.clone(), live.clone());
-            spawn(async move {
+            let (services, config) = (self.services.clone(), self.config.conn.clone());
+            let mut slab = conns.borrow_mut();
+            let entry = slab.vacant_entry();
+            let key = entry.key();
+            let weak = Rc::downgrade(&conns);
+            // Spawned tasks first run after this turn, so the handle is in place before the
+            // task can remove it.
+            entry.insert(spawn(async move {
                 serve_conn(stream, services, config).await;
-                live.set(live.get() - 1);
-            })
-            .detach();
+                if let Some(conns) = weak.upgrade() {
+                    if let Some(me) = conns.borrow_mut().try_remove(key) {
+                        me.detach();
+                    }
+                }
+            }));
         }
+    }
+}
+
+/// Cancels a connection's running handlers when its task goes away.
+struct CancelHandlers(Rc<ServerConn>);
+
+impl Drop for CancelHandlers {
+    fn drop(&mut self) {
+        let tasks: Vec<JoinHandle<()>> = self.0.inflight.borrow_mut().drain().map(|(_, t)| t).collect();
+        drop(tasks);
+    }
+}
+
+/// Cancels every connection task when the serve future goes away.
+struct CancelAll(Rc<RefCell<slab::Slab<JoinHandle<()>>>>);
+
+impl Drop for CancelAll {
+    fn drop(&mut self) {
+        // Take them out first: a cancelled task's destructor must not find the slab borrowed.
+        let tasks: Vec<JoinHandle<()>> = self.0.borrow_mut().drain().collect();
+        drop(tasks);
     }
 }
 
@@ -130,6 +164,8 @@ async fn serve_conn(stream: TcpStream, services: Rc<[Service]>, config: ConnConf
     let outbox = Outbox::new(&config);
     let writer = spawn(outbox.clone().run_writer(stream.clone()));
     let conn = Rc::new(ServerConn { outbox: outbox.clone(), inflight: RefCell::new(HashMap::new()) });
+    // If this task is cancelled (the server stopped), its running handlers go with it.
+    let _handlers = CancelHandlers(conn.clone());
     let mut reader = FrameReader::new(&config);
     let clean = loop {
         // Back-pressure: a peer that does not read its responses stops being read.

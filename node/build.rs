@@ -1,0 +1,3 @@
+fn main() {
+    multispace_stubgen::compile("interfaces/control.rs");
+}

@@ -1,0 +1,54 @@
+//! The node control interface: what a node answers about itself, over rpc.
+
+use multispace_rpc::rkyv::{Archive, Deserialize, Serialize};
+
+/// One service instance as the cluster sees it.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(crate = multispace_rpc::rkyv)]
+pub struct InstanceRecord {
+    /// Unique in the cluster: the hosting node's id in the high 32 bits, a counter below.
+    pub id: u64,
+    /// The service (interface) name.
+    pub service: String,
+    /// Where it answers reliable calls (`ip:port`).
+    pub addr: String,
+    /// Load figure (calls in flight, quantized); lower is better.
+    pub load: u32,
+    /// False once its health probe failed: stubs stop choosing it before its beacons expire.
+    pub up: bool,
+}
+
+/// A node's whole table of instances at one version (what a registry pulls to catch up).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(crate = multispace_rpc::rkyv)]
+pub struct NodeTable {
+    /// The node's id.
+    pub node: u64,
+    /// The node's incarnation (greater after every restart).
+    pub incarnation: u64,
+    /// The table's version (bumped on every change).
+    pub version: u64,
+    /// Every instance the node hosts.
+    pub instances: Vec<InstanceRecord>,
+}
+
+/// Control of one node.
+pub trait NodeControl {
+    /// The node's table of local instances.
+    #[idempotent]
+    async fn table(&self) -> NodeTable;
+
+    /// Every instance of `service` the node's registry knows, across the cluster.
+    #[idempotent]
+    async fn lookup(&self, service: String) -> Vec<InstanceRecord>;
+
+    /// The service types this node can start.
+    #[idempotent]
+    async fn service_types(&self) -> Vec<String>;
+
+    /// Start an instance of a service type the node knows; its record.
+    async fn start_instance(&self, service: String) -> InstanceRecord;
+
+    /// Stop a local instance; false if there was none with this id.
+    async fn stop_instance(&self, id: u64) -> bool;
+}
