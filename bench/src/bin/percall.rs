@@ -1,0 +1,54 @@
+//! A null-call workload for instruction counting: client and server on one core, `--calls`
+//! sequential calls. Run under callgrind by `bench/callgrind.sh`, which runs it at two call
+//! counts and reports the difference per call (user-space instructions only: the kernel is
+//! not counted, so this is our own CPU per call, deterministic unlike time).
+//!
+//! `cargo run --release -p multispace-bench --bin percall -- --calls N [--driver epoll] [--stub]`
+
+use clap::Parser;
+use multispace_rpc::{
+    spawn, CallOptions, Client, Config, DriverChoice, DriverKind, LocalRuntime, Message, Server, Service, Status,
+};
+use multispace_services::calc::{self, CalcClient};
+use multispace_services::Calculator;
+
+#[derive(Parser)]
+struct Args {
+    /// Sequential null calls.
+    #[arg(long, default_value_t = 1000)]
+    calls: u64,
+    /// `uring` or `epoll`.
+    #[arg(long, default_value = "uring")]
+    driver: String,
+    /// Call through the generated calculator stub instead of a hand-registered method.
+    #[arg(long)]
+    stub: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let kind = if args.driver == "epoll" { DriverKind::Epoll } else { DriverKind::Uring };
+    let rt = LocalRuntime::new(Config { driver: DriverChoice::Force(kind), ..Config::default() })?;
+    rt.block_on(async move {
+        let svc = if args.stub {
+            calc::service(Calculator::new("percall"))
+        } else {
+            Service::builder("null").method(1, |_ctx, _r: Message<()>| async { Ok::<(), Status>(()) }).build()
+        };
+        let server = Server::bind("127.0.0.1:0".parse()?, [svc])?;
+        let addr = server.local_addr();
+        spawn(server.serve()).detach();
+        if args.stub {
+            let c = CalcClient::new(addr);
+            for _ in 0..args.calls {
+                c.ping().await?;
+            }
+        } else {
+            let c = Client::new(addr);
+            for _ in 0..args.calls {
+                c.call::<(), ()>(1, &(), CallOptions::default()).await?;
+            }
+        }
+        Ok::<_, anyhow::Error>(())
+    })
+}
