@@ -11,7 +11,10 @@
 //!   `interfaces/control.rs`), beacons over multicast one-way rpc (or unicast to seed peers),
 //!   and redirectors whose instance sets follow the registry.
 //!
-//! Not yet: health probes, Keiretsu and the cluster demo (issue 5 notes say where it stands).
+//! - health probes: a failed probe marks an instance down in the very next beacon.
+//!
+//! Not yet: beaconed load figures, Keiretsu and the cluster demo (issue 5 notes say where it
+//! stands).
 #![forbid(unsafe_code)]
 
 pub mod beacon;
@@ -25,5 +28,5 @@ pub mod control {
 }
 
 pub use beacon::{BeaconError, ClusterKey};
-pub use node::{BeaconTransport, Node, NodeConfig, NodeError, NodeStats, ServiceFactory, BEACON_METHOD};
+pub use node::{BeaconTransport, Health, Node, NodeConfig, NodeError, NodeStats, Probe, ServiceFactory, BEACON_METHOD};
 pub use registry::{BeaconOutcome, Registry, RegistryStats};

@@ -4,6 +4,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -95,6 +96,36 @@ pub enum NodeError {
 /// Builds a fresh instance of a service type.
 pub type ServiceFactory = Rc<dyn Fn() -> Service>;
 
+/// A service's health probe (the paper's `doProbe`): a method the node calls on each of its
+/// instances with an empty request. Any reply is healthy; an error or no reply within the
+/// timeout marks the instance down in the beacons at once, so stubs stop choosing it before
+/// its beacons would expire. A later good reply marks it up again.
+#[derive(Debug, Clone, Copy)]
+pub struct Probe {
+    /// The method to call (one taking no arguments).
+    pub method_id: u32,
+    /// Time between probes.
+    pub period: Duration,
+    /// How long a reply may take.
+    pub timeout: Duration,
+}
+
+/// What the node knows of one local instance's health.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// Up (last probe answered, or no probe).
+    pub up: bool,
+    /// Time up since it started, summed over its up periods.
+    pub uptime: Duration,
+    /// Probes that failed.
+    pub probes_failed: u64,
+}
+
+struct ServiceType {
+    factory: ServiceFactory,
+    probe: Option<Probe>,
+}
+
 /// Counters a node keeps.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeStats {
@@ -109,7 +140,55 @@ pub struct NodeStats {
 struct Running {
     /// The instance's server; dropping it stops the instance.
     _server: JoinHandle<Result<(), multispace_rpc::ServeError>>,
+    /// Its prober, if the type has a probe.
+    _probe: Option<JoinHandle<()>>,
     started: Instant,
+    health: Rc<RefCell<HealthState>>,
+}
+
+struct HealthState {
+    up_since: Option<Instant>,
+    uptime: Duration,
+    probes_failed: u64,
+}
+
+impl HealthState {
+    fn snapshot(&self, now: Instant) -> Health {
+        Health {
+            up: self.up_since.is_some(),
+            uptime: self.uptime + self.up_since.map_or(Duration::ZERO, |t| now - t),
+            probes_failed: self.probes_failed,
+        }
+    }
+}
+
+/// Wakes the beacon loop early (a change that must go out at once).
+#[derive(Default)]
+struct Kick {
+    kicked: Cell<bool>,
+    waker: RefCell<Option<std::task::Waker>>,
+}
+
+impl Kick {
+    fn kick(&self) {
+        self.kicked.set(true);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// Sleep for `d`, or less if kicked.
+    async fn sleep(&self, d: Duration) {
+        let mut timer = std::pin::pin!(sleep(d));
+        std::future::poll_fn(|cx| {
+            if self.kicked.replace(false) || timer.as_mut().poll(cx).is_ready() {
+                return std::task::Poll::Ready(());
+            }
+            *self.waker.borrow_mut() = Some(cx.waker().clone());
+            std::task::Poll::Pending
+        })
+        .await
+    }
 }
 
 struct Inner {
@@ -118,7 +197,8 @@ struct Inner {
     control_addr: SocketAddr,
     table: RefCell<LocalTable>,
     registry: RefCell<Registry>,
-    factories: RefCell<BTreeMap<String, ServiceFactory>>,
+    factories: RefCell<BTreeMap<String, ServiceType>>,
+    kick: Kick,
     running: RefCell<HashMap<u64, Running>>,
     next_instance: Cell<u32>,
     watchers: RefCell<Vec<(String, WeakRedirector)>>,
@@ -178,6 +258,7 @@ impl Node {
             stats: RefCell::new(NodeStats::default()),
             pulling: RefCell::new(Vec::new()),
             tasks: RefCell::new(Vec::new()),
+            kick: Kick::default(),
             config,
         });
         let node = Node { inner };
@@ -230,19 +311,28 @@ impl Node {
 
     /// Teach the node a service type it can start instances of.
     pub fn register_type(&self, service: &str, factory: impl Fn() -> Service + 'static) {
-        self.inner.factories.borrow_mut().insert(service.to_owned(), Rc::new(factory));
+        let t = ServiceType { factory: Rc::new(factory), probe: None };
+        self.inner.factories.borrow_mut().insert(service.to_owned(), t);
+    }
+
+    /// [`Node::register_type`] with a health probe run against every instance.
+    pub fn register_type_with_probe(&self, service: &str, factory: impl Fn() -> Service + 'static, probe: Probe) {
+        let t = ServiceType { factory: Rc::new(factory), probe: Some(probe) };
+        self.inner.factories.borrow_mut().insert(service.to_owned(), t);
+    }
+
+    /// Health of a local instance.
+    pub fn health(&self, id: u64) -> Option<Health> {
+        self.inner.running.borrow().get(&id).map(|r| r.health.borrow().snapshot(Instant::now()))
     }
 
     /// Start an instance of `service` on an ephemeral port; it is beaconed from the next
     /// beacon on.
     pub fn start_instance(&self, service: &str) -> Result<InstanceRecord, NodeError> {
-        let factory = self
-            .inner
-            .factories
-            .borrow()
-            .get(service)
-            .cloned()
-            .ok_or_else(|| NodeError::UnknownService(service.to_owned()))?;
+        let (factory, probe) = match self.inner.factories.borrow().get(service) {
+            Some(t) => (t.factory.clone(), t.probe),
+            None => return Err(NodeError::UnknownService(service.to_owned())),
+        };
         let server = Server::bind(SocketAddr::new(self.inner.config.ip, 0), [factory()])?;
         let n = self.inner.next_instance.get();
         self.inner.next_instance.set(n.wrapping_add(1));
@@ -253,10 +343,15 @@ impl Node {
             load: 0,
             up: true,
         };
-        self.inner
-            .running
-            .borrow_mut()
-            .insert(rec.id, Running { _server: spawn(server.serve()), started: Instant::now() });
+        let now = Instant::now();
+        let health =
+            Rc::new(RefCell::new(HealthState { up_since: Some(now), uptime: Duration::ZERO, probes_failed: 0 }));
+        let prober = probe.map(|p| {
+            let addr = server.local_addr();
+            spawn(probe_loop(Rc::downgrade(&self.inner), rec.id, addr, p, health.clone()))
+        });
+        let running = Running { _server: spawn(server.serve()), _probe: prober, started: now, health };
+        self.inner.running.borrow_mut().insert(rec.id, running);
         self.inner.table.borrow_mut().upsert(rec.clone());
         tracing::info!(id = rec.id, service, addr = %rec.addr, "instance started");
         Ok(rec)
@@ -275,7 +370,11 @@ impl Node {
     pub fn set_up(&self, id: u64, up: bool) -> bool {
         let mut table = self.inner.table.borrow_mut();
         let Some(rec) = table.get(id).cloned() else { return false };
-        table.upsert(InstanceRecord { up, ..rec });
+        if rec.up != up {
+            table.upsert(InstanceRecord { up, ..rec });
+            // Down must reach the stubs now, not a beacon period later.
+            self.inner.kick.kick();
+        }
         true
     }
 
@@ -413,8 +512,44 @@ async fn beacon_loop(weak: std::rc::Weak<Inner>) {
         }
         // Local changes (started, stopped, marked down) and expiries reach redirectors here.
         refresh_watchers(&inner);
+        let inner2 = inner.clone();
         drop(inner);
-        sleep(period).await;
+        inner2.kick.sleep(period).await;
+    }
+}
+
+async fn probe_loop(
+    weak: std::rc::Weak<Inner>,
+    id: u64,
+    addr: SocketAddr,
+    probe: Probe,
+    health: Rc<RefCell<HealthState>>,
+) {
+    let client = multispace_rpc::Client::new(addr);
+    loop {
+        sleep(probe.period).await;
+        let ok = client.call_bytes(probe.method_id, &[], CallOptions::timeout(probe.timeout)).await;
+        let Some(inner) = weak.upgrade() else { return };
+        let now = Instant::now();
+        let mut h = health.borrow_mut();
+        match ok {
+            Ok(_) if h.up_since.is_none() => {
+                tracing::info!(id, "probe answered again; instance up");
+                h.up_since = Some(now);
+                drop(h);
+                Node { inner }.set_up(id, true);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                h.probes_failed += 1;
+                if let Some(since) = h.up_since.take() {
+                    h.uptime += now - since;
+                    tracing::warn!(id, error = %e, "probe failed; instance marked down");
+                    drop(h);
+                    Node { inner }.set_up(id, false);
+                }
+            }
+        }
     }
 }
 

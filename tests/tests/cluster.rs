@@ -193,3 +193,55 @@ fn beacons_go_by_unicast_to_seed_peers_where_multicast_is_unavailable() {
         until("a hears b", || a.with(|n| n.peers()) == [2]).await;
     });
 }
+
+#[test]
+fn a_failed_probe_takes_an_instance_out_of_every_registry_before_expiry() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    each_driver(|kind| async move {
+        let key = key();
+        let p = port(4, kind);
+        let sick = Arc::new(AtomicBool::new(false));
+        let host = TestNode::start(kind, config(1, p, &key));
+        let flag = sick.clone();
+        let rec = host.with(move |n| {
+            let probe = multispace_node::Probe {
+                method_id: calc::method_id::PING,
+                period: Duration::from_millis(20),
+                timeout: Duration::from_millis(500),
+            };
+            n.register_type_with_probe(
+                "Flaky",
+                move || {
+                    let flag = flag.clone();
+                    multispace_rpc::Service::builder(calc::SERVICE)
+                        .method(calc::method_id::PING, move |_ctx, _r: multispace_rpc::Message<calc::PingArgs>| {
+                            let sick = flag.load(Ordering::Relaxed);
+                            async move {
+                                if sick {
+                                    Err(multispace_rpc::Status::internal("sick"))
+                                } else {
+                                    Ok(())
+                                }
+                            }
+                        })
+                        .build()
+                },
+                probe,
+            );
+            n.start_instance("Flaky").unwrap()
+        });
+        let observer = Node::start(config(2, p, &key)).await.unwrap();
+        until("instance visible", || observer.lookup("Flaky").len() == 1).await;
+        sick.store(true, Ordering::Relaxed);
+        until("marked down everywhere", || observer.lookup("Flaky").is_empty()).await;
+        // The host is still beaconing: the instance left because of its probe, not expiry.
+        assert_eq!(observer.peers(), [1]);
+        let id = rec.id;
+        let health = host.with(move |n| n.health(id).unwrap());
+        assert!(!health.up && health.probes_failed >= 1, "{health:?}");
+        sick.store(false, Ordering::Relaxed);
+        until("back up", || observer.lookup("Flaky").len() == 1).await;
+        observer.stop();
+    });
+}
