@@ -28,5 +28,7 @@ pub mod control {
 }
 
 pub use beacon::{BeaconError, ClusterKey};
-pub use node::{BeaconTransport, Health, Node, NodeConfig, NodeError, NodeStats, Probe, ServiceFactory, BEACON_METHOD};
+pub use node::{
+    BeaconTransport, Health, Node, NodeConfig, NodeError, NodeStats, Probe, ServiceFactory, WeakNode, BEACON_METHOD,
+};
 pub use registry::{BeaconOutcome, Registry, RegistryStats};

@@ -93,8 +93,10 @@ pub enum NodeError {
     UnknownService(String),
 }
 
-/// Builds a fresh instance of a service type.
-pub type ServiceFactory = Rc<dyn Fn() -> Service>;
+/// Builds a fresh instance of a service type. It gets the hosting node, so an instance can
+/// find its peers (`Node::lookup`) or make redirectors of its own; an instance that keeps it
+/// must keep [`Node::downgrade`], not the node.
+pub type ServiceFactory = Rc<dyn Fn(&Node) -> Service>;
 
 /// A service's health probe (the paper's `doProbe`): a method the node calls on each of its
 /// instances with an empty request. Any reply is healthy; an error or no reply within the
@@ -223,6 +225,24 @@ impl std::fmt::Debug for Node {
     }
 }
 
+/// A [`Node`] that may have stopped. Instances keep one of these, never a `Node`: an
+/// instance that held its node would keep it (and itself) alive for ever.
+#[derive(Clone)]
+pub struct WeakNode(std::rc::Weak<Inner>);
+
+impl std::fmt::Debug for WeakNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WeakNode")
+    }
+}
+
+impl WeakNode {
+    /// The node, if it still runs.
+    pub fn upgrade(&self) -> Option<Node> {
+        self.0.upgrade().map(|inner| Node { inner })
+    }
+}
+
 /// The method id of beacons (a one-way call).
 pub const BEACON_METHOD: u32 = 0x6d73_6263;
 
@@ -284,6 +304,11 @@ impl Node {
         Ok(node)
     }
 
+    /// A handle that does not keep the node alive (what instances should hold).
+    pub fn downgrade(&self) -> WeakNode {
+        WeakNode(Rc::downgrade(&self.inner))
+    }
+
     /// The node's id.
     pub fn id(&self) -> u64 {
         self.inner.config.id
@@ -310,13 +335,13 @@ impl Node {
     }
 
     /// Teach the node a service type it can start instances of.
-    pub fn register_type(&self, service: &str, factory: impl Fn() -> Service + 'static) {
+    pub fn register_type(&self, service: &str, factory: impl Fn(&Node) -> Service + 'static) {
         let t = ServiceType { factory: Rc::new(factory), probe: None };
         self.inner.factories.borrow_mut().insert(service.to_owned(), t);
     }
 
     /// [`Node::register_type`] with a health probe run against every instance.
-    pub fn register_type_with_probe(&self, service: &str, factory: impl Fn() -> Service + 'static, probe: Probe) {
+    pub fn register_type_with_probe(&self, service: &str, factory: impl Fn(&Node) -> Service + 'static, probe: Probe) {
         let t = ServiceType { factory: Rc::new(factory), probe: Some(probe) };
         self.inner.factories.borrow_mut().insert(service.to_owned(), t);
     }
@@ -333,7 +358,7 @@ impl Node {
             Some(t) => (t.factory.clone(), t.probe),
             None => return Err(NodeError::UnknownService(service.to_owned())),
         };
-        let server = Server::bind(SocketAddr::new(self.inner.config.ip, 0), [factory()])?;
+        let server = Server::bind(SocketAddr::new(self.inner.config.ip, 0), [factory(self)])?;
         let n = self.inner.next_instance.get();
         self.inner.next_instance.set(n.wrapping_add(1));
         let rec = InstanceRecord {

@@ -6,13 +6,17 @@
 //! - [`calc`]: the calculator interface's generated stubs (every method shape: calls with
 //!   and without results, application errors, a non-idempotent method, key affinity, one-way
 //!   and multicast notices);
-//! - [`Calculator`]: an implementation, used by the tests, benchmarks and demos.
+//! - [`Calculator`]: an implementation, used by the tests, benchmarks and demos;
+//! - [`keiretsu`]: the paper's instant-messaging service, its client endpoint, and the
+//!   speedometer and driver load clients.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 use multispace_rpc::rkyv::Archived;
 use multispace_rpc::{CallContext, Status};
+
+pub mod keiretsu;
 
 /// The calculator's generated stubs.
 #[allow(missing_docs)]

@@ -2,61 +2,19 @@
 //! a killed node drops out, forged and replayed beacons are rejected, and redirectors follow
 //! the registry as instances start and stop. Both drivers.
 
-use std::cell::RefCell;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use multispace_node::beacon::LocalTable;
 use multispace_node::control::InstanceRecord;
 use multispace_node::{BeaconTransport, ClusterKey, Node, NodeConfig, BEACON_METHOD};
-use multispace_rpc::{DriverChoice, DriverKind, MulticastGroup, OneWaySender, RedirectConfig, Runtime, RuntimeBuilder};
+use multispace_rpc::{DriverKind, MulticastGroup, OneWaySender, RedirectConfig};
 use multispace_services::calc::{self, CalcRedirector};
 use multispace_services::Calculator;
-use multispace_tests::{each_driver, until};
+use multispace_tests::{each_driver, until, TestNode};
 
-thread_local! {
-    static NODE: RefCell<Option<Node>> = const { RefCell::new(None) };
-}
-
-/// A node on its own core.
-struct TestNode {
-    rt: Option<Runtime>,
-}
-
-impl TestNode {
-    fn start(kind: DriverKind, config: NodeConfig) -> TestNode {
-        let rt = RuntimeBuilder::new().cores(1).pin(false).driver(DriverChoice::Force(kind)).build().unwrap();
-        rt.core(0)
-            .run(move || async move {
-                let node = Node::start(config).await.expect("node starts");
-                node.register_type(calc::SERVICE, || calc::service(Calculator::new("calc")));
-                NODE.with(|n| *n.borrow_mut() = Some(node));
-            })
-            .unwrap();
-        TestNode { rt: Some(rt) }
-    }
-
-    /// Run `f` with the node, on its core.
-    fn with<R: Send + 'static>(&self, f: impl FnOnce(&Node) -> R + Send + 'static) -> R {
-        self.rt
-            .as_ref()
-            .expect("alive")
-            .core(0)
-            .run(move || async move { NODE.with(|n| f(n.borrow().as_ref().expect("node"))) })
-            .expect("node core alive")
-    }
-
-    fn kill(&mut self) {
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown();
-        }
-    }
-}
-
-impl Drop for TestNode {
-    fn drop(&mut self) {
-        self.kill();
-    }
+fn start(kind: DriverKind, config: NodeConfig) -> TestNode {
+    TestNode::start(kind, config, |node| node.register_type(calc::SERVICE, |_| calc::service(Calculator::new("calc"))))
 }
 
 fn config(id: u64, port: u16, key: &ClusterKey) -> NodeConfig {
@@ -82,7 +40,7 @@ fn registries_converge_and_a_killed_node_drops_out() {
     each_driver(|kind| async move {
         let key = key();
         let p = port(0, kind);
-        let mut nodes: Vec<TestNode> = (1..=3).map(|i| TestNode::start(kind, config(i, p, &key))).collect();
+        let mut nodes: Vec<TestNode> = (1..=3).map(|i| start(kind, config(i, p, &key))).collect();
         let rec = nodes[0].with(|n| n.start_instance(calc::SERVICE).unwrap());
         // Every other node learns of the instance from beacons alone.
         until("instance in every registry", || nodes.iter().all(|n| n.with(|n| n.lookup(calc::SERVICE).len()) == 1))
@@ -106,7 +64,7 @@ fn a_late_joiner_catches_up_by_pulling_tables() {
     each_driver(|kind| async move {
         let key = key();
         let p = port(1, kind);
-        let a = TestNode::start(kind, config(1, p, &key));
+        let a = start(kind, config(1, p, &key));
         for _ in 0..3 {
             a.with(|n| n.start_instance(calc::SERVICE).unwrap());
         }
@@ -114,7 +72,7 @@ fn a_late_joiner_catches_up_by_pulling_tables() {
         let sent = a.with(|n| n.stats().beacons_sent);
         let repeats = multispace_node::beacon::DELTA_REPEATS;
         until("change no longer in beacons", || a.with(|n| n.stats().beacons_sent) > sent + repeats).await;
-        let b = TestNode::start(kind, config(2, p, &key));
+        let b = start(kind, config(2, p, &key));
         until("joiner knows all three", || b.with(|n| n.lookup(calc::SERVICE).len()) == 3).await;
         assert!(b.with(|n| n.stats().pulls) >= 1, "caught up by a pull");
     });
@@ -125,7 +83,7 @@ fn forged_and_replayed_beacons_are_rejected() {
     each_driver(|kind| async move {
         let key = key();
         let p = port(2, kind);
-        let victim = TestNode::start(kind, config(1, p, &key));
+        let victim = start(kind, config(1, p, &key));
         let group = MulticastGroup::loopback(Ipv4Addr::new(239, 255, 77, 1), p);
         let sender = OneWaySender::multicast(&group).unwrap();
         let mut fake = LocalTable::new(666, 1, "127.0.0.1:9".into());
@@ -156,7 +114,7 @@ fn a_redirector_follows_the_registry() {
     each_driver(|kind| async move {
         let key = key();
         let p = port(3, kind);
-        let host = TestNode::start(kind, config(1, p, &key));
+        let host = start(kind, config(1, p, &key));
         let first = host.with(|n| n.start_instance(calc::SERVICE).unwrap());
         // The client side is a node too (it needs no instances of its own).
         let client = Node::start(config(2, p, &key)).await.unwrap();
@@ -186,8 +144,8 @@ fn beacons_go_by_unicast_to_seed_peers_where_multicast_is_unavailable() {
             beacons: BeaconTransport::Unicast { listen, peers: vec![peer] },
             ..config(id, 0, &key)
         };
-        let a = TestNode::start(kind, unicast(1, la, lb));
-        let b = TestNode::start(kind, unicast(2, lb, la));
+        let a = start(kind, unicast(1, la, lb));
+        let b = start(kind, unicast(2, lb, la));
         a.with(|n| n.start_instance(calc::SERVICE).unwrap());
         until("b learns a's instance", || b.with(|n| n.lookup(calc::SERVICE).len()) == 1).await;
         until("a hears b", || a.with(|n| n.peers()) == [2]).await;
@@ -202,7 +160,7 @@ fn a_failed_probe_takes_an_instance_out_of_every_registry_before_expiry() {
         let key = key();
         let p = port(4, kind);
         let sick = Arc::new(AtomicBool::new(false));
-        let host = TestNode::start(kind, config(1, p, &key));
+        let host = start(kind, config(1, p, &key));
         let flag = sick.clone();
         let rec = host.with(move |n| {
             let probe = multispace_node::Probe {
@@ -212,7 +170,7 @@ fn a_failed_probe_takes_an_instance_out_of_every_registry_before_expiry() {
             };
             n.register_type_with_probe(
                 "Flaky",
-                move || {
+                move |_| {
                     let flag = flag.clone();
                     multispace_rpc::Service::builder(calc::SERVICE)
                         .method(calc::method_id::PING, move |_ctx, _r: multispace_rpc::Message<calc::PingArgs>| {
