@@ -22,6 +22,11 @@ pub trait Keiretsu {
     #[idempotent]
     async fn get_client_list(&self) -> Vec<String>;
 
+    /// This instance's binding of `name`, if any: the client endpoint and the lease left in
+    /// ms. An instance that restarted empty asks its peers before calling a name unbound.
+    #[idempotent]
+    async fn find_binding(&self, name: String) -> Option<(String, u32)>;
+
     /// A binding learnt by another instance (`lease_ms` 0: removed).
     #[idempotent]
     async fn share_binding(&self, name: String, client: String, lease_ms: u32);

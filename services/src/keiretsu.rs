@@ -93,6 +93,25 @@ impl KeiretsuServer {
         }
     }
 
+    /// Ask the other instances for a binding this one lacks (it restarted, or missed the
+    /// share); the first answer is kept.
+    async fn find_at_peers(&self, name: &str) -> Option<SocketAddr> {
+        let node = self.node.as_ref().and_then(WeakNode::upgrade)?;
+        for peer in node.lookup(api::SERVICE) {
+            let Ok(addr) = peer.addr.parse::<SocketAddr>() else { continue };
+            let stub = KeiretsuStub::new(addr).with_options(CallOptions::timeout(Duration::from_millis(500)));
+            if let Ok(found) = stub.find_binding(name.to_owned()).await {
+                if let Some(b) = found.as_ref() {
+                    let (client, lease_ms) = (b.0.as_str().to_owned(), b.1.to_native());
+                    if self.bind(name, &client, lease_ms).is_ok() {
+                        return client.parse().ok();
+                    }
+                }
+            }
+        }
+        None
+    }
+
     fn client(&self, addr: SocketAddr) -> KeiretsuClientClient {
         self.clients.borrow_mut().entry(addr).or_insert_with(|| KeiretsuClientClient::new(addr)).clone()
     }
@@ -126,9 +145,16 @@ impl api::Keiretsu for KeiretsuServer {
         text: &Archived<String>,
         msg_id: &Archived<u64>,
     ) -> Result<bool, Status> {
-        let target = match self.bindings.borrow().get(to.as_str()) {
-            Some(b) if b.until > Instant::now() => b.client,
-            _ => return Ok(false),
+        let known = match self.bindings.borrow().get(to.as_str()) {
+            Some(b) if b.until > Instant::now() => Some(b.client),
+            _ => None,
+        };
+        let target = match known {
+            Some(t) => t,
+            None => match self.find_at_peers(to).await {
+                Some(t) => t,
+                None => return Ok(false),
+            },
         };
         // Nested call: it inherits this call's deadline.
         self.client(target)
@@ -145,6 +171,16 @@ impl api::Keiretsu for KeiretsuServer {
             self.bindings.borrow().iter().filter(|(_, b)| b.until > now).map(|(n, _)| n.clone()).collect();
         names.sort_unstable();
         Ok(names)
+    }
+
+    async fn find_binding(&self, _ctx: &CallContext, name: &Archived<String>) -> Result<Option<(String, u32)>, Status> {
+        let now = Instant::now();
+        Ok(self
+            .bindings
+            .borrow()
+            .get(name.as_str())
+            .filter(|b| b.until > now)
+            .map(|b| (b.client.to_string(), u32::try_from((b.until - now).as_millis()).unwrap_or(u32::MAX))))
     }
 
     async fn share_binding(

@@ -1,7 +1,9 @@
-//! `multispace`: operator command line. For now it runs the loopback demo; node, cluster and
-//! table commands arrive with their issues.
+//! `multispace`: operator command line — a node process, the local cluster demo, and the
+//! two-core null-call demo.
 
+mod cluster;
 mod demo;
+mod node;
 
 use clap::{Parser, Subcommand};
 
@@ -14,6 +16,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The main demo: a local cluster of node processes running Keiretsu, with nodes killed
+    /// and restarted while messages flow.
+    Cluster(cluster::ClusterArgs),
+    /// One node process (what `cluster` starts), until killed.
+    Node(node::NodeArgs),
     /// Ping-pong null calls between two cores on loopback and print their latency.
     Demo(demo::DemoArgs),
 }
@@ -24,6 +31,8 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
+        Command::Cluster(args) => cluster::run(args),
+        Command::Node(args) => node::run(args),
         Command::Demo(args) => demo::run(args),
     }
 }

@@ -143,6 +143,8 @@ struct Inner {
     chooser: RefCell<Chooser>,
     /// Reused per call so choosing does not allocate.
     scratch: RefCell<Vec<Candidate>>,
+    /// Calls repeated on another instance after a failed attempt.
+    failovers: Cell<u64>,
 }
 
 impl std::fmt::Debug for Redirector {
@@ -169,6 +171,7 @@ impl Redirector {
                 config,
                 instances: RefCell::new(Rc::new([])),
                 scratch: RefCell::new(Vec::new()),
+                failovers: Cell::new(0),
             }),
         };
         r.set_instances(instances);
@@ -278,8 +281,14 @@ impl Redirector {
             if after_failure(class, idempotent, attempts, config.max_attempts) == Next::Stop {
                 return Err(RedirectError::Failed { attempts, may_have_run, last: err });
             }
+            self.inner.failovers.set(self.inner.failovers.get() + 1);
             last = Some(err);
         }
+    }
+
+    /// Calls repeated on another instance after a failed attempt, so far.
+    pub fn failovers(&self) -> u64 {
+        self.inner.failovers.get()
     }
 
     fn pick(&self, key: Key, tried: &[u64]) -> Option<Rc<Instance>> {
