@@ -125,6 +125,25 @@ impl PingPong for Rpc {
     }
 }
 
+/// `n` null calls of `method` on `client`, `window` of them in flight at a time.
+pub(crate) async fn windowed_null_calls(client: &Client, method: u32, n: u64, window: usize) {
+    let remaining = Rc::new(Cell::new(n));
+    let workers: Vec<_> = (0..window)
+        .map(|_| {
+            let (client, remaining) = (client.clone(), remaining.clone());
+            spawn(async move {
+                while remaining.get() > 0 {
+                    remaining.set(remaining.get() - 1);
+                    client.call::<(), ()>(method, &(), CallOptions::default()).await.expect("benchmark call");
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await;
+    }
+}
+
 impl crate::Windowed for Rpc {
     fn run_window(&mut self, n: u64, window: usize) -> Duration {
         let (addr, m) = (self.addr, Shape::Void.method_id());
@@ -132,22 +151,8 @@ impl crate::Windowed for Rpc {
             .core(0)
             .run(move || async move {
                 let client = CLIENT.with(|c| c.borrow_mut().get_or_insert_with(|| Client::new(addr)).clone());
-                let remaining = Rc::new(Cell::new(n));
                 let start = Instant::now();
-                let workers: Vec<_> = (0..window)
-                    .map(|_| {
-                        let (client, remaining) = (client.clone(), remaining.clone());
-                        spawn(async move {
-                            while remaining.get() > 0 {
-                                remaining.set(remaining.get() - 1);
-                                client.call::<(), ()>(m, &(), CallOptions::default()).await.expect("benchmark call");
-                            }
-                        })
-                    })
-                    .collect();
-                for w in workers {
-                    w.await;
-                }
+                windowed_null_calls(&client, m, n, window).await;
                 start.elapsed()
             })
             .expect("client core alive")

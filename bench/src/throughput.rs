@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use multispace_rpc::{
-    spawn, CallOptions, Client, DriverKind, Message, MulticastGroup, OneWaySender, OneWayServer, RuntimeBuilder,
-    Server, Service, Status,
+    spawn, Client, DriverKind, Message, MulticastGroup, OneWaySender, OneWayServer, RuntimeBuilder, Server, Service,
+    Status,
 };
 use serde::Serialize;
 
-use crate::ours::runtimes;
+use crate::ours::{runtimes, windowed_null_calls};
 use crate::{pin, Waiting, Windowed};
 
 /// Null-call payload of the raw floors, the size of our request frame.
@@ -239,21 +239,7 @@ pub fn scaling(driver: DriverKind, cores: usize, n_per_core: u64, window: usize)
         .expect("bind");
         let client = Client::new(server.local_addr());
         spawn(server.serve()).detach();
-        let remaining = std::rc::Rc::new(std::cell::Cell::new(n_per_core));
-        let workers: Vec<_> = (0..window)
-            .map(|_| {
-                let (client, remaining) = (client.clone(), remaining.clone());
-                spawn(async move {
-                    while remaining.get() > 0 {
-                        remaining.set(remaining.get() - 1);
-                        client.call::<(), ()>(1, &(), CallOptions::default()).await.expect("call");
-                    }
-                })
-            })
-            .collect();
-        for w in workers {
-            w.await;
-        }
+        windowed_null_calls(&client, 1, n_per_core, window).await;
     }
     // Warm up every core, then start them together.
     let warm: Vec<_> = rt.cores().iter().map(|c| c.spawn(move || work(n_per_core.min(2000), window))).collect();
