@@ -20,6 +20,7 @@
 pub mod beacon;
 mod node;
 pub mod registry;
+mod thread;
 
 /// The node control interface's generated stubs and types.
 #[allow(missing_docs)]
@@ -32,3 +33,4 @@ pub use node::{
     BeaconTransport, Health, Node, NodeConfig, NodeError, NodeStats, Probe, ServiceFactory, WeakNode, BEACON_METHOD,
 };
 pub use registry::{BeaconOutcome, Registry, RegistryStats};
+pub use thread::NodeThread;

@@ -7,10 +7,8 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+pub use multispace_node::NodeThread as TestNode;
 use multispace_rpc::runtime::time::{sleep, timeout};
-use std::cell::RefCell;
-
-use multispace_node::{Node, NodeConfig};
 use multispace_rpc::{spawn, Config, DriverChoice, DriverKind, LocalRuntime, Runtime, RuntimeBuilder, Server, Service};
 
 /// The drivers to test: both, unless `MULTISPACE_DRIVER` pins one (CI's forced-fallback run).
@@ -95,56 +93,5 @@ impl Drop for Instance {
         if let Some(rt) = self.rt.take() {
             rt.shutdown();
         }
-    }
-}
-
-thread_local! {
-    static NODE: RefCell<Option<Node>> = const { RefCell::new(None) };
-}
-
-/// A node on a core of its own, so a test can kill it.
-#[derive(Debug)]
-pub struct TestNode {
-    rt: Option<Runtime>,
-}
-
-impl TestNode {
-    /// Start a node with `config` on a new core using `kind`'s driver; `setup` runs on the
-    /// node's core once it is up (register service types, start instances).
-    pub fn start(kind: DriverKind, config: NodeConfig, setup: impl FnOnce(&Node) + Send + 'static) -> TestNode {
-        let rt = RuntimeBuilder::new().cores(1).pin(false).driver(DriverChoice::Force(kind)).build().expect("runtime");
-        rt.core(0)
-            .run(move || async move {
-                let node = Node::start(config).await.expect("node starts");
-                setup(&node);
-                NODE.with(|n| *n.borrow_mut() = Some(node));
-            })
-            .expect("node core");
-        TestNode { rt: Some(rt) }
-    }
-
-    /// Run `f` with the node, on its core, and wait for it.
-    pub fn with<R: Send + 'static>(&self, f: impl FnOnce(&Node) -> R + Send + 'static) -> R {
-        self.rt
-            .as_ref()
-            .expect("node alive")
-            .core(0)
-            .run(move || async move { NODE.with(|n| f(n.borrow().as_ref().expect("node"))) })
-            .expect("node core alive")
-    }
-
-    /// Kill it: its core stops, its sockets close (as when a process dies), its beacons stop.
-    pub fn kill(&mut self) {
-        if let Some(rt) = self.rt.take() {
-            // Drop the node while its core still runs, so its tasks and sockets go at once.
-            let _ = rt.core(0).run(|| async { NODE.with(|n| n.borrow_mut().take()).map(|n| n.stop()) });
-            rt.shutdown();
-        }
-    }
-}
-
-impl Drop for TestNode {
-    fn drop(&mut self) {
-        self.kill();
     }
 }

@@ -15,6 +15,7 @@ use multispace_tests::{each_driver, until, TestNode};
 
 fn start(kind: DriverKind, config: NodeConfig) -> TestNode {
     TestNode::start(kind, config, |node| node.register_type(calc::SERVICE, |_| calc::service(Calculator::new("calc"))))
+        .expect("node starts")
 }
 
 fn config(id: u64, port: u16, key: &ClusterKey) -> NodeConfig {

@@ -31,6 +31,7 @@ fn keiretsu_keeps_delivering_while_three_of_four_nodes_die() {
                     node.register_type(api::SERVICE, |node| api::service(KeiretsuServer::new(Some(node))));
                     node.start_instance(api::SERVICE).expect("instance");
                 })
+                .expect("node starts")
             })
             .collect();
         // The client side: a node of its own (no instances), a speedometer and a driver.
