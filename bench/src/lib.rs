@@ -19,6 +19,7 @@ pub mod peers;
 pub mod raw;
 pub mod report;
 pub mod shapes;
+pub mod table2;
 // setsockopt and sysconf for the raw floors.
 #[allow(unsafe_code)]
 pub mod throughput;
