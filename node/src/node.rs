@@ -146,6 +146,7 @@ struct Running {
     _probe: Option<JoinHandle<()>>,
     started: Instant,
     health: Rc<RefCell<HealthState>>,
+    load: multispace_rpc::ServerLoad,
 }
 
 struct HealthState {
@@ -375,7 +376,8 @@ impl Node {
             let addr = server.local_addr();
             spawn(probe_loop(Rc::downgrade(&self.inner), rec.id, addr, p, health.clone()))
         });
-        let running = Running { _server: spawn(server.serve()), _probe: prober, started: now, health };
+        let load = server.load();
+        let running = Running { _server: spawn(server.serve()), _probe: prober, started: now, health, load };
         self.inner.running.borrow_mut().insert(rec.id, running);
         self.inner.table.borrow_mut().upsert(rec.clone());
         tracing::info!(id = rec.id, service, addr = %rec.addr, "instance started");
@@ -426,7 +428,8 @@ impl Node {
     /// registry for as long as it lives. Wrap it in a generated stub with
     /// `NameRedirector::from_redirector`.
     pub fn redirector(&self, service: &str, config: RedirectConfig) -> Redirector {
-        let r = Redirector::with_config(self.lookup(service).iter().filter_map(|r| r.addr.parse().ok()), config);
+        let r = Redirector::with_config([], config);
+        r.set_instances_with_load(self.lookup(service).iter().filter_map(|x| x.addr.parse().ok().map(|a| (a, x.load))));
         self.inner.watchers.borrow_mut().push((service.to_owned(), r.downgrade()));
         r
     }
@@ -508,7 +511,9 @@ fn refresh_watchers(inner: &Rc<Inner>) {
     let node = Node { inner: inner.clone() };
     inner.watchers.borrow_mut().retain(|(service, weak)| match weak.upgrade() {
         Some(r) => {
-            r.set_instances(node.lookup(service).iter().filter_map(|x| x.addr.parse().ok()));
+            r.set_instances_with_load(
+                node.lookup(service).iter().filter_map(|x| x.addr.parse().ok().map(|a| (a, x.load))),
+            );
             true
         }
         None => false,
@@ -519,6 +524,7 @@ async fn beacon_loop(weak: std::rc::Weak<Inner>) {
     loop {
         let Some(inner) = weak.upgrade() else { return };
         let period = inner.config.beacon_period;
+        update_loads(&inner);
         let beacon = inner.table.borrow_mut().next_beacon();
         let signed = inner.config.key.seal(&beacon);
         let targets: Vec<SocketAddr> = match &inner.config.beacons {
@@ -540,6 +546,28 @@ async fn beacon_loop(weak: std::rc::Weak<Inner>) {
         let inner2 = inner.clone();
         drop(inner);
         inner2.kick.sleep(period).await;
+    }
+}
+
+/// Calls in flight, rounded up to a power of two: changes of a call or two do not change
+/// the figure, so a steady load costs no beacon bytes.
+fn quantize(in_flight: u32) -> u32 {
+    if in_flight == 0 {
+        0
+    } else {
+        in_flight.checked_next_power_of_two().unwrap_or(u32::MAX)
+    }
+}
+
+/// Put each local instance's current load into the table (a change goes out as a delta).
+fn update_loads(inner: &Inner) {
+    let loads: Vec<(u64, u32)> =
+        inner.running.borrow().iter().map(|(&id, r)| (id, quantize(r.load.in_flight()))).collect();
+    let mut table = inner.table.borrow_mut();
+    for (id, load) in loads {
+        if let Some(rec) = table.get(id).filter(|r| r.load != load).cloned() {
+            table.upsert(InstanceRecord { load, ..rec });
+        }
     }
 }
 

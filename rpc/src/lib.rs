@@ -63,7 +63,7 @@ pub use rpc::error::{CallError, ServeError, Status};
 pub use rpc::handle::ClientHandle;
 pub use rpc::oneway::{MulticastGroup, OneWaySender, OneWayServer, OneWayStats, SendError, MAX_DATAGRAM};
 pub use rpc::redirect::{RedirectConfig, RedirectError, Redirector, WeakRedirector};
-pub use rpc::server::{Server, ServerConfig};
+pub use rpc::server::{Server, ServerConfig, ServerLoad};
 pub use rpc::service::{current_deadline, CallContext, Service, ServiceBuilder};
 pub use rpc::stub;
 pub use runtime::{spawn, Config, LocalRuntime, Runtime, RuntimeBuilder, WaitMode};

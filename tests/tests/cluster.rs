@@ -204,3 +204,50 @@ fn a_failed_probe_takes_an_instance_out_of_every_registry_before_expiry() {
         observer.stop();
     });
 }
+
+#[test]
+fn redirectors_steer_away_from_instances_reporting_load() {
+    use multispace_rpc::{Message, Policy, Service, Status};
+    each_driver(|kind| async move {
+        let key = key();
+        let p = port(5, kind);
+        // Each instance answers `add` with its own number; `accumulate` never answers.
+        let host = TestNode::start(kind, config(1, p, &key), |n| {
+            let made = std::rc::Rc::new(std::cell::Cell::new(0i64));
+            n.register_type("Busy", move |_| {
+                made.set(made.get() + 1);
+                let me = made.get();
+                Service::builder(calc::SERVICE)
+                    .method(calc::method_id::ADD, move |_ctx, _r: Message<calc::AddArgs>| async move {
+                        Ok::<i64, Status>(me)
+                    })
+                    .method(calc::method_id::ACCUMULATE, |_ctx, _r: Message<calc::AccumulateArgs>| async {
+                        std::future::pending::<()>().await;
+                        Ok::<i64, Status>(0)
+                    })
+                    .build()
+            });
+        })
+        .expect("node starts");
+        let a = host.with(|n| n.start_instance("Busy").unwrap());
+        let b = host.with(|n| n.start_instance("Busy").unwrap());
+        let observer = Node::start(config(2, p, &key)).await.unwrap();
+        until("both visible", || observer.lookup("Busy").len() == 2).await;
+        // Another client keeps eight calls waiting on instance a.
+        let other = calc::CalcClient::new(a.addr.parse().unwrap());
+        let _waiting: Vec<_> = (0..8)
+            .map(|i| {
+                let other = other.clone();
+                multispace_rpc::spawn(async move { other.accumulate(i).await.map(drop) })
+            })
+            .collect();
+        until("a's load beaconed", || observer.lookup("Busy").iter().any(|r| r.id == a.id && r.load == 8)).await;
+        let rc = RedirectConfig { policy: Policy::LeastOutstanding, ..RedirectConfig::default() };
+        let r = CalcRedirector::from_redirector(observer.redirector("Busy", rc));
+        until("redirector has the loads", || r.redirector().instances().len() == 2).await;
+        for _ in 0..20 {
+            assert_eq!(r.add(0, 0).await.unwrap().to_native(), 2, "instance b ({}) answers", b.addr);
+        }
+        observer.stop();
+    });
+}

@@ -13,7 +13,8 @@ pub enum Policy {
     /// In turn.
     #[default]
     RoundRobin,
-    /// The instance with the fewest calls in flight from this redirector (ties in turn).
+    /// The instance with the fewest calls in flight: this redirector's own, plus the load
+    /// the instance last reported (beaconed by its node). Ties in turn.
     LeastOutstanding,
     /// Methods that name a key go to the instance the key hashes to (rendezvous hashing:
     /// adding or removing an instance moves only the keys it gains or loses, and a failed
@@ -29,6 +30,8 @@ pub struct Candidate {
     pub id: u64,
     /// Calls in flight to it from this redirector.
     pub outstanding: u32,
+    /// The load it last reported (calls in flight there, from every client), 0 if unknown.
+    pub load: u32,
     /// Recently failed: chosen only when every untried instance is down.
     pub down: bool,
     /// Already tried for this call: never chosen again for it.
@@ -80,9 +83,10 @@ impl Chooser {
                 eligible().nth(r)
             }
             (Policy::RoundRobin, _) => (0..n).map(|k| (self.cursor + k) % n).find(|&i| ok(&cands[i])),
-            (Policy::LeastOutstanding | Policy::KeyAffinity, _) => {
-                (0..n).map(|k| (self.cursor + k) % n).filter(|&i| ok(&cands[i])).min_by_key(|&i| cands[i].outstanding)
-            }
+            (Policy::LeastOutstanding | Policy::KeyAffinity, _) => (0..n)
+                .map(|k| (self.cursor + k) % n)
+                .filter(|&i| ok(&cands[i]))
+                .min_by_key(|&i| cands[i].outstanding.saturating_add(cands[i].load)),
         }?;
         if matches!(self.policy, Policy::RoundRobin | Policy::LeastOutstanding | Policy::KeyAffinity) {
             self.cursor = (chosen + 1) % n;
@@ -173,7 +177,7 @@ mod tests {
     use super::*;
 
     fn cands(n: usize) -> Vec<Candidate> {
-        (0..n).map(|i| Candidate { id: key_hash(&i), outstanding: 0, down: false, tried: false }).collect()
+        (0..n).map(|i| Candidate { id: key_hash(&i), outstanding: 0, load: 0, down: false, tried: false }).collect()
     }
 
     #[test]
@@ -211,6 +215,17 @@ mod tests {
         assert_eq!(c.pick(&v, None), Some(1));
         v[1].outstanding = 10;
         assert_eq!(c.pick(&v, None), Some(0));
+    }
+
+    #[test]
+    fn least_outstanding_counts_the_reported_load_too() {
+        let mut c = Chooser::new(Policy::LeastOutstanding, 1);
+        let mut v = cands(2);
+        v[0].outstanding = 1;
+        v[1].load = 8;
+        assert_eq!(c.pick(&v, None), Some(0), "8 calls elsewhere outweigh our 1");
+        v[0].outstanding = 9;
+        assert_eq!(c.pick(&v, None), Some(1));
     }
 
     #[test]

@@ -112,6 +112,7 @@ struct Instance {
     id: u64,
     client: Client,
     outstanding: Cell<u32>,
+    load: Cell<u32>,
     down_until: Cell<Option<Instant>>,
 }
 
@@ -181,9 +182,15 @@ impl Redirector {
     /// Replace the instance set. Instances still present keep their connection and state;
     /// calls in flight to removed ones finish normally. Duplicates are ignored.
     pub fn set_instances(&self, addrs: impl IntoIterator<Item = SocketAddr>) {
+        self.set_instances_with_load(addrs.into_iter().map(|a| (a, 0)));
+    }
+
+    /// [`Redirector::set_instances`] with each instance's reported load (calls in flight
+    /// there), which [`Policy::LeastOutstanding`] adds to this redirector's own count.
+    pub fn set_instances_with_load(&self, instances: impl IntoIterator<Item = (SocketAddr, u32)>) {
         let old = self.inner.instances.borrow().clone();
         let mut next: Vec<Rc<Instance>> = Vec::new();
-        for addr in addrs {
+        for (addr, load) in instances {
             if next.iter().any(|i| i.addr == addr) {
                 continue;
             }
@@ -193,9 +200,11 @@ impl Redirector {
                     id: key_hash(&addr),
                     client: Client::with_config(addr, self.inner.config.conn.clone()),
                     outstanding: Cell::new(0),
+                    load: Cell::new(0),
                     down_until: Cell::new(None),
                 })
             });
+            inst.load.set(load);
             next.push(inst);
         }
         *self.inner.instances.borrow_mut() = next.into();
@@ -299,6 +308,7 @@ impl Redirector {
         cands.extend(instances.iter().map(|i| Candidate {
             id: i.id,
             outstanding: i.outstanding.get(),
+            load: i.load.get(),
             down: i.down_until.get().is_some_and(|t| t > now),
             tried: tried.contains(&i.id),
         }));

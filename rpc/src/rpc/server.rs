@@ -1,7 +1,7 @@
 //! The reliable (TCP) server: accept connections, read request frames, dispatch them to
 //! service handlers as tasks, write responses in completion order.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -39,18 +39,44 @@ pub struct Server {
     listener: TcpListener,
     services: Rc<[Service]>,
     config: ServerConfig,
+    load: Rc<Cell<u32>>,
+}
+
+/// A live view of how busy a server is (readable while it serves).
+#[derive(Debug, Clone)]
+pub struct ServerLoad(Rc<Cell<u32>>);
+
+impl ServerLoad {
+    /// Handlers running now, over all connections (calls that finished inside dispatch do
+    /// not count).
+    pub fn in_flight(&self) -> u32 {
+        self.0.get()
+    }
 }
 
 /// One connection's state shared by its reader loop and its handlers' replies.
 pub(crate) struct ServerConn {
     pub(crate) outbox: Rc<Outbox>,
     inflight: RefCell<HashMap<u64, JoinHandle<()>>>,
+    /// The server-wide count of running handlers this connection adds to.
+    load: Rc<Cell<u32>>,
 }
 
 impl ServerConn {
+    /// Change the running-handler table, keeping the server's load count in step.
+    fn with_inflight<R>(&self, f: impl FnOnce(&mut HashMap<u64, JoinHandle<()>>) -> R) -> R {
+        let mut map = self.inflight.borrow_mut();
+        let before = map.len() as u32;
+        let r = f(&mut map);
+        let after = map.len() as u32;
+        // This connection's handlers are part of the total, so it never goes below zero.
+        self.load.set((self.load.get() + after).saturating_sub(before));
+        r
+    }
+
     /// A handler is replying: it no longer needs cancelling.
     pub(crate) fn finish(&self, request_id: u64) {
-        if let Some(task) = self.inflight.borrow_mut().remove(&request_id) {
+        if let Some(task) = self.with_inflight(|m| m.remove(&request_id)) {
             task.detach();
         }
     }
@@ -82,12 +108,17 @@ impl Server {
             }
         }
         let listener = TcpListener::bind(addr, config.reuse_port).map_err(ServeError::Bind)?;
-        Ok(Server { listener, services, config })
+        Ok(Server { listener, services, config, load: Rc::default() })
     }
 
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// Its load (take it before `serve`, which consumes the server).
+    pub fn load(&self) -> ServerLoad {
+        ServerLoad(self.load.clone())
     }
 
     /// Accept and serve connections until the future is dropped. Dropping it stops the
@@ -114,7 +145,7 @@ impl Server {
                 tracing::warn!(limit = self.config.max_connections, "connection limit reached; closing new connection");
                 continue;
             }
-            let (services, config) = (self.services.clone(), self.config.conn.clone());
+            let (services, config, load) = (self.services.clone(), self.config.conn.clone(), self.load.clone());
             let mut slab = conns.borrow_mut();
             let entry = slab.vacant_entry();
             let key = entry.key();
@@ -122,7 +153,7 @@ impl Server {
             // Spawned tasks first run after this turn, so the handle is in place before the
             // task can remove it.
             entry.insert(spawn(async move {
-                serve_conn(stream, services, config).await;
+                serve_conn(stream, services, config, load).await;
                 if let Some(conns) = weak.upgrade() {
                     if let Some(me) = conns.borrow_mut().try_remove(key) {
                         me.detach();
@@ -138,7 +169,7 @@ struct CancelHandlers(Rc<ServerConn>);
 
 impl Drop for CancelHandlers {
     fn drop(&mut self) {
-        let tasks: Vec<JoinHandle<()>> = self.0.inflight.borrow_mut().drain().map(|(_, t)| t).collect();
+        let tasks: Vec<JoinHandle<()>> = self.0.with_inflight(|m| m.drain().map(|(_, t)| t).collect());
         drop(tasks);
     }
 }
@@ -158,12 +189,12 @@ fn is_transient_accept_error(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
 }
 
-async fn serve_conn(stream: TcpStream, services: Rc<[Service]>, config: ConnConfig) {
+async fn serve_conn(stream: TcpStream, services: Rc<[Service]>, config: ConnConfig, load: Rc<Cell<u32>>) {
     let peer = stream.peer_addr().ok();
     let stream = Rc::new(stream);
     let outbox = Outbox::new(&config);
     let writer = spawn(outbox.clone().run_writer(stream.clone()));
-    let conn = Rc::new(ServerConn { outbox: outbox.clone(), inflight: RefCell::new(HashMap::new()) });
+    let conn = Rc::new(ServerConn { outbox: outbox.clone(), inflight: RefCell::new(HashMap::new()), load });
     // If this task is cancelled (the server stopped), its running handlers go with it.
     let _handlers = CancelHandlers(conn.clone());
     let mut reader = FrameReader::new(&config);
@@ -211,7 +242,7 @@ async fn serve_conn(stream: TcpStream, services: Rc<[Service]>, config: ConnConf
             }
             FrameKind::Cancel => {
                 // Dropping the task's handle cancels the handler; no reply is sent.
-                drop(conn.inflight.borrow_mut().remove(&header.request_id));
+                drop(conn.with_inflight(|m| m.remove(&header.request_id)));
             }
             kind @ (FrameKind::Response | FrameKind::Error) => {
                 let e = FrameError::UnexpectedKind { kind, receiver: "server" };
@@ -222,12 +253,12 @@ async fn serve_conn(stream: TcpStream, services: Rc<[Service]>, config: ConnConf
     };
     if clean {
         // The peer finished sending: let in-flight handlers answer before closing.
-        let pending: Vec<JoinHandle<()>> = conn.inflight.borrow_mut().drain().map(|(_, t)| t).collect();
+        let pending: Vec<JoinHandle<()>> = conn.with_inflight(|m| m.drain().map(|(_, t)| t).collect());
         for t in pending {
             t.await;
         }
     } else {
-        conn.inflight.borrow_mut().clear();
+        conn.with_inflight(HashMap::clear);
     }
     outbox.close();
     if let Err(e) = writer.await {
@@ -268,7 +299,7 @@ fn on_request(
     let ctx = CallContext { method_id, request_id: id, deadline, peer };
     match svc.dispatch(ctx, payload, Some(Reply { conn: conn.clone(), request_id: id })) {
         Dispatched::Running(task) => {
-            conn.inflight.borrow_mut().insert(id, task);
+            conn.with_inflight(|m| m.insert(id, task));
         }
         Dispatched::Done => {}
         Dispatched::Unknown => conn.outbox.push_error(id, method_id, ErrorCode::UnknownMethod, "no such method"),
