@@ -11,15 +11,18 @@
 //!   `interfaces/control.rs`), beacons over multicast one-way rpc (or unicast to seed peers),
 //!   and redirectors whose instance sets follow the registry.
 //!
-//! - health probes: a failed probe marks an instance down in the very next beacon.
+//! - health probes: a failed probe marks an instance down in the very next beacon;
+//! - [`remote_redirector`]: for clients outside the cluster (no key, no beacons), a
+//!   redirector kept current by asking any known node's control interface.
 //!
-//! Not yet: beaconed load figures, Keiretsu and the cluster demo (issue 5 notes say where it
-//! stands).
+//! Keiretsu, its load clients and the cluster demo live in `multispace-services` and
+//! `multispace-tools`.
 #![forbid(unsafe_code)]
 
 pub mod beacon;
 mod node;
 pub mod registry;
+mod remote;
 mod thread;
 
 /// The node control interface's generated stubs and types.
@@ -33,4 +36,5 @@ pub use node::{
     BeaconTransport, Health, Node, NodeConfig, NodeError, NodeStats, Probe, ServiceFactory, WeakNode, BEACON_METHOD,
 };
 pub use registry::{BeaconOutcome, Registry, RegistryStats};
+pub use remote::remote_redirector;
 pub use thread::NodeThread;

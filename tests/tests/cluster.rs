@@ -251,3 +251,32 @@ fn redirectors_steer_away_from_instances_reporting_load() {
         observer.stop();
     });
 }
+
+#[test]
+fn a_client_outside_the_cluster_follows_it_through_any_node() {
+    each_driver(|kind| async move {
+        let key = key();
+        let p = port(6, kind);
+        let a = start(kind, config(1, p, &key));
+        let b = start(kind, config(2, p, &key));
+        a.with(|n| n.start_instance(calc::SERVICE).unwrap());
+        // The outsider knows two control addresses, has no key and hears no beacons.
+        let controls = vec![a.with(|n| n.control_addr()), b.with(|n| n.control_addr())];
+        let (r, _keep) = multispace_node::remote_redirector(
+            controls,
+            calc::SERVICE,
+            RedirectConfig::default(),
+            Duration::from_millis(50),
+        );
+        let calc = CalcRedirector::from_redirector(r);
+        until("instance known", || calc.redirector().instances().len() == 1).await;
+        assert_eq!(calc.add(2, 2).await.unwrap().to_native(), 4);
+        // A second instance on b; then a (the first node asked) dies: the outsider asks b.
+        let second = b.with(|n| n.start_instance(calc::SERVICE).unwrap());
+        until("both known", || calc.redirector().instances().len() == 2).await;
+        drop(a);
+        let second_addr: SocketAddr = second.addr.parse().unwrap();
+        until("only b's instance", || calc.redirector().instances() == [second_addr]).await;
+        assert_eq!(calc.add(3, 4).await.unwrap().to_native(), 7);
+    });
+}
