@@ -29,6 +29,8 @@ fn systems() -> Vec<(&'static str, Box<dyn Windowed>)> {
     v.push(("tarpc", Box::new(multispace_bench::peers::tarpc_peer::Tarpc::new(Shape::Void).expect("tarpc"))));
     #[cfg(feature = "tonic")]
     v.push(("tonic", Box::new(multispace_bench::peers::tonic_peer::Tonic::new(Shape::Void).expect("tonic"))));
+    #[cfg(has_capnp)]
+    v.push(("capnp", Box::new(multispace_bench::peers::capnp_peer::Capnp::new(Shape::Void).expect("capnp"))));
     v
 }
 

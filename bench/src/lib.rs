@@ -108,10 +108,12 @@ pub enum System {
     Tarpc,
     /// tonic (gRPC over HTTP/2), sleeping style only.
     Tonic,
+    /// capnp-rpc (two-party over TCP), sleeping style only; needs the `capnp` tool at build.
+    Capnp,
 }
 
 /// Every system, floors first.
-pub const SYSTEMS: [System; 10] = [
+pub const SYSTEMS: [System; 11] = [
     System::RawUdp,
     System::RawUringUdp,
     System::RawTcp,
@@ -122,6 +124,7 @@ pub const SYSTEMS: [System; 10] = [
     System::StubUring,
     System::Tarpc,
     System::Tonic,
+    System::Capnp,
 ];
 
 impl System {
@@ -138,6 +141,7 @@ impl System {
             System::StubUring => "multispace generated stub (io_uring)",
             System::Tarpc => "tarpc (tokio, bincode)",
             System::Tonic => "tonic (gRPC, HTTP/2)",
+            System::Capnp => "capnp-rpc (two-party)",
         }
     }
 
@@ -154,6 +158,7 @@ impl System {
             System::StubUring => "stub_uring",
             System::Tarpc => "tarpc",
             System::Tonic => "tonic",
+            System::Capnp => "capnp",
         }
     }
 
@@ -166,6 +171,7 @@ impl System {
             // Peers run only when built in, and only in their own (sleeping) style.
             System::Tarpc => cfg!(feature = "tarpc") && waiting == Waiting::Sleep,
             System::Tonic => cfg!(feature = "tonic") && waiting == Waiting::Sleep,
+            System::Capnp => cfg!(has_capnp) && waiting == Waiting::Sleep,
             _ => true,
         }
     }
@@ -190,6 +196,10 @@ impl System {
             System::Tonic => Box::new(peers::tonic_peer::Tonic::new(shape)?),
             #[cfg(not(feature = "tonic"))]
             System::Tonic => anyhow::bail!("built without the `tonic` feature"),
+            #[cfg(has_capnp)]
+            System::Capnp => Box::new(peers::capnp_peer::Capnp::new(shape)?),
+            #[cfg(not(has_capnp))]
+            System::Capnp => anyhow::bail!("built without capnp-rpc (feature `capnp` and the capnp tool)"),
         })
     }
 }

@@ -47,6 +47,8 @@ fn main() -> anyhow::Result<()> {
     systems.push(("tarpc (tokio, bincode)", Box::new(multispace_bench::peers::tarpc_peer::Tarpc::new(Shape::Void)?)));
     #[cfg(feature = "tonic")]
     systems.push(("tonic (gRPC, HTTP/2)", Box::new(multispace_bench::peers::tonic_peer::Tonic::new(Shape::Void)?)));
+    #[cfg(has_capnp)]
+    systems.push(("capnp-rpc (two-party)", Box::new(multispace_bench::peers::capnp_peer::Capnp::new(Shape::Void)?)));
     for w in WINDOWS {
         for (name, sys) in systems.iter_mut() {
             push("calls", name, w, rate(sys.as_mut(), n, w, rounds), None);

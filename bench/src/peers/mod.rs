@@ -6,3 +6,6 @@ pub mod tarpc_peer;
 
 #[cfg(feature = "tonic")]
 pub mod tonic_peer;
+
+#[cfg(has_capnp)]
+pub mod capnp_peer;
