@@ -110,11 +110,9 @@ pub fn run(
         let senders: Vec<_> = (0..in_flight as u64)
             .map(|s| {
                 let (k, names, total) = (keiretsu.clone(), names_all.clone(), total.clone());
-                // Each sender starts at a different name and uses its own message ids.
-                let mut rotated = names.clone();
-                rotated.rotate_left((s as usize * 7) % names.len());
+                // Each sender has its own message ids (which also seed its random receivers).
                 spawn(async move {
-                    let st = drive(&k, &rotated, per_sender, s * per_sender).await;
+                    let st = drive(&k, &names, per_sender, s * per_sender).await;
                     let mut t = total.borrow_mut();
                     t.delivered += st.delivered;
                     t.unbound += st.unbound;

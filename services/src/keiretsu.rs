@@ -284,14 +284,19 @@ pub struct DriverStats {
     pub failed: u64,
 }
 
-/// Send `count` 75-byte messages to the given names in turn (the paper's driver picks random
-/// clients; cycling through them is as good for load and keeps runs reproducible). Message
-/// ids start at `first_id`.
+/// Send `count` 75-byte messages to clients picked at random from `names` (the paper's
+/// driver), one after another. Message ids start at `first_id`, which also seeds the choice,
+/// so a run can be repeated exactly.
 pub async fn drive(keiretsu: &api::KeiretsuRedirector, names: &[String], count: u64, first_id: u64) -> DriverStats {
     let text = "x".repeat(75);
     let mut stats = DriverStats::default();
+    let mut rng = first_id.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     for i in 0..count {
-        let to = names[(i as usize) % names.len()].clone();
+        // xorshift64: a fair spread of receivers, no dependency.
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let to = names[(rng % names.len() as u64) as usize].clone();
         match keiretsu.inject_message(to, "driver".into(), text.clone(), first_id + i).await {
             Ok(m) if *m => stats.delivered += 1,
             Ok(_) => stats.unbound += 1,
