@@ -419,6 +419,11 @@ impl Node {
         v
     }
 
+    /// What a redirector over `service` needs: each up instance's address and load.
+    fn targets(&self, service: &str) -> Vec<(SocketAddr, u32)> {
+        self.lookup(service).iter().filter_map(|x| x.addr.parse().ok().map(|a| (a, x.load))).collect()
+    }
+
     /// Nodes heard from (not counting this one).
     pub fn peers(&self) -> Vec<u64> {
         self.inner.registry.borrow().nodes()
@@ -429,7 +434,7 @@ impl Node {
     /// `NameRedirector::from_redirector`.
     pub fn redirector(&self, service: &str, config: RedirectConfig) -> Redirector {
         let r = Redirector::with_config([], config);
-        r.set_instances_with_load(self.lookup(service).iter().filter_map(|x| x.addr.parse().ok().map(|a| (a, x.load))));
+        r.set_instances_with_load(self.targets(service));
         self.inner.watchers.borrow_mut().push((service.to_owned(), r.downgrade()));
         r
     }
@@ -511,9 +516,7 @@ fn refresh_watchers(inner: &Rc<Inner>) {
     let node = Node { inner: inner.clone() };
     inner.watchers.borrow_mut().retain(|(service, weak)| match weak.upgrade() {
         Some(r) => {
-            r.set_instances_with_load(
-                node.lookup(service).iter().filter_map(|x| x.addr.parse().ok().map(|a| (a, x.load))),
-            );
+            r.set_instances_with_load(node.targets(service));
             true
         }
         None => false,

@@ -98,8 +98,7 @@ pub struct Capnp {
     local: tokio::task::LocalSet,
     client: table1::Client,
     shape: Shape,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    server: Option<std::thread::JoinHandle<()>>,
+    _server: super::ServerThread,
 }
 
 impl Capnp {
@@ -143,7 +142,7 @@ impl Capnp {
             tokio::task::spawn_local(rpc);
             Ok::<_, std::io::Error>(client)
         })?;
-        let mut me = Capnp { rt, local, client, shape, stop: Some(stop), server: Some(server) };
+        let mut me = Capnp { rt, local, client, shape, _server: super::ServerThread::new(stop, server) };
         me.run(1000, None);
         Ok(me)
     }
@@ -224,16 +223,5 @@ impl crate::Windowed for Capnp {
             futures::future::join_all((0..window).map(|_| worker())).await;
             start.elapsed()
         })
-    }
-}
-
-impl Drop for Capnp {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.server.take() {
-            let _ = t.join();
-        }
     }
 }

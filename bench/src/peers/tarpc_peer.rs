@@ -52,8 +52,7 @@ pub struct Tarpc {
     rt: tokio::runtime::Runtime,
     client: Table1Client,
     shape: Shape,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    server: Option<std::thread::JoinHandle<()>>,
+    _server: super::ServerThread,
 }
 
 impl Tarpc {
@@ -93,7 +92,7 @@ impl Tarpc {
             let transport = tcp::connect(addr, Bincode::default).await?;
             Ok::<_, std::io::Error>(Table1Client::new(client::Config::default(), transport).spawn())
         })?;
-        let mut me = Tarpc { rt, client, shape, stop: Some(stop), server: Some(server) };
+        let mut me = Tarpc { rt, client, shape, _server: super::ServerThread::new(stop, server) };
         me.run(1000, None);
         Ok(me)
     }
@@ -150,16 +149,5 @@ impl crate::Windowed for Tarpc {
             futures::future::join_all((0..window).map(|_| worker())).await;
             start.elapsed()
         })
-    }
-}
-
-impl Drop for Tarpc {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.server.take() {
-            let _ = t.join();
-        }
     }
 }

@@ -55,8 +55,7 @@ pub struct Tonic {
     rt: Option<tokio::runtime::Runtime>,
     client: Option<Table1Client<Channel>>,
     shape: Shape,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    server: Option<std::thread::JoinHandle<()>>,
+    _server: super::ServerThread,
 }
 
 impl Tonic {
@@ -87,7 +86,8 @@ impl Tonic {
         let addr = addr_rx.recv()??;
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let client = rt.block_on(Table1Client::connect(format!("http://{addr}")))?;
-        let mut me = Tonic { rt: Some(rt), client: Some(client), shape, stop: Some(stop), server: Some(server) };
+        let mut me =
+            Tonic { rt: Some(rt), client: Some(client), shape, _server: super::ServerThread::new(stop, server) };
         me.run(1000, None);
         Ok(me)
     }
@@ -150,11 +150,5 @@ impl Drop for Tonic {
         // Dropping the client runtime cancels the connection task and closes the socket.
         self.client = None;
         self.rt = None;
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.server.take() {
-            let _ = t.join();
-        }
     }
 }
