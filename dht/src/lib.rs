@@ -1,6 +1,37 @@
-//! Partitioned, replicated hash table with a consistent view through node failures and on-line
-//! recovery of crashed replicas (the paper's distributed hash table, section 3.3.1).
+//! # multispace-dht
 //!
-//! Not built yet: see issue 6. It will own the partition and replica-group maps, a raft-rs
-//! replica per group with our write-ahead log behind raft-rs's `Storage`, and its transport.
+//! A partitioned, replicated hash table that keeps a consistent view through node failures
+//! and recovers crashed replicas on line (the paper's distributed hash table, section 3.3.1,
+//! shaped like its successor the Ninja DDS, without the DDS's weaknesses).
+//!
+//! What this crate owns:
+//! - [`maps`]: keys → slots → replica groups (the partition map), and each group's members,
+//!   leader hint and epoch (the replica-group map), with the redirect rules clients follow;
+//! - [`command`]: the writes (put, delete, compare-and-swap, atomic batches) as they travel in
+//!   the log, their answers, and the key and value limits;
+//! - [`sm`]: the state machine each replica applies the log to, with client sessions that
+//!   make retried writes take effect exactly once;
+//! - [`storage`]: a group's raft log in memory behind raft-rs's `Storage`, and the records
+//!   that make it durable in the node's shared write-ahead log;
+//! - [`replica`]: one replica of one group, sans-IO: messages, ticks, proposals and reads
+//!   in; messages, records to persist, answers and snapshots out;
+//! - [`sim`]: a deterministic in-memory network (drop, delay, duplicate, reorder, partition,
+//!   crash and restart, all from a seed) that the consensus tests run on without sockets.
+//!
+//! ## Why raft-rs
+//! Each replica group is replicated by raft-rs (the TiKV Raft core), not by a protocol of our
+//! own: consensus is where home-made protocols lose data, and raft-rs has years of production
+//! use behind it. It is sans-IO — it neither owns threads nor does I/O, it hands back
+//! messages to send and entries to persist — which fits our thread-per-core runtime: each
+//! group's `RawNode` lives on one core with its log, its state machine and its share of the
+//! node's write-ahead log, and its messages travel over our rpc. openraft, the other mature
+//! choice, drives its own async tasks and storage traits on a tokio-style runtime, which would
+//! bring a second runtime into every node.
 #![forbid(unsafe_code)]
+
+pub mod command;
+pub mod maps;
+pub mod replica;
+pub mod sim;
+pub mod sm;
+pub mod storage;

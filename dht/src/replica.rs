@@ -1,0 +1,493 @@
+//! One replica of one group: a raft-rs `RawNode` over a [`GroupLog`], the [`StateMachine`] it
+//! applies to, and the bookkeeping between them. Sans-IO: the caller moves messages, writes
+//! records to disk and keeps time; this type only decides.
+//!
+//! The caller's loop, per turn:
+//! 1. feed inputs: [`Replica::step`] for messages, [`Replica::tick`] on its timer,
+//!    [`Replica::propose`] and [`Replica::read`] for clients;
+//! 2. [`Replica::ready`]: send [`ReplicaReady::messages`] at once, write
+//!    [`ReplicaReady::records`] (and save [`ReplicaReady::snapshot_to_save`]) to disk —
+//!    batched with other groups' records under one sync;
+//! 3. after the sync, [`Replica::advance`]: send its messages, answer the writes and reads
+//!    it reports, save any snapshot it took.
+
+use std::collections::VecDeque;
+
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message, Snapshot};
+use raft::{Config, RawNode, ReadOnlyOption, StateRole};
+
+use crate::command::{self, Command};
+use crate::maps::{GroupId, NodeId};
+use crate::sm::{Applied, StateMachine};
+use crate::storage::{GroupLog, Record, RecoverError};
+
+/// How a replica behaves; every replica of a group should agree on the timing fields.
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    /// Ticks without a heartbeat before a follower stands for election (randomised up to twice
+    /// this by raft).
+    pub election_ticks: usize,
+    /// Ticks between a leader's heartbeats.
+    pub heartbeat_ticks: usize,
+    /// Applied entries between snapshots of the state machine.
+    pub snapshot_every: u64,
+    /// Entries kept behind a snapshot so followers a little behind catch up from the log.
+    pub keep_behind_snapshot: u64,
+    /// The most entries a leader may hold proposed but not yet applied before it answers
+    /// [`ProposeError::Busy`].
+    pub max_pending: u64,
+    /// The most bytes of entries sent in one append message.
+    pub max_append_bytes: u64,
+}
+
+impl Default for ReplicaConfig {
+    fn default() -> Self {
+        ReplicaConfig {
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            snapshot_every: 10_000,
+            keep_behind_snapshot: 1_000,
+            max_pending: 4096,
+            max_append_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// Why a proposal was not taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    /// This replica does not lead its group; `leader` is who does, if known.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader {
+        /// The leader, if known.
+        leader: Option<NodeId>,
+    },
+    /// Too many proposals are waiting; try again later.
+    #[error("busy: {pending} proposals waiting")]
+    Busy {
+        /// How many are waiting.
+        pending: u64,
+    },
+    /// Raft refused the proposal (e.g. a leadership transfer is under way).
+    #[error("proposal dropped: {0}")]
+    Dropped(String),
+}
+
+/// A linearizable read that may now be served from the local state machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadReady {
+    /// The id the caller gave [`Replica::read`].
+    pub id: u64,
+}
+
+/// The first half of a turn: what to send now and what to make durable.
+#[derive(Debug)]
+pub struct ReplicaReady {
+    raw: raft::Ready,
+    /// Send now (a leader's appends may go out before its own write completes).
+    pub messages: Vec<Message>,
+    /// Write to the log, then sync, before calling [`Replica::advance`].
+    pub records: Vec<Record>,
+    /// A snapshot from the leader: save it (durably) before the records, which refer to it.
+    pub snapshot_to_save: Option<Snapshot>,
+}
+
+/// The second half of a turn.
+#[derive(Debug, Default)]
+pub struct Advanced {
+    /// Send now.
+    pub messages: Vec<Message>,
+    /// Writes that took effect, in log order: answer whoever waits on `(client, seq)`.
+    pub applied: Vec<Applied>,
+    /// Reads that may now be served.
+    pub reads: Vec<ReadReady>,
+    /// A snapshot this replica took of its own state: save it, then write `records` (the current
+    /// hard state) and let the log drop what the snapshot covers.
+    pub snapshot_to_save: Option<Snapshot>,
+    /// Records to write after the snapshot (not urgent: no sync needed before acting).
+    pub records: Vec<Record>,
+    /// The role or leader changed: fail waiting requests that need a leader here.
+    pub role_changed: Option<(StateRole, Option<NodeId>)>,
+}
+
+/// One replica of one group.
+pub struct Replica {
+    id: NodeId,
+    group: GroupId,
+    raw: RawNode<GroupLog>,
+    log: GroupLog,
+    sm: StateMachine,
+    config: ReplicaConfig,
+    /// Reads waiting for their read index to be applied: (index, id).
+    reads: VecDeque<(u64, u64)>,
+    last_role: (StateRole, u64),
+    /// A snapshot taken between turns, reported at the next [`Replica::advance`].
+    snapshot_taken: Option<Snapshot>,
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica")
+            .field("id", &self.id)
+            .field("group", &self.group)
+            .field("role", &self.raw.raft.state)
+            .field("term", &self.raw.raft.term)
+            .field("last_index", &self.log.last_index())
+            .field("applied", &self.sm.applied())
+            .finish_non_exhaustive()
+    }
+}
+
+/// slog → tracing, so raft-rs's logs land with ours.
+#[derive(Debug)]
+struct TracingDrain;
+
+impl slog::Drain for TracingDrain {
+    type Ok = ();
+    type Err = slog::Never;
+
+    fn log(&self, record: &slog::Record<'_>, _values: &slog::OwnedKVList) -> Result<(), slog::Never> {
+        let msg = record.msg();
+        match record.level() {
+            slog::Level::Critical | slog::Level::Error => tracing::error!(target: "raft", "{msg}"),
+            slog::Level::Warning => tracing::warn!(target: "raft", "{msg}"),
+            slog::Level::Info => tracing::debug!(target: "raft", "{msg}"),
+            slog::Level::Debug | slog::Level::Trace => tracing::trace!(target: "raft", "{msg}"),
+        }
+        Ok(())
+    }
+}
+
+fn logger(id: NodeId, group: GroupId) -> slog::Logger {
+    slog::Logger::root(TracingDrain, slog::o!("node" => id, "group" => group))
+}
+
+/// Why a replica could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// raft-rs refused the configuration or the recovered state.
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    /// The log could not be rebuilt.
+    #[error(transparent)]
+    Recover(#[from] RecoverError),
+    /// The snapshot's state does not decode.
+    #[error("snapshot: {0}")]
+    Snapshot(String),
+}
+
+impl Replica {
+    fn raft_config(id: NodeId, applied: u64, c: &ReplicaConfig) -> Config {
+        Config {
+            id,
+            election_tick: c.election_ticks,
+            heartbeat_tick: c.heartbeat_ticks,
+            applied,
+            max_size_per_msg: c.max_append_bytes,
+            max_inflight_msgs: 256,
+            // A partitioned node must not disrupt the majority when it comes back (pre-vote),
+            // and a leader cut off from the majority steps down (check quorum).
+            pre_vote: true,
+            check_quorum: true,
+            read_only_option: ReadOnlyOption::Safe,
+            ..Config::default()
+        }
+    }
+
+    fn with_log(
+        id: NodeId,
+        group: GroupId,
+        log: GroupLog,
+        sm: StateMachine,
+        config: ReplicaConfig,
+    ) -> Result<Self, StartError> {
+        let raw = RawNode::new(&Self::raft_config(id, sm.applied(), &config), log.clone(), &logger(id, group))?;
+        Ok(Replica {
+            id,
+            group,
+            raw,
+            log,
+            sm,
+            config,
+            reads: VecDeque::new(),
+            last_role: (StateRole::Follower, 0),
+            snapshot_taken: None,
+        })
+    }
+
+    /// A member of a new group with the given voters; also returns the record that makes its
+    /// birth durable (write it before anything else).
+    pub fn bootstrap(
+        id: NodeId,
+        group: GroupId,
+        voters: &[NodeId],
+        config: ReplicaConfig,
+    ) -> Result<(Self, Record), StartError> {
+        let (log, init) = GroupLog::bootstrap(voters);
+        Ok((Self::with_log(id, group, log, StateMachine::new(), config)?, init))
+    }
+
+    /// A replica joining an existing group (as a learner first): it starts empty and receives
+    /// a snapshot from the leader.
+    pub fn joining(id: NodeId, group: GroupId, config: ReplicaConfig) -> Result<Self, StartError> {
+        Self::with_log(id, group, GroupLog::joining(), StateMachine::new(), config)
+    }
+
+    /// A replica restarted from its latest snapshot and its records.
+    pub fn recover(
+        id: NodeId,
+        group: GroupId,
+        snapshot: Option<Snapshot>,
+        records: impl IntoIterator<Item = Record>,
+        config: ReplicaConfig,
+    ) -> Result<Self, StartError> {
+        let sm = match &snapshot {
+            Some(s) if !s.get_data().is_empty() => StateMachine::restore(s.get_data()).map_err(StartError::Snapshot)?,
+            _ => StateMachine::new(),
+        };
+        let log = GroupLog::recover(snapshot, records)?;
+        Self::with_log(id, group, log, sm, config)
+    }
+
+    /// This replica's node id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// Its group.
+    pub fn group(&self) -> GroupId {
+        self.group
+    }
+
+    /// The state machine (for reads once [`Replica::read`] said so, or stale reads at any time).
+    pub fn state(&self) -> &StateMachine {
+        &self.sm
+    }
+
+    /// Whether this replica leads its group.
+    pub fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    /// The leader as this replica knows it.
+    pub fn leader(&self) -> Option<NodeId> {
+        match self.raw.raft.leader_id {
+            0 => None,
+            l => Some(l),
+        }
+    }
+
+    /// Current term.
+    pub fn term(&self) -> u64 {
+        self.raw.raft.term
+    }
+
+    /// Voters and learners now.
+    pub fn members(&self) -> (Vec<NodeId>, Vec<NodeId>) {
+        let cs = self.log.conf_state();
+        let (mut voters, mut learners) = (cs.voters, cs.learners);
+        voters.sort_unstable();
+        learners.sort_unstable();
+        (voters, learners)
+    }
+
+    /// Index of the last log entry.
+    pub fn last_index(&self) -> u64 {
+        self.log.last_index()
+    }
+
+    /// Advances raft's clock one tick.
+    pub fn tick(&mut self) {
+        self.raw.tick();
+        // Raft may have asked for a snapshot (for a lagging follower) without anything else
+        // to do; take it now so its next attempt finds one.
+        self.maybe_snapshot();
+    }
+
+    /// Stands for election at once (tests and leadership hand-over).
+    pub fn campaign(&mut self) {
+        let _ = self.raw.campaign();
+    }
+
+    /// The transport's word on a snapshot sent to `to`: delivered, or lost (raft then sends
+    /// another; until it hears, it sends that follower nothing else).
+    pub fn report_snapshot(&mut self, to: NodeId, delivered: bool) {
+        let status = if delivered { raft::SnapshotStatus::Finish } else { raft::SnapshotStatus::Failure };
+        self.raw.report_snapshot(to, status);
+    }
+
+    /// The transport could not reach `to`: raft slows down sending to it.
+    pub fn report_unreachable(&mut self, to: NodeId) {
+        self.raw.report_unreachable(to);
+    }
+
+    /// Hands leadership to `to`.
+    pub fn transfer_leader(&mut self, to: NodeId) {
+        self.raw.transfer_leader(to);
+    }
+
+    /// Takes a message from a peer. Messages for another group or node are ignored; raft
+    /// itself ignores stale ones.
+    pub fn step(&mut self, msg: Message) {
+        if msg.to != self.id {
+            return;
+        }
+        if let Err(e) = self.raw.step(msg) {
+            tracing::debug!(group = self.group, error = %e, "raft refused a message");
+        }
+    }
+
+    fn check_leader(&self) -> Result<(), ProposeError> {
+        if !self.is_leader() {
+            return Err(ProposeError::NotLeader { leader: self.leader() });
+        }
+        Ok(())
+    }
+
+    /// Proposes a write. Its answer arrives in a later [`Advanced::applied`], here or (after
+    /// a leader change) not at all: the client retries with the same sequence number.
+    pub fn propose(&mut self, cmd: &Command) -> Result<(), ProposeError> {
+        self.check_leader()?;
+        let pending = self.log.last_index().saturating_sub(self.sm.applied());
+        if pending >= self.config.max_pending {
+            return Err(ProposeError::Busy { pending });
+        }
+        self.raw.propose(Vec::new(), command::encode(cmd)).map_err(|e| ProposeError::Dropped(e.to_string()))
+    }
+
+    /// Starts a linearizable read: once a later [`Advanced::reads`] names `id`, the state
+    /// machine reflects every write acknowledged before this call.
+    pub fn read(&mut self, id: u64) -> Result<(), ProposeError> {
+        self.check_leader()?;
+        self.raw.read_index(id.to_le_bytes().to_vec());
+        Ok(())
+    }
+
+    /// Proposes a membership change (add a learner, promote it, remove a member).
+    pub fn propose_conf_change(&mut self, cc: ConfChangeV2) -> Result<(), ProposeError> {
+        self.check_leader()?;
+        self.raw.propose_conf_change(Vec::new(), cc).map_err(|e| ProposeError::Dropped(e.to_string()))
+    }
+
+    /// The first half of a turn, if raft has anything to do.
+    pub fn ready(&mut self) -> Option<ReplicaReady> {
+        if !self.raw.has_ready() {
+            return None;
+        }
+        let mut rd = self.raw.ready();
+        let messages = rd.take_messages();
+        let mut records = Vec::new();
+        let mut snapshot_to_save = None;
+        if !rd.snapshot().is_empty() {
+            let snap = rd.snapshot().clone();
+            match StateMachine::restore(snap.get_data()) {
+                Ok(sm) => {
+                    self.sm = sm;
+                    records.push(Record::Installed(snap.get_metadata().clone()));
+                    self.log.install(snap.clone());
+                    snapshot_to_save = Some(snap);
+                }
+                // A leader sent state we cannot read: keep ours; raft will retry.
+                Err(e) => tracing::error!(group = self.group, error = %e, "refusing an undecodable snapshot"),
+            }
+        }
+        if !rd.entries().is_empty() {
+            if let Err(e) = self.log.append(rd.entries()) {
+                tracing::error!(group = self.group, error = %e, "raft handed entries that do not continue the log");
+            }
+            records.push(Record::Entries(rd.take_entries()));
+        }
+        if let Some(hs) = rd.hs() {
+            self.log.set_hard_state(hs.clone());
+            records.push(Record::HardState(hs.clone()));
+        }
+        Some(ReplicaReady { raw: rd, messages, records, snapshot_to_save })
+    }
+
+    /// The second half of a turn, after the ready's records are durable.
+    pub fn advance(&mut self, mut ready: ReplicaReady) -> Advanced {
+        let mut out = Advanced { messages: ready.raw.take_persisted_messages(), ..Advanced::default() };
+        let committed = ready.raw.take_committed_entries();
+        let read_states = ready.raw.take_read_states();
+        self.apply(committed, &mut out);
+        let mut light = self.raw.advance(ready.raw);
+        if let Some(commit) = light.commit_index() {
+            self.log.set_commit(commit);
+        }
+        out.messages.extend(light.take_messages());
+        self.apply(light.take_committed_entries(), &mut out);
+        self.raw.advance_apply();
+        for rs in read_states {
+            let id = rs.request_ctx.get(..8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_le_bytes);
+            self.reads.push_back((rs.index, id));
+        }
+        while let Some(&(index, id)) = self.reads.front() {
+            if index > self.sm.applied() {
+                break;
+            }
+            self.reads.pop_front();
+            out.reads.push(ReadReady { id });
+        }
+        let role = (self.raw.raft.state, self.raw.raft.leader_id);
+        if role != self.last_role {
+            self.last_role = role;
+            out.role_changed = Some((role.0, self.leader()));
+            if role.0 != StateRole::Leader {
+                // Reads started as leader will never be confirmed now.
+                self.reads.clear();
+            }
+        }
+        self.maybe_snapshot();
+        if let Some(snap) = self.snapshot_taken.take() {
+            out.snapshot_to_save = Some(snap);
+            out.records.push(Record::HardState(self.log.hard_state()));
+        }
+        out
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>, out: &mut Advanced) {
+        for e in entries {
+            match e.get_entry_type() {
+                EntryType::EntryNormal if !e.data.is_empty() => {
+                    if let Some(a) = self.sm.apply(e.index, &e.data) {
+                        out.applied.push(a);
+                    }
+                }
+                EntryType::EntryNormal => self.sm.skip(e.index),
+                EntryType::EntryConfChange => {
+                    let mut cc = ConfChange::default();
+                    if cc.merge_from_bytes(&e.data).is_ok() {
+                        self.apply_conf_change(&cc);
+                    }
+                    self.sm.skip(e.index);
+                }
+                EntryType::EntryConfChangeV2 => {
+                    let mut cc = ConfChangeV2::default();
+                    if cc.merge_from_bytes(&e.data).is_ok() {
+                        self.apply_conf_change(&cc);
+                    }
+                    self.sm.skip(e.index);
+                }
+            }
+        }
+    }
+
+    fn apply_conf_change(&mut self, cc: &impl raft_proto::ConfChangeI) {
+        match self.raw.apply_conf_change(cc) {
+            Ok(cs) => self.log.set_conf_state(cs),
+            Err(e) => tracing::warn!(group = self.group, error = %e, "membership change refused"),
+        }
+    }
+
+    fn maybe_snapshot(&mut self) {
+        let applied = self.sm.applied();
+        let since = applied.saturating_sub(self.log.snapshot_index());
+        let due = since >= self.config.snapshot_every || (self.log.snapshot_wanted() && since > 0);
+        if !due {
+            return;
+        }
+        let snap = self.log.take_snapshot(applied, self.sm.snapshot(), self.config.keep_behind_snapshot);
+        self.snapshot_taken = Some(snap);
+    }
+}
