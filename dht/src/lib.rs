@@ -15,6 +15,13 @@
 //!   that make it durable in the node's shared write-ahead log;
 //! - [`replica`]: one replica of one group, sans-IO: messages, ticks, proposals and reads
 //!   in; messages, records to persist, answers and snapshots out;
+//! - [`wal`] and [`disk`]: the node's write-ahead log shared by all its groups (checksummed
+//!   records, group commit, torn-tail repair, segment release) and its snapshot files;
+//! - [`server`]: a table node — the thin I/O driver hosting its replicas on one core of our
+//!   runtime, moving raft messages over our rpc and answering clients ([`api`] holds the
+//!   generated stubs of both interfaces);
+//! - [`client`]: the client library — routing by key, redirects and leader hints, retries
+//!   that take effect once;
 //! - [`sim`]: a deterministic in-memory network (drop, delay, duplicate, reorder, partition,
 //!   crash and restart, all from a seed) that the consensus tests run on without sockets.
 //!
@@ -29,9 +36,27 @@
 //! bring a second runtime into every node.
 #![forbid(unsafe_code)]
 
+/// Generated stubs of the table's interfaces (`interfaces/*.rs`).
+#[allow(missing_docs)]
+pub mod api {
+    /// What clients call.
+    pub mod table {
+        include!(concat!(env!("OUT_DIR"), "/table.rs"));
+    }
+    /// What nodes call on each other.
+    pub mod peer {
+        include!(concat!(env!("OUT_DIR"), "/peer.rs"));
+    }
+}
+
+pub mod client;
 pub mod command;
+pub mod disk;
 pub mod maps;
 pub mod replica;
+pub mod server;
 pub mod sim;
 pub mod sm;
 pub mod storage;
+pub mod thread;
+pub mod wal;

@@ -161,6 +161,13 @@ impl Maps {
         }
     }
 
+    /// Drops the leader hint of a group (its leader did not answer as leader).
+    pub fn forget_leader(&mut self, group: GroupId) {
+        if let Some(g) = self.groups.get_mut(&group) {
+            g.leader_hint = None;
+        }
+    }
+
     /// Whether all keys of `keys` fall in one group (atomic batches must).
     pub fn same_group<'a>(&self, mut keys: impl Iterator<Item = &'a [u8]>) -> Option<GroupId> {
         let first = self.group_of(keys.next()?).id;

@@ -270,6 +270,11 @@ impl Replica {
         self.raw.raft.state == StateRole::Leader
     }
 
+    /// Leader, follower or candidate.
+    pub fn role(&self) -> StateRole {
+        self.raw.raft.state
+    }
+
     /// The leader as this replica knows it.
     pub fn leader(&self) -> Option<NodeId> {
         match self.raw.raft.leader_id {

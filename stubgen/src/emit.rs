@@ -75,7 +75,7 @@ pub(crate) fn emit(iface: &Interface) -> TokenStream {
     // The server side.
     let trait_methods = methods.iter().map(|m| {
         let n = &m.name;
-        let d = &m.docs;
+        let d = method_attrs(m);
         let args = m.args.iter().map(|a| {
             let (n, t) = (&a.name, &a.ty);
             quote!(#n: &#rpc::rkyv::Archived<#t>)
@@ -86,7 +86,7 @@ pub(crate) fn emit(iface: &Interface) -> TokenStream {
             let r = m.ret.as_ref().map_or(quote!(()), |t| quote!(#t));
             quote!(-> ::std::result::Result<#r, #rpc::Status>)
         };
-        quote!(#(#d)* async fn #n(&self, ctx: &#rpc::CallContext, #(#args),*) #ret;)
+        quote!(#d async fn #n(&self, ctx: &#rpc::CallContext, #(#args),*) #ret;)
     });
     let registrations = methods.iter().map(|m| {
         let n = &m.name;
@@ -124,20 +124,20 @@ pub(crate) fn emit(iface: &Interface) -> TokenStream {
     let client_name = format_ident!("{}Client", name);
     let client_methods = methods.iter().map(|m| {
         let n = &m.name;
-        let d = &m.docs;
+        let d = method_attrs(m);
         let c = const_name(n);
         let (params, args, s) = sig_and_args(m);
         let r = ret_ty(m);
         if m.ret.is_none() {
             quote! {
-                #(#d)*
+                #d
                 pub async fn #n(&self, #params) -> ::std::result::Result<(), #rpc::CallError> {
                     self.client.call::<#s, ()>(method_id::#c, &#args, self.options).await.map(drop)
                 }
             }
         } else {
             quote! {
-                #(#d)*
+                #d
                 pub async fn #n(&self, #params) -> ::std::result::Result<#rpc::Message<#r>, #rpc::CallError> {
                     self.client.call::<#s, #r>(method_id::#c, &#args, self.options).await
                 }
@@ -152,11 +152,11 @@ pub(crate) fn emit(iface: &Interface) -> TokenStream {
         let doc = format!(" Best-effort one-way calls to one `{service_name}` instance over UDP: no reply, no retry.");
         let fns = one_way.iter().map(|m| {
             let n = &m.name;
-            let d = &m.docs;
+            let d = method_attrs(m);
             let c = const_name(n);
             let (params, args, _) = sig_and_args(m);
             quote! {
-                #(#d)*
+                #d
                 pub async fn #n(&self, #params) -> ::std::result::Result<(), #rpc::SendError> {
                     self.sender.send(self.to, method_id::#c, &#args).await
                 }
@@ -187,11 +187,11 @@ pub(crate) fn emit(iface: &Interface) -> TokenStream {
         let doc = format!(" Best-effort one-way calls to every member of a multicast group serving `{service_name}`.");
         let fns = multicast.iter().map(|m| {
             let n = &m.name;
-            let d = &m.docs;
+            let d = method_attrs(m);
             let c = const_name(n);
             let (params, args, _) = sig_and_args(m);
             quote! {
-                #(#d)*
+                #d
                 pub async fn #n(&self, #params) -> ::std::result::Result<(), #rpc::SendError> {
                     self.sender.send_group(&self.group, method_id::#c, &#args).await
                 }
@@ -221,7 +221,7 @@ pub(crate) fn emit(iface: &Interface) -> TokenStream {
     let redirector_name = format_ident!("{}Redirector", name);
     let redirector_methods = methods.iter().map(|m| {
         let n = &m.name;
-        let d = &m.docs;
+        let d = method_attrs(m);
         let c = const_name(n);
         let (params, args, s) = sig_and_args(m);
         let r = ret_ty(m);
@@ -229,14 +229,14 @@ pub(crate) fn emit(iface: &Interface) -> TokenStream {
         let key = match m.key {
             Some(i) => {
                 let k = &m.args[i].name;
-                quote!(let key = ::std::option::Option::Some(#rpc::key_hash(&#k));)
+                quote!(let __affinity = ::std::option::Option::Some(#rpc::key_hash(&#k));)
             }
-            None => quote!(let key = ::std::option::Option::None;),
+            None => quote!(let __affinity = ::std::option::Option::None;),
         };
-        let call = quote!(self.redirector.call::<#s, #r>(method_id::#c, #idempotent, key, &#args).await);
+        let call = quote!(self.redirector.call::<#s, #r>(method_id::#c, #idempotent, __affinity, &#args).await);
         if m.ret.is_none() {
             quote! {
-                #(#d)*
+                #d
                 pub async fn #n(&self, #params) -> ::std::result::Result<(), #rpc::RedirectError> {
                     #key
                     #call.map(drop)
@@ -244,7 +244,7 @@ pub(crate) fn emit(iface: &Interface) -> TokenStream {
             }
         } else {
             quote! {
-                #(#d)*
+                #d
                 pub async fn #n(&self, #params) -> ::std::result::Result<#rpc::Message<#r>, #rpc::RedirectError> {
                     #key
                     #call
@@ -385,4 +385,12 @@ pub(crate) fn emit(iface: &Interface) -> TokenStream {
             #(#redirector_methods)*
         }
     }
+}
+
+/// A method's doc comments, plus a clippy allowance when its generated signatures (receiver,
+/// call context and arguments) are longer than clippy's limit: the interface decides that.
+fn method_attrs(m: &Method) -> TokenStream {
+    let docs = &m.docs;
+    let allow = (m.args.len() + 2 > 7).then(|| quote!(#[allow(clippy::too_many_arguments)]));
+    quote!(#(#docs)* #allow)
 }

@@ -413,6 +413,13 @@ fn parse_method(f: &syn::TraitItemFn, service: &str, local: &BTreeMap<String, St
                 ));
             }
         }
+        if pi.ident.to_string().starts_with("__") {
+            return Err(problem(
+                pi.ident.span(),
+                format!("argument name `{}` is reserved: the generated stubs use the `__` prefix", pi.ident),
+                "rename it",
+            ));
+        }
         check_wire_type(&pt.ty, &format!("argument `{}` of `{name}`", pi.ident))?;
         if args.iter().any(|a: &Arg| a.name == pi.ident) {
             return Err(problem(pi.ident.span(), format!("duplicate argument `{}`", pi.ident), "rename it"));

@@ -4,13 +4,15 @@
 pub const SERVICE: &str = "Greeter";
 /// A hash over every method's name and wire id: equal on both sides when both were
 /// built from the same interface.
-pub const FINGERPRINT: u64 = 0x22573dbc92797487;
+pub const FINGERPRINT: u64 = 0x7c348730e63458b3;
 /// Wire ids of the methods. Each is derived from the service name, the method name and
 /// its signature, so a changed method gets a new id and an old peer gets a clear
 /// `UnknownMethod` instead of misread bytes.
 pub mod method_id {
     /// Wire id of [`Greeter::greet`].
     pub const GREET: u32 = 0xd2127ce8;
+    /// Wire id of [`Greeter::lookup`].
+    pub const LOOKUP: u32 = 0x888f4668;
     /// Wire id of [`Greeter::visit`].
     pub const VISIT: u32 = 0x9160c4af;
     /// Wire id of [`Greeter::note`].
@@ -29,6 +31,10 @@ pub fn interface_info() -> ::multispace_rpc::stub::InterfaceInfo {
             ::multispace_rpc::stub::MethodInfo {
                 name: "greet".to_owned(),
                 id: method_id::GREET,
+            },
+            ::multispace_rpc::stub::MethodInfo {
+                name: "lookup".to_owned(),
+                id: method_id::LOOKUP,
             },
             ::multispace_rpc::stub::MethodInfo {
                 name: "visit".to_owned(),
@@ -51,6 +57,13 @@ pub fn interface_info() -> ::multispace_rpc::stub::InterfaceInfo {
 #[rkyv(crate = ::multispace_rpc::rkyv)]
 pub struct GreetArgs {
     pub name: String,
+}
+/// The arguments of [`Greeter::lookup`] as they travel.
+#[allow(missing_debug_implementations)]
+#[derive(::multispace_rpc::rkyv::Archive, ::multispace_rpc::rkyv::Serialize)]
+#[rkyv(crate = ::multispace_rpc::rkyv)]
+pub struct LookupArgs {
+    pub key: String,
 }
 /// The arguments of [`Greeter::visit`] as they travel.
 #[allow(missing_debug_implementations)]
@@ -85,6 +98,12 @@ pub trait Greeter: 'static {
         ctx: &::multispace_rpc::CallContext,
         name: &::multispace_rpc::rkyv::Archived<String>,
     ) -> ::std::result::Result<String, ::multispace_rpc::Status>;
+    /// A lookup whose key argument is named `key` (the stubs' own locals must not clash).
+    async fn lookup(
+        &self,
+        ctx: &::multispace_rpc::CallContext,
+        key: &::multispace_rpc::rkyv::Archived<String>,
+    ) -> ::std::result::Result<Option<String>, ::multispace_rpc::Status>;
     /// Count a visit.
     async fn visit(
         &self,
@@ -121,6 +140,19 @@ pub fn service_rc<S: Greeter>(imp: ::std::rc::Rc<S>) -> ::multispace_rpc::Servic
                 {
                     let imp = imp.clone();
                     async move { imp.greet(&ctx, &req.name).await }
+                }
+            },
+        )
+        .method(
+            method_id::LOOKUP,
+            {
+                let imp = imp.clone();
+                move |
+                    ctx: ::multispace_rpc::CallContext,
+                    req: ::multispace_rpc::Message<LookupArgs>|
+                {
+                    let imp = imp.clone();
+                    async move { imp.lookup(&ctx, &req.key).await }
                 }
             },
         )
@@ -226,6 +258,21 @@ impl GreeterClient {
                 GreetArgs,
                 String,
             >(method_id::GREET, &GreetArgs { name }, self.options)
+            .await
+    }
+    /// A lookup whose key argument is named `key` (the stubs' own locals must not clash).
+    pub async fn lookup(
+        &self,
+        key: String,
+    ) -> ::std::result::Result<
+        ::multispace_rpc::Message<Option<String>>,
+        ::multispace_rpc::CallError,
+    > {
+        self.client
+            .call::<
+                LookupArgs,
+                Option<String>,
+            >(method_id::LOOKUP, &LookupArgs { key }, self.options)
             .await
     }
     /// Count a visit.
@@ -379,9 +426,28 @@ impl GreeterRedirector {
         ::multispace_rpc::Message<String>,
         ::multispace_rpc::RedirectError,
     > {
-        let key = ::std::option::Option::Some(::multispace_rpc::key_hash(&name));
+        let __affinity = ::std::option::Option::Some(::multispace_rpc::key_hash(&name));
         self.redirector
-            .call::<GreetArgs, String>(method_id::GREET, true, key, &GreetArgs { name })
+            .call::<
+                GreetArgs,
+                String,
+            >(method_id::GREET, true, __affinity, &GreetArgs { name })
+            .await
+    }
+    /// A lookup whose key argument is named `key` (the stubs' own locals must not clash).
+    pub async fn lookup(
+        &self,
+        key: String,
+    ) -> ::std::result::Result<
+        ::multispace_rpc::Message<Option<String>>,
+        ::multispace_rpc::RedirectError,
+    > {
+        let __affinity = ::std::option::Option::Some(::multispace_rpc::key_hash(&key));
+        self.redirector
+            .call::<
+                LookupArgs,
+                Option<String>,
+            >(method_id::LOOKUP, true, __affinity, &LookupArgs { key })
             .await
     }
     /// Count a visit.
@@ -392,9 +458,12 @@ impl GreeterRedirector {
         ::multispace_rpc::Message<u64>,
         ::multispace_rpc::RedirectError,
     > {
-        let key = ::std::option::Option::None;
+        let __affinity = ::std::option::Option::None;
         self.redirector
-            .call::<VisitArgs, u64>(method_id::VISIT, false, key, &VisitArgs { count })
+            .call::<
+                VisitArgs,
+                u64,
+            >(method_id::VISIT, false, __affinity, &VisitArgs { count })
             .await
     }
     /// Tell one instance.
@@ -402,9 +471,9 @@ impl GreeterRedirector {
         &self,
         text: String,
     ) -> ::std::result::Result<(), ::multispace_rpc::RedirectError> {
-        let key = ::std::option::Option::None;
+        let __affinity = ::std::option::Option::None;
         self.redirector
-            .call::<NoteArgs, ()>(method_id::NOTE, false, key, &NoteArgs { text })
+            .call::<NoteArgs, ()>(method_id::NOTE, false, __affinity, &NoteArgs { text })
             .await
             .map(drop)
     }
@@ -413,12 +482,12 @@ impl GreeterRedirector {
         &self,
         text: String,
     ) -> ::std::result::Result<(), ::multispace_rpc::RedirectError> {
-        let key = ::std::option::Option::None;
+        let __affinity = ::std::option::Option::None;
         self.redirector
             .call::<
                 BroadcastArgs,
                 (),
-            >(method_id::BROADCAST, false, key, &BroadcastArgs { text })
+            >(method_id::BROADCAST, false, __affinity, &BroadcastArgs { text })
             .await
             .map(drop)
     }

@@ -6,6 +6,10 @@ pub trait Greeter {
     #[idempotent]
     async fn greet(&self, #[key] name: String) -> String;
 
+    /// A lookup whose key argument is named `key` (the stubs' own locals must not clash).
+    #[idempotent]
+    async fn lookup(&self, #[key] key: String) -> Option<String>;
+
     /// Count a visit.
     async fn visit(&self, count: u32) -> u64;
 

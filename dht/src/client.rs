@@ -1,0 +1,341 @@
+//! The client library: routes each request to the group owning its key, follows redirects and
+//! leader hints, retries writes with the same sequence number (so they take effect once), and
+//! gives up with a clear error when no replica answers in time.
+//!
+//! A client handle lives on one core of our runtime (it is `!Send`, cheap to clone, and its
+//! clones share routing knowledge and the session). Many requests may be in flight at once.
+
+use std::cell::{Cell, RefCell};
+use std::collections::hash_map::RandomState;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::BuildHasher;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use multispace_rpc::runtime::time::sleep;
+use multispace_rpc::CallOptions;
+
+use crate::api::table::{ClusterView, ReadAnswer, Refusal, TableClient, WriteAnswer};
+use crate::command::{check_key, check_ops, LimitError, Op, WriteResult};
+use crate::maps::{GroupId, Maps, NodeId};
+
+/// Why a request failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DhtError {
+    /// A key, value or batch breaks a limit.
+    #[error(transparent)]
+    Limit(#[from] LimitError),
+    /// The keys of an atomic batch live in different groups.
+    #[error("the keys of an atomic batch must all live in one partition")]
+    CrossGroup,
+    /// No replica answered in time. A write may or may not have taken effect.
+    #[error("no answer within {after:?}: {last}")]
+    Unavailable {
+        /// How long the client tried.
+        after: Duration,
+        /// The last thing that went wrong.
+        last: String,
+    },
+    /// A node refused the request as malformed.
+    #[error("refused: {0}")]
+    Invalid(String),
+    /// The table applied a deterministic rejection (should not happen for checked requests).
+    #[error("rejected by the table: {0}")]
+    Rejected(String),
+    /// No node of the seed list described the cluster.
+    #[error("could not learn the cluster: {0}")]
+    Connect(String),
+}
+
+/// How hard a client tries.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientConfig {
+    /// Give up on a request after this long.
+    pub deadline: Duration,
+    /// Give up on one attempt (one node) after this long.
+    pub attempt_timeout: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig { deadline: Duration::from_secs(10), attempt_timeout: Duration::from_secs(3) }
+    }
+}
+
+struct Inner {
+    id: u64,
+    config: ClientConfig,
+    maps: RefCell<Maps>,
+    nodes: RefCell<BTreeMap<NodeId, SocketAddr>>,
+    stubs: RefCell<HashMap<NodeId, TableClient>>,
+    next_seq: Cell<u64>,
+    in_flight: RefCell<BTreeSet<u64>>,
+}
+
+/// A handle on the table.
+#[derive(Clone)]
+pub struct DhtClient {
+    inner: Rc<Inner>,
+}
+
+impl std::fmt::Debug for DhtClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DhtClient").field("id", &self.inner.id).finish_non_exhaustive()
+    }
+}
+
+enum Next {
+    /// Try again at once (new routing knowledge).
+    Now,
+    /// Try the next member.
+    Other(String),
+    /// Wait a little (an election or overload), then try.
+    Later(String),
+}
+
+fn random_id() -> u64 {
+    // RandomState is seeded from the OS per process; mix in time for handles made together.
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    RandomState::new().hash_one((t, std::process::id()))
+}
+
+impl DhtClient {
+    /// A client that already knows the maps and node addresses.
+    pub fn new(maps: Maps, nodes: BTreeMap<NodeId, SocketAddr>, config: ClientConfig) -> Self {
+        DhtClient {
+            inner: Rc::new(Inner {
+                id: random_id(),
+                config,
+                maps: RefCell::new(maps),
+                nodes: RefCell::new(nodes),
+                stubs: RefCell::new(HashMap::new()),
+                next_seq: Cell::new(1),
+                in_flight: RefCell::new(BTreeSet::new()),
+            }),
+        }
+    }
+
+    /// Learns the cluster from the first of `seeds` that answers.
+    pub async fn connect(seeds: &[SocketAddr], config: ClientConfig) -> Result<Self, DhtError> {
+        let mut last = "no seeds given".to_string();
+        for addr in seeds {
+            match Self::view_of(*addr, config.attempt_timeout).await {
+                Ok(view) => {
+                    let mut nodes = BTreeMap::new();
+                    for (id, a) in &view.nodes {
+                        let a = a.parse().map_err(|e| DhtError::Connect(format!("node {id} address {a}: {e}")))?;
+                        nodes.insert(*id, a);
+                    }
+                    return Ok(Self::new(view.maps, nodes, config));
+                }
+                Err(e) => last = format!("{addr}: {e}"),
+            }
+        }
+        Err(DhtError::Connect(last))
+    }
+
+    /// What the node at `addr` says of the cluster.
+    pub async fn view_of(addr: SocketAddr, timeout: Duration) -> Result<ClusterView, DhtError> {
+        let stub = TableClient::new(addr).with_options(CallOptions::timeout(timeout));
+        let view = stub.cluster().await.map_err(|e| DhtError::Connect(e.to_string()))?;
+        view.to_owned().map_err(|e| DhtError::Connect(e.to_string()))
+    }
+
+    /// This client's id (its writes carry it).
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    /// The maps as this client knows them now.
+    pub fn maps(&self) -> Maps {
+        self.inner.maps.borrow().clone()
+    }
+
+    /// The nodes this client knows.
+    pub fn nodes(&self) -> BTreeMap<NodeId, SocketAddr> {
+        self.inner.nodes.borrow().clone()
+    }
+
+    fn stub(&self, node: NodeId) -> Option<TableClient> {
+        let addr = *self.inner.nodes.borrow().get(&node)?;
+        let timeout = self.inner.config.attempt_timeout;
+        Some(
+            self.inner
+                .stubs
+                .borrow_mut()
+                .entry(node)
+                .or_insert_with(|| TableClient::new(addr).with_options(CallOptions::timeout(timeout)))
+                .clone(),
+        )
+    }
+
+    /// Who to ask on attempt `n`: the leader hint if there is one, else the members in turn.
+    fn target(&self, group: GroupId, n: usize) -> Option<(NodeId, u64)> {
+        let maps = self.inner.maps.borrow();
+        let g = maps.group(group)?;
+        let node = match g.leader_hint {
+            Some(l) => l,
+            None => g.members[n % g.members.len()],
+        };
+        Some((node, g.epoch))
+    }
+
+    fn on_refusal(&self, group: GroupId, node: NodeId, refusal: Refusal) -> Result<Next, DhtError> {
+        let mut maps = self.inner.maps.borrow_mut();
+        Ok(match refusal {
+            Refusal::Redirect(g) => {
+                let hint = g.leader_hint;
+                if hint.is_some() && hint != Some(node) && maps.learn(&crate::maps::Redirect { group: g }) {
+                    Next::Now
+                } else {
+                    maps.forget_leader(group);
+                    Next::Later(format!("node {node} does not lead group {group} and knows no leader"))
+                }
+            }
+            Refusal::NotHosted => {
+                maps.forget_leader(group);
+                Next::Other(format!("node {node} holds no replica of group {group}"))
+            }
+            Refusal::Busy => Next::Later(format!("group {group} is busy")),
+            Refusal::Timeout => {
+                maps.forget_leader(group);
+                Next::Other(format!("node {node} timed out"))
+            }
+            Refusal::Unavailable(why) => {
+                maps.forget_leader(group);
+                Next::Other(format!("node {node}: {why}"))
+            }
+            Refusal::Invalid(why) => return Err(DhtError::Invalid(why)),
+        })
+    }
+
+    async fn pause(attempt: usize) {
+        // Elections take a few hundred ms here; back off from 5 ms to 50 ms.
+        sleep(Duration::from_millis((5 * (attempt as u64 + 1)).min(50))).await;
+    }
+
+    fn transport_failed(&self, group: GroupId, node: NodeId, e: impl std::fmt::Display) -> Next {
+        self.inner.maps.borrow_mut().forget_leader(group);
+        Next::Other(format!("node {node}: {e}"))
+    }
+
+    async fn read(&self, key: &[u8], stale: bool) -> Result<Option<Vec<u8>>, DhtError> {
+        check_key(key)?;
+        let started = Instant::now();
+        let group = self.inner.maps.borrow().group_of(key).id;
+        let (mut attempt, mut pauses) = (0, 0);
+        loop {
+            let (node, epoch) = self.target(group, attempt).ok_or(DhtError::Invalid("unknown group".into()))?;
+            let next = match self.stub(node) {
+                None => Next::Other(format!("no address for node {node}")),
+                Some(stub) => match stub.get(group, epoch, key.to_vec(), stale).await.map(|m| m.to_owned()) {
+                    Ok(Ok(ReadAnswer::Value(v))) => return Ok(v),
+                    Ok(Ok(ReadAnswer::Refused(r))) => self.on_refusal(group, node, r)?,
+                    Ok(Err(e)) => self.transport_failed(group, node, e),
+                    Err(e) => self.transport_failed(group, node, e),
+                },
+            };
+            self.after(next, started, &mut attempt, &mut pauses).await?;
+        }
+    }
+
+    async fn after(
+        &self,
+        next: Next,
+        started: Instant,
+        attempt: &mut usize,
+        pauses: &mut usize,
+    ) -> Result<(), DhtError> {
+        let last = match next {
+            Next::Now => return Ok(()),
+            Next::Other(why) => {
+                *attempt += 1;
+                why
+            }
+            Next::Later(why) => {
+                *attempt += 1;
+                Self::pause(*pauses).await;
+                *pauses += 1;
+                why
+            }
+        };
+        if started.elapsed() >= self.inner.config.deadline {
+            return Err(DhtError::Unavailable { after: started.elapsed(), last });
+        }
+        Ok(())
+    }
+
+    /// Applies `ops` atomically (all keys must be in one partition).
+    pub async fn batch(&self, ops: Vec<Op>) -> Result<WriteResult, DhtError> {
+        check_ops(&ops)?;
+        let group = self.inner.maps.borrow().same_group(ops.iter().map(Op::key)).ok_or(DhtError::CrossGroup)?;
+        let seq = self.inner.next_seq.get();
+        self.inner.next_seq.set(seq + 1);
+        self.inner.in_flight.borrow_mut().insert(seq);
+        let result = self.write(group, seq, ops).await;
+        self.inner.in_flight.borrow_mut().remove(&seq);
+        result
+    }
+
+    async fn write(&self, group: GroupId, seq: u64, ops: Vec<Op>) -> Result<WriteResult, DhtError> {
+        let started = Instant::now();
+        let (mut attempt, mut pauses) = (0, 0);
+        loop {
+            // Every write of ours below the oldest still in flight has its answer.
+            let acked_below = self.inner.in_flight.borrow().first().copied().unwrap_or(seq);
+            let (node, epoch) = self.target(group, attempt).ok_or(DhtError::Invalid("unknown group".into()))?;
+            let next = match self.stub(node) {
+                None => Next::Other(format!("no address for node {node}")),
+                Some(stub) => {
+                    let call = stub.write(group, epoch, self.inner.id, seq, acked_below, ops.clone()).await;
+                    match call.map(|m| m.to_owned()) {
+                        Ok(Ok(WriteAnswer::Done(WriteResult::Rejected { reason }))) => {
+                            return Err(DhtError::Rejected(reason))
+                        }
+                        Ok(Ok(WriteAnswer::Done(r))) => return Ok(r),
+                        Ok(Ok(WriteAnswer::Refused(r))) => self.on_refusal(group, node, r)?,
+                        Ok(Err(e)) => self.transport_failed(group, node, e),
+                        Err(e) => self.transport_failed(group, node, e),
+                    }
+                }
+            };
+            self.after(next, started, &mut attempt, &mut pauses).await?;
+        }
+    }
+
+    /// The value of `key`, linearizable: reflects every write acknowledged before the call.
+    pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, DhtError> {
+        self.read(key, false).await
+    }
+
+    /// The value of `key` as some replica has it now: cheaper, possibly stale.
+    pub async fn get_stale(&self, key: &[u8]) -> Result<Option<Vec<u8>>, DhtError> {
+        self.read(key, true).await
+    }
+
+    /// Stores `value` under `key`.
+    pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<(), DhtError> {
+        self.batch(vec![Op::Put { key: key.to_vec(), value: value.to_vec() }]).await.map(drop)
+    }
+
+    /// Removes `key`.
+    pub async fn delete(&self, key: &[u8]) -> Result<(), DhtError> {
+        self.batch(vec![Op::Delete { key: key.to_vec() }]).await.map(drop)
+    }
+
+    /// Sets `key` to `new` (`None`: removes it) if it holds `expected` (`None`: is absent).
+    /// `Ok(Err(current))` when the compare failed.
+    pub async fn cas(
+        &self,
+        key: &[u8],
+        expected: Option<&[u8]>,
+        new: Option<&[u8]>,
+    ) -> Result<Result<(), Option<Vec<u8>>>, DhtError> {
+        let op = Op::Cas { key: key.to_vec(), expected: expected.map(<[u8]>::to_vec), new: new.map(<[u8]>::to_vec) };
+        match self.batch(vec![op]).await? {
+            WriteResult::CompareFailed { current, .. } => Ok(Err(current)),
+            _ => Ok(Ok(())),
+        }
+    }
+}

@@ -1,0 +1,668 @@
+//! A table node: hosts one replica of each group the partition map gives it, on one core of
+//! our runtime, with one disk shared by all of them. The I/O driver around the sans-IO
+//! [`Replica`]s: it moves raft messages over our rpc, keeps the tick, makes records durable
+//! (group commit: one fdatasync per turn for every group), and answers clients.
+//!
+//! A turn: every group's ready is collected (its messages posted, its records appended to the
+//! log), the log is synced once, then every group advances (answers go out). Clients wait on
+//! their write's `(client, seq)` or their read's id; a leader change fails the waiters with a
+//! redirect, and the client library retries elsewhere with the same sequence number.
+//!
+//! Disk failure is fail-stop: the node stops taking part and answers `Unavailable`; the other
+//! replicas carry on, and nothing half-written is acknowledged.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use futures_channel::oneshot;
+use multispace_rpc::rkyv::{self, rancor, Archived};
+use multispace_rpc::runtime::time::timeout_at;
+use multispace_rpc::runtime::JoinHandle;
+use multispace_rpc::{spawn, CallContext, CallOptions, Server, Status};
+use protobuf::Message as _;
+use raft::eraftpb::{Message, MessageType};
+use raft::StateRole;
+
+use crate::api::peer::{self, RaftPeer, RaftPeerClient};
+use crate::api::table::{self, ClusterView, ReadAnswer, Refusal, ReplicaStatus, Table, WriteAnswer};
+use crate::command::{check_key, check_ops, Command, Op};
+use crate::disk::{Disk, DiskError};
+use crate::maps::{GroupId, Maps, NodeId};
+use crate::replica::{ProposeError, Replica, ReplicaConfig, StartError};
+
+/// When a write is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// After a majority of replicas wrote it to their log and fdatasynced.
+    Durable,
+    /// After a majority of replicas hold it in memory. A node that restarts has lost its
+    /// replicas' state, so it must come back as a new member (a new node id), never as itself.
+    Memory,
+}
+
+impl Durability {
+    fn name(self) -> &'static str {
+        match self {
+            Durability::Durable => "durable",
+            Durability::Memory => "memory",
+        }
+    }
+}
+
+/// A node's configuration.
+#[derive(Debug, Clone)]
+pub struct DhtConfig {
+    /// This node's id.
+    pub id: NodeId,
+    /// Where it serves clients and peers.
+    pub listen: SocketAddr,
+    /// Every node's address, this one's included.
+    pub nodes: BTreeMap<NodeId, SocketAddr>,
+    /// Which groups exist and who replicates them.
+    pub maps: Maps,
+    /// When writes are acknowledged.
+    pub durability: Durability,
+    /// Where the log and snapshots live (required for [`Durability::Durable`]).
+    pub data_dir: Option<PathBuf>,
+    /// Raft's clock.
+    pub tick: Duration,
+    /// Replica behaviour.
+    pub replica: ReplicaConfig,
+    /// How long a request waits for its answer before the node says `Timeout`.
+    pub request_timeout: Duration,
+}
+
+impl DhtConfig {
+    /// A node of a cluster where every node knows every other's address, with defaults tuned
+    /// for a local network: 20 ms ticks, so a leader is replaced within about 200-400 ms.
+    pub fn new(id: NodeId, nodes: BTreeMap<NodeId, SocketAddr>, maps: Maps, durability: Durability) -> Self {
+        DhtConfig {
+            id,
+            listen: nodes.get(&id).copied().unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+            nodes,
+            maps,
+            durability,
+            data_dir: None,
+            tick: Duration::from_millis(20),
+            replica: ReplicaConfig::default(),
+            request_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The configuration is inconsistent.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The disk could not be read.
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+    /// A replica could not start.
+    #[error("group {group}: {source}")]
+    Replica {
+        /// The group.
+        group: GroupId,
+        /// Why.
+        source: StartError,
+    },
+    /// The server could not bind.
+    #[error("serve: {0}")]
+    Serve(#[from] multispace_rpc::ServeError),
+}
+
+/// A single-threaded wake-up flag: set by anyone, awaited by one task.
+#[derive(Debug, Default)]
+struct Notify {
+    set: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Notify {
+    fn notify(&self) {
+        self.set.set(true);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    async fn wait(&self) {
+        poll_fn(|cx| {
+            if self.set.replace(false) {
+                Poll::Ready(())
+            } else {
+                *self.waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// Raft messages waiting to go to one peer.
+#[derive(Debug, Default)]
+struct PeerLink {
+    queue: RefCell<Vec<(GroupId, Message)>>,
+    notify: Notify,
+}
+
+/// Messages held for a peer that does not take them (a bound on memory; raft resends).
+const MAX_QUEUED_PER_PEER: usize = 16_384;
+/// Bytes of raft messages per rpc to a peer.
+const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
+
+struct GroupSlot {
+    replica: Replica,
+    writes: HashMap<(u64, u64), oneshot::Sender<WriteAnswer>>,
+    reads: HashMap<u64, (Vec<u8>, oneshot::Sender<ReadAnswer>)>,
+}
+
+struct State {
+    groups: BTreeMap<GroupId, GroupSlot>,
+    disk: Option<Disk>,
+    next_read: u64,
+    failed: Option<String>,
+}
+
+struct Inner {
+    config: DhtConfig,
+    state: RefCell<State>,
+    wake: Notify,
+    peers: BTreeMap<NodeId, PeerLink>,
+}
+
+/// A running table node. Dropping it stops its tasks and closes its sockets.
+pub struct DhtServer {
+    inner: Rc<Inner>,
+    addr: SocketAddr,
+    _tasks: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for DhtServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DhtServer").field("id", &self.inner.config.id).field("addr", &self.addr).finish()
+    }
+}
+
+fn role_name(role: StateRole) -> &'static str {
+    match role {
+        StateRole::Leader => "leader",
+        StateRole::Follower => "follower",
+        StateRole::Candidate => "candidate",
+        StateRole::PreCandidate => "pre-candidate",
+    }
+}
+
+impl DhtServer {
+    /// Starts the node on the current core: reads its disk (durable mode), starts or recovers
+    /// its replicas, binds, and begins serving. Must run inside our runtime.
+    pub fn start(config: DhtConfig) -> Result<DhtServer, ServerError> {
+        let id = config.id;
+        if !config.nodes.contains_key(&id) {
+            return Err(ServerError::Config(format!("node {id} is not in the node list")));
+        }
+        let (mut disk, mut recovered) = match (config.durability, &config.data_dir) {
+            (Durability::Durable, Some(dir)) => {
+                let (disk, rec) = Disk::open(dir)?;
+                if rec.torn_bytes > 0 {
+                    tracing::warn!(node = id, bytes = rec.torn_bytes, "cut a torn final write from the log");
+                }
+                (Some(disk), rec.groups)
+            }
+            (Durability::Durable, None) => {
+                return Err(ServerError::Config("durable mode needs a data directory".into()));
+            }
+            (Durability::Memory, _) => (None, BTreeMap::new()),
+        };
+        let mut groups = BTreeMap::new();
+        for g in config.maps.groups().filter(|g| g.members.contains(&id)) {
+            let replica = match recovered.remove(&g.id) {
+                Some((snapshot, records)) => Replica::recover(id, g.id, snapshot, records, config.replica.clone()),
+                None => Replica::bootstrap(id, g.id, &g.members, config.replica.clone()).and_then(|(r, init)| {
+                    if let Some(disk) = disk.as_mut() {
+                        disk.append(g.id, &init).map_err(|e| StartError::Snapshot(e.to_string()))?;
+                    }
+                    Ok(r)
+                }),
+            }
+            .map_err(|source| ServerError::Replica { group: g.id, source })?;
+            groups.insert(g.id, GroupSlot { replica, writes: HashMap::new(), reads: HashMap::new() });
+        }
+        if let Some(disk) = disk.as_mut() {
+            disk.sync()?;
+        }
+        let peers = config.nodes.keys().filter(|n| **n != id).map(|n| (*n, PeerLink::default())).collect();
+        let inner = Rc::new(Inner {
+            config,
+            state: RefCell::new(State { groups, disk, next_read: 1, failed: None }),
+            wake: Notify::default(),
+            peers,
+        });
+        let server = Server::bind(
+            inner.config.listen,
+            [table::service(TableImpl(inner.clone())), peer::service(PeerImpl(inner.clone()))],
+        )?;
+        let addr = server.local_addr();
+        let mut tasks = vec![spawn(async move {
+            if let Err(e) = server.serve().await {
+                tracing::error!(error = %e, "table server stopped");
+            }
+        })];
+        tasks.push(spawn(drive(inner.clone())));
+        for (&to, &peer_addr) in inner.config.nodes.iter().filter(|(n, _)| **n != id) {
+            tasks.push(spawn(send_loop(inner.clone(), to, peer_addr)));
+        }
+        tracing::info!(node = id, %addr, durability = inner.config.durability.name(), "table node up");
+        Ok(DhtServer { inner, addr, _tasks: tasks })
+    }
+
+    /// Where it serves.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Its replicas now.
+    pub fn status(&self) -> Vec<ReplicaStatus> {
+        self.inner.status()
+    }
+
+    /// fdatasyncs done by its log (0 in memory mode).
+    pub fn fsyncs(&self) -> u64 {
+        self.inner.state.borrow().disk.as_ref().map_or(0, Disk::fsyncs)
+    }
+}
+
+impl Inner {
+    fn status(&self) -> Vec<ReplicaStatus> {
+        let st = self.state.borrow();
+        st.groups
+            .iter()
+            .map(|(g, slot)| {
+                let r = &slot.replica;
+                let (voters, learners) = r.members();
+                ReplicaStatus {
+                    group: *g,
+                    role: role_name(r.role()).into(),
+                    term: r.term(),
+                    leader: r.leader(),
+                    applied: r.state().applied(),
+                    last_index: r.last_index(),
+                    keys: r.state().len() as u64,
+                    voters,
+                    learners,
+                }
+            })
+            .collect()
+    }
+
+    fn post(&self, group: GroupId, msgs: Vec<Message>) {
+        for m in msgs {
+            let Some(link) = self.peers.get(&m.to) else { continue };
+            let mut q = link.queue.borrow_mut();
+            if q.len() >= MAX_QUEUED_PER_PEER {
+                q.remove(0);
+            }
+            q.push((group, m));
+            drop(q);
+            link.notify.notify();
+        }
+    }
+
+    fn tick(&self) {
+        let mut st = self.state.borrow_mut();
+        if st.failed.is_some() {
+            return;
+        }
+        for slot in st.groups.values_mut() {
+            slot.replica.tick();
+        }
+    }
+
+    /// One turn; a disk error stops the node (fail-stop).
+    fn turn(&self) {
+        let result = self.try_turn();
+        if let Err(e) = result {
+            tracing::error!(node = self.config.id, error = %e, "disk failed: this node stops serving the table");
+            let mut st = self.state.borrow_mut();
+            let reason = format!("disk failed: {e}");
+            for slot in st.groups.values_mut() {
+                for (_, tx) in slot.writes.drain() {
+                    let _ = tx.send(WriteAnswer::Refused(Refusal::Unavailable(reason.clone())));
+                }
+                for (_, (_, tx)) in slot.reads.drain() {
+                    let _ = tx.send(ReadAnswer::Refused(Refusal::Unavailable(reason.clone())));
+                }
+            }
+            st.failed = Some(reason);
+        }
+    }
+
+    fn try_turn(&self) -> Result<(), DiskError> {
+        let mut guard = self.state.borrow_mut();
+        let st = &mut *guard;
+        if st.failed.is_some() {
+            return Ok(());
+        }
+        let mut readies = Vec::new();
+        for (gid, slot) in st.groups.iter_mut() {
+            let Some(mut rd) = slot.replica.ready() else { continue };
+            self.post(*gid, std::mem::take(&mut rd.messages));
+            if let Some(disk) = st.disk.as_mut() {
+                if let Some(snap) = rd.snapshot_to_save.take() {
+                    disk.save_snapshot(*gid, &snap)?;
+                }
+                for r in &rd.records {
+                    disk.append(*gid, r)?;
+                }
+            }
+            readies.push((*gid, rd));
+        }
+        if let Some(disk) = st.disk.as_mut() {
+            disk.sync()?;
+        }
+        for (gid, rd) in readies {
+            let slot = st.groups.get_mut(&gid).expect("group of a ready");
+            let adv = slot.replica.advance(rd);
+            self.post(gid, adv.messages);
+            for a in adv.applied {
+                if let Some(tx) = slot.writes.remove(&(a.client, a.seq)) {
+                    let _ = tx.send(WriteAnswer::Done(a.result));
+                }
+            }
+            for r in adv.reads {
+                if let Some((key, tx)) = slot.reads.remove(&r.id) {
+                    let _ = tx.send(ReadAnswer::Value(slot.replica.state().get(&key).map(<[u8]>::to_vec)));
+                }
+            }
+            if let Some((role, _)) = adv.role_changed {
+                if role != StateRole::Leader {
+                    let redirect = Refusal::Redirect(self.group_view(gid, slot.replica.leader()));
+                    for (_, tx) in slot.writes.drain() {
+                        let _ = tx.send(WriteAnswer::Refused(redirect.clone()));
+                    }
+                    for (_, (_, tx)) in slot.reads.drain() {
+                        let _ = tx.send(ReadAnswer::Refused(redirect.clone()));
+                    }
+                }
+            }
+            if let Some(disk) = st.disk.as_mut() {
+                match adv.snapshot_to_save {
+                    Some(snap) => {
+                        disk.save_snapshot(gid, &snap)?;
+                        let mut last = 0;
+                        for r in &adv.records {
+                            last = disk.append(gid, r)?;
+                        }
+                        disk.sync()?;
+                        disk.release(gid, snap.get_metadata().index, last)?;
+                    }
+                    None => {
+                        for r in &adv.records {
+                            disk.append(gid, r)?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn group_view(&self, gid: GroupId, leader: Option<NodeId>) -> crate::maps::Group {
+        let mut g = self.config.maps.group(gid).cloned().unwrap_or(crate::maps::Group {
+            id: gid,
+            epoch: 0,
+            members: Vec::new(),
+            leader_hint: None,
+        });
+        g.leader_hint = leader;
+        g
+    }
+
+    fn refuse_unless_ready(&self, group: GroupId, epoch: u64) -> Result<(), Refusal> {
+        let st = self.state.borrow();
+        if let Some(reason) = &st.failed {
+            return Err(Refusal::Unavailable(reason.clone()));
+        }
+        let Some(slot) = st.groups.get(&group) else { return Err(Refusal::NotHosted) };
+        let known = self.config.maps.group(group).map_or(0, |g| g.epoch);
+        if epoch < known {
+            return Err(Refusal::Redirect(self.group_view(group, slot.replica.leader())));
+        }
+        Ok(())
+    }
+
+    async fn write(&self, group: GroupId, epoch: u64, cmd: Command) -> WriteAnswer {
+        if let Err(e) = check_ops(&cmd.ops) {
+            return WriteAnswer::Refused(Refusal::Invalid(e.to_string()));
+        }
+        if let Err(r) = self.refuse_unless_ready(group, epoch) {
+            return WriteAnswer::Refused(r);
+        }
+        if cmd.ops.iter().any(|op| self.config.maps.group_of(op.key()).id != group) {
+            return WriteAnswer::Refused(Refusal::Invalid(format!("a key of the batch is not in group {group}")));
+        }
+        let rx = {
+            let mut st = self.state.borrow_mut();
+            let slot = st.groups.get_mut(&group).expect("checked above");
+            match slot.replica.propose(&cmd) {
+                Ok(()) => {}
+                Err(ProposeError::NotLeader { leader }) => {
+                    return WriteAnswer::Refused(Refusal::Redirect(self.group_view(group, leader)));
+                }
+                Err(ProposeError::Busy { .. }) => return WriteAnswer::Refused(Refusal::Busy),
+                Err(ProposeError::Dropped(why)) => {
+                    tracing::debug!(group, %why, "proposal dropped");
+                    return WriteAnswer::Refused(Refusal::Redirect(self.group_view(group, slot.replica.leader())));
+                }
+            }
+            let (tx, rx) = oneshot::channel();
+            // A retry of a write still waiting here replaces the older waiter (which times out).
+            slot.writes.insert((cmd.client, cmd.seq), tx);
+            rx
+        };
+        self.wake.notify();
+        match timeout_at(Instant::now() + self.config.request_timeout, rx).await {
+            Ok(Ok(answer)) => answer,
+            _ => WriteAnswer::Refused(Refusal::Timeout),
+        }
+    }
+
+    async fn read(&self, group: GroupId, epoch: u64, key: Vec<u8>, stale: bool) -> ReadAnswer {
+        if let Err(e) = check_key(&key) {
+            return ReadAnswer::Refused(Refusal::Invalid(e.to_string()));
+        }
+        if let Err(r) = self.refuse_unless_ready(group, epoch) {
+            return ReadAnswer::Refused(r);
+        }
+        if self.config.maps.group_of(&key).id != group {
+            return ReadAnswer::Refused(Refusal::Invalid(format!("the key is not in group {group}")));
+        }
+        let rx = {
+            let mut guard = self.state.borrow_mut();
+            let st = &mut *guard;
+            let slot = st.groups.get_mut(&group).expect("checked above");
+            if stale {
+                return ReadAnswer::Value(slot.replica.state().get(&key).map(<[u8]>::to_vec));
+            }
+            let id = st.next_read;
+            st.next_read += 1;
+            if let Err(e) = slot.replica.read(id) {
+                let leader = match e {
+                    ProposeError::NotLeader { leader } => leader,
+                    _ => slot.replica.leader(),
+                };
+                return ReadAnswer::Refused(Refusal::Redirect(self.group_view(group, leader)));
+            }
+            let (tx, rx) = oneshot::channel();
+            slot.reads.insert(id, (key, tx));
+            rx
+        };
+        self.wake.notify();
+        match timeout_at(Instant::now() + self.config.request_timeout, rx).await {
+            Ok(Ok(answer)) => answer,
+            _ => ReadAnswer::Refused(Refusal::Timeout),
+        }
+    }
+
+    fn deliver(&self, from: NodeId, messages: Vec<(GroupId, Vec<u8>)>) {
+        let mut st = self.state.borrow_mut();
+        if st.failed.is_some() {
+            return;
+        }
+        for (group, bytes) in messages {
+            let Ok(msg) = Message::parse_from_bytes(&bytes) else {
+                tracing::warn!(from, group, "undecodable raft message dropped");
+                continue;
+            };
+            if msg.from != from {
+                tracing::warn!(from, claimed = msg.from, "raft message with a forged sender dropped");
+                continue;
+            }
+            if let Some(slot) = st.groups.get_mut(&group) {
+                slot.replica.step(msg);
+            }
+        }
+        drop(st);
+        self.wake.notify();
+    }
+
+    fn report_delivery(&self, to: NodeId, batch: &[(GroupId, Message)], delivered: bool) {
+        let mut st = self.state.borrow_mut();
+        for (group, m) in batch {
+            let Some(slot) = st.groups.get_mut(group) else { continue };
+            if m.get_msg_type() == MessageType::MsgSnapshot {
+                slot.replica.report_snapshot(to, delivered);
+            }
+            if !delivered {
+                slot.replica.report_unreachable(to);
+            }
+        }
+    }
+}
+
+/// The node's clock and turn loop.
+async fn drive(inner: Rc<Inner>) {
+    let tick = inner.config.tick;
+    let mut next_tick = Instant::now() + tick;
+    loop {
+        let _ = timeout_at(next_tick, inner.wake.wait()).await;
+        let now = Instant::now();
+        if now >= next_tick {
+            inner.tick();
+            // After a stall, tick once and resume the cadence rather than bursting ticks
+            // (a burst would start elections everywhere at once).
+            next_tick = (next_tick + tick).max(now + tick / 2);
+        }
+        inner.turn();
+    }
+}
+
+/// Moves one peer's queued raft messages, a batch per rpc.
+async fn send_loop(inner: Rc<Inner>, to: NodeId, addr: SocketAddr) {
+    let client = RaftPeerClient::new(addr).with_options(CallOptions::timeout(Duration::from_secs(1)));
+    let me = inner.config.id;
+    let link = &inner.peers[&to];
+    loop {
+        link.notify.wait().await;
+        loop {
+            let batch: Vec<(GroupId, Message)> = {
+                let mut q = link.queue.borrow_mut();
+                if q.is_empty() {
+                    break;
+                }
+                let mut bytes = 0;
+                let n = q
+                    .iter()
+                    .take_while(|(_, m)| {
+                        bytes += m.compute_size() as usize;
+                        bytes <= MAX_BATCH_BYTES
+                    })
+                    .count()
+                    .max(1);
+                q.drain(..n).collect()
+            };
+            let encoded: Vec<(u64, Vec<u8>)> =
+                batch.iter().map(|(g, m)| (*g, m.write_to_bytes().unwrap_or_default())).collect();
+            let delivered = client.deliver(me, encoded).await.is_ok();
+            inner.report_delivery(to, &batch, delivered);
+        }
+    }
+}
+
+fn owned<T>(archived: &T::Archived) -> Result<T, Status>
+where
+    T: rkyv::Archive,
+    T::Archived: rkyv::Deserialize<T, rancor::Strategy<rkyv::de::Pool, rancor::Error>>,
+{
+    rkyv::deserialize::<T, rancor::Error>(archived).map_err(|e| Status::application(format!("bad argument: {e}")))
+}
+
+struct TableImpl(Rc<Inner>);
+
+impl Table for TableImpl {
+    async fn get(
+        &self,
+        _ctx: &CallContext,
+        group: &Archived<u64>,
+        epoch: &Archived<u64>,
+        key: &Archived<Vec<u8>>,
+        stale: &Archived<bool>,
+    ) -> Result<ReadAnswer, Status> {
+        Ok(self.0.read(group.to_native(), epoch.to_native(), key.to_vec(), *stale).await)
+    }
+
+    async fn write(
+        &self,
+        _ctx: &CallContext,
+        group: &Archived<u64>,
+        epoch: &Archived<u64>,
+        client: &Archived<u64>,
+        seq: &Archived<u64>,
+        acked_below: &Archived<u64>,
+        ops: &Archived<Vec<Op>>,
+    ) -> Result<WriteAnswer, Status> {
+        let cmd = Command {
+            client: client.to_native(),
+            seq: seq.to_native(),
+            acked_below: acked_below.to_native(),
+            ops: owned::<Vec<Op>>(ops)?,
+        };
+        Ok(self.0.write(group.to_native(), epoch.to_native(), cmd).await)
+    }
+
+    async fn cluster(&self, _ctx: &CallContext) -> Result<ClusterView, Status> {
+        let c = &self.0.config;
+        Ok(ClusterView {
+            node: c.id,
+            maps: c.maps.clone(),
+            nodes: c.nodes.iter().map(|(id, a)| (*id, a.to_string())).collect(),
+            replicas: self.0.status(),
+            durability: c.durability.name().into(),
+        })
+    }
+}
+
+struct PeerImpl(Rc<Inner>);
+
+impl RaftPeer for PeerImpl {
+    async fn deliver(
+        &self,
+        _ctx: &CallContext,
+        from: &Archived<u64>,
+        messages: &Archived<Vec<(u64, Vec<u8>)>>,
+    ) -> Result<(), Status> {
+        let from = from.to_native();
+        if !self.0.config.nodes.contains_key(&from) {
+            return Err(Status::application(format!("unknown node {from}")));
+        }
+        self.0.deliver(from, owned::<Vec<(u64, Vec<u8>)>>(messages)?);
+        Ok(())
+    }
+}

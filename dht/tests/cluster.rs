@@ -1,0 +1,199 @@
+//! A table of three nodes in one process (each node on its own core, durable on its own
+//! temporary directory), driven through the client library over loopback rpc.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::time::{Duration, Instant};
+
+use multispace_dht::client::{ClientConfig, DhtClient, DhtError};
+use multispace_dht::command::{LimitError, Op, WriteResult, MAX_KEY_BYTES, MAX_VALUE_BYTES};
+use multispace_dht::maps::Maps;
+use multispace_dht::server::{DhtConfig, Durability};
+use multispace_dht::thread::DhtThread;
+use multispace_rpc::runtime::time::sleep;
+use multispace_rpc::LocalRuntime;
+
+struct Cluster {
+    configs: BTreeMap<u64, DhtConfig>,
+    nodes: BTreeMap<u64, DhtThread>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+fn free_addrs(n: usize) -> Vec<SocketAddr> {
+    let listeners: Vec<TcpListener> = (0..n).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    listeners.iter().map(|l| l.local_addr().unwrap()).collect()
+}
+
+impl Cluster {
+    fn start(n: u64, partitions: u32, durability: Durability) -> Cluster {
+        let addrs = free_addrs(n as usize);
+        let nodes: BTreeMap<u64, SocketAddr> = (1..=n).zip(addrs).collect();
+        let ids: Vec<u64> = nodes.keys().copied().collect();
+        let maps = Maps::even(&ids, partitions, 3.min(n as usize)).unwrap();
+        let mut dirs = Vec::new();
+        let mut configs = BTreeMap::new();
+        for &id in &ids {
+            let mut c = DhtConfig::new(id, nodes.clone(), maps.clone(), durability);
+            if durability == Durability::Durable {
+                let d = tempfile::tempdir().unwrap();
+                c.data_dir = Some(d.path().to_path_buf());
+                dirs.push(d);
+            }
+            configs.insert(id, c);
+        }
+        let nodes = configs.iter().map(|(id, c)| (*id, DhtThread::start(c.clone()).unwrap())).collect();
+        Cluster { configs, nodes, _dirs: dirs }
+    }
+
+    fn client(&self) -> DhtClient {
+        let any = self.configs.values().next().unwrap();
+        DhtClient::new(any.maps.clone(), any.nodes.clone(), ClientConfig::default())
+    }
+
+    fn leader_of(&self, group: u64) -> Option<u64> {
+        self.nodes
+            .iter()
+            .filter(|(_, t)| t.is_alive())
+            .flat_map(|(id, t)| t.status().into_iter().map(move |s| (*id, s)))
+            .filter(|(_, s)| s.group == group && s.role == "leader")
+            .max_by_key(|(_, s)| s.term)
+            .map(|(id, _)| id)
+    }
+
+    fn restart(&mut self, id: u64) {
+        let t = DhtThread::start(self.configs[&id].clone()).unwrap();
+        self.nodes.insert(id, t);
+    }
+}
+
+fn rt() -> LocalRuntime {
+    LocalRuntime::new(Default::default()).unwrap()
+}
+
+/// Two keys of the same partition, and one of another.
+fn keys(maps: &Maps) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    let k1 = b"k-0".to_vec();
+    let g = maps.group_of(&k1).id;
+    let same = (1..).map(|i| format!("k-{i}").into_bytes()).find(|k| maps.group_of(k).id == g).unwrap();
+    let other = (1..).map(|i| format!("k-{i}").into_bytes()).find(|k| maps.group_of(k).id != g).unwrap();
+    (k1, same, other)
+}
+
+#[test]
+fn operations_work_and_bad_requests_get_clear_errors() {
+    let cluster = Cluster::start(3, 4, Durability::Durable);
+    let client = cluster.client();
+    let (k1, k2, other) = keys(&client.maps());
+    rt().block_on(async {
+        assert_eq!(client.get(b"absent").await.unwrap(), None);
+        client.put(&k1, b"one").await.unwrap();
+        assert_eq!(client.get(&k1).await.unwrap().as_deref(), Some(&b"one"[..]));
+        assert_eq!(client.cas(&k1, Some(b"one"), Some(b"two")).await.unwrap(), Ok(()));
+        assert_eq!(client.cas(&k1, Some(b"one"), Some(b"three")).await.unwrap(), Err(Some(b"two".to_vec())));
+        assert_eq!(client.cas(&k2, None, Some(b"new")).await.unwrap(), Ok(()));
+        // An atomic batch in one partition: all or nothing.
+        let failing = vec![
+            Op::Put { key: k2.clone(), value: b"changed".to_vec() },
+            Op::Cas { key: k1.clone(), expected: Some(b"wrong".to_vec()), new: None },
+        ];
+        assert!(matches!(client.batch(failing).await.unwrap(), WriteResult::CompareFailed { index: 1, .. }));
+        assert_eq!(client.get(&k2).await.unwrap().as_deref(), Some(&b"new"[..]));
+        let ok = vec![Op::Delete { key: k1.clone() }, Op::Put { key: k2.clone(), value: b"changed".to_vec() }];
+        assert_eq!(client.batch(ok).await.unwrap(), WriteResult::Applied);
+        assert_eq!(client.get(&k1).await.unwrap(), None);
+        assert_eq!(client.get_stale(&k2).await.map(|v| v.is_some()), Ok(true));
+        // Bad requests.
+        let cross = vec![Op::Delete { key: k1.clone() }, Op::Delete { key: other.clone() }];
+        assert_eq!(client.batch(cross).await, Err(DhtError::CrossGroup));
+        let big_key = vec![b'k'; MAX_KEY_BYTES + 1];
+        assert_eq!(
+            client.put(&big_key, b"v").await,
+            Err(DhtError::Limit(LimitError::KeyTooLarge { len: MAX_KEY_BYTES + 1 }))
+        );
+        assert_eq!(
+            client.get(&big_key).await,
+            Err(DhtError::Limit(LimitError::KeyTooLarge { len: MAX_KEY_BYTES + 1 }))
+        );
+        let big_value = vec![0; MAX_VALUE_BYTES + 1];
+        assert_eq!(
+            client.put(b"k", &big_value).await,
+            Err(DhtError::Limit(LimitError::ValueTooLarge { len: MAX_VALUE_BYTES + 1 }))
+        );
+        // A value at the limit goes through.
+        client.put(b"big", &vec![7; MAX_VALUE_BYTES]).await.unwrap();
+        assert_eq!(client.get(b"big").await.unwrap().map(|v| v.len()), Some(MAX_VALUE_BYTES));
+    });
+}
+
+#[test]
+fn writes_continue_when_a_leader_dies_and_it_recovers_from_disk() {
+    let mut cluster = Cluster::start(3, 2, Durability::Durable);
+    let client = cluster.client();
+    let rt = rt();
+    rt.block_on(async {
+        for i in 0..200 {
+            client.put(format!("before-{i}").as_bytes(), format!("v{i}").as_bytes()).await.unwrap();
+        }
+    });
+    let group = client.maps().group_of(b"before-0").id;
+    let leader = cluster.leader_of(group).expect("a leader after 200 writes");
+    cluster.nodes.get_mut(&leader).unwrap().kill();
+    rt.block_on(async {
+        // The client finds the new leader by itself.
+        for i in 0..200 {
+            client.put(format!("after-{i}").as_bytes(), format!("v{i}").as_bytes()).await.unwrap();
+        }
+        for i in 0..200 {
+            let want = format!("v{i}").into_bytes();
+            assert_eq!(client.get(format!("before-{i}").as_bytes()).await.unwrap(), Some(want.clone()));
+            assert_eq!(client.get(format!("after-{i}").as_bytes()).await.unwrap(), Some(want));
+        }
+    });
+    assert_ne!(cluster.leader_of(group), Some(leader));
+    // The dead node comes back from its log and catches up on what it missed.
+    cluster.restart(leader);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    rt.block_on(async {
+        loop {
+            let statuses = cluster.nodes[&leader].status();
+            let leader_now = cluster.leader_of(group).unwrap();
+            let target = cluster.nodes[&leader_now].status().into_iter().find(|s| s.group == group).unwrap();
+            let mine = statuses.into_iter().find(|s| s.group == group).unwrap();
+            if mine.applied >= target.applied && mine.keys == target.keys {
+                break;
+            }
+            assert!(Instant::now() < deadline, "node {leader} did not catch up: {mine:?} vs {target:?}");
+            sleep(Duration::from_millis(20)).await;
+        }
+    });
+}
+
+#[test]
+fn many_clients_at_once_and_memory_mode() {
+    let cluster = Cluster::start(3, 4, Durability::Memory);
+    let rt = rt();
+    let clients: Vec<DhtClient> = (0..16).map(|_| cluster.client()).collect();
+    rt.block_on(async {
+        let tasks: Vec<_> = clients
+            .iter()
+            .cloned()
+            .enumerate()
+            .map(|(c, client)| {
+                multispace_rpc::spawn(async move {
+                    for i in 0..50 {
+                        client.put(format!("c{c}-{i}").as_bytes(), &[c as u8; 500]).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await;
+        }
+        for c in 0..16 {
+            for i in 0..50 {
+                let v = clients[0].get(format!("c{c}-{i}").as_bytes()).await.unwrap();
+                assert_eq!(v, Some(vec![c as u8; 500]));
+            }
+        }
+    });
+}

@@ -1,0 +1,3 @@
+pub trait Kv {
+    async fn get(&self, #[key] __affinity: String) -> String;
+}
