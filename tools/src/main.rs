@@ -3,6 +3,7 @@
 
 mod cluster;
 mod demo;
+mod dht;
 mod node;
 
 use clap::{Parser, Subcommand};
@@ -21,6 +22,8 @@ enum Command {
     Cluster(cluster::ClusterArgs),
     /// One node process (what `cluster` starts), until killed.
     Node(node::NodeArgs),
+    /// The replicated table: run a node, or get/put/del/cas/stat as a client.
+    Dht(dht::DhtArgs),
     /// Ping-pong null calls between two cores on loopback and print their latency.
     Demo(demo::DemoArgs),
 }
@@ -34,5 +37,6 @@ fn main() -> anyhow::Result<()> {
         Command::Cluster(args) => cluster::run(args),
         Command::Node(args) => node::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Dht(args) => dht::run(args),
     }
 }

@@ -1,0 +1,275 @@
+//! `multispace dht`: a replicated-table node process, and a command-line client of the table.
+//!
+//! ```text
+//! multispace dht serve --id 1 --nodes 1=127.0.0.1:7101,2=127.0.0.1:7102,3=127.0.0.1:7103 --data-dir /tmp/n1
+//! multispace dht put greeting hello --seeds 127.0.0.1:7101
+//! multispace dht get greeting --seeds 127.0.0.1:7101
+//! multispace dht stat --seeds 127.0.0.1:7101 -o json
+//! ```
+//! Exit codes: 0 done, 1 error, 3 key not found (`get`), 4 compare failed (`cas`).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use multispace_dht::client::{ClientConfig, DhtClient};
+use multispace_dht::maps::Maps;
+use multispace_dht::server::{DhtConfig, DhtServer, Durability};
+use multispace_rpc::{Config, LocalRuntime};
+
+#[derive(clap::Args, Debug)]
+pub struct DhtArgs {
+    #[command(subcommand)]
+    command: DhtCommand,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum DhtCommand {
+    /// Run a table node until killed.
+    Serve(ServeArgs),
+    /// Print the value of a key (exit code 3 if absent).
+    Get {
+        key: String,
+        /// Any replica's value, possibly stale, instead of a linearizable read.
+        #[arg(long)]
+        stale: bool,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Store a value under a key.
+    Put {
+        key: String,
+        value: String,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Remove a key.
+    Del {
+        key: String,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Set a key to NEW only if it holds EXPECTED ("" for absent); exit code 4 if it did not.
+    Cas {
+        key: String,
+        expected: String,
+        new: String,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Every node's replicas: role, term, leader, applied index, keys.
+    Stat {
+        /// Output format.
+        #[arg(short = 'o', long = "output", default_value = "table")]
+        output: Output,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(clap::Args, Debug)]
+struct ConnArgs {
+    /// Nodes to learn the cluster from (comma-separated `ip:port`).
+    #[arg(long, env = "MULTISPACE_DHT_SEEDS", value_delimiter = ',', default_value = "127.0.0.1:7101")]
+    seeds: Vec<SocketAddr>,
+    /// Give up after this many milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    timeout_ms: u64,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// This node's id.
+    #[arg(long)]
+    pub id: u64,
+    /// Every node of the table as `id=ip:port`, comma-separated (the same list on every node).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub nodes: Vec<String>,
+    /// Partitions (replica groups) the key space is split into.
+    #[arg(long, default_value_t = 4)]
+    pub partitions: u32,
+    /// Replicas per partition.
+    #[arg(long, default_value_t = 3)]
+    pub replicas: usize,
+    /// Where the log and snapshots live; writes are acknowledged once a majority fsynced.
+    #[arg(long, conflicts_with = "memory")]
+    pub data_dir: Option<PathBuf>,
+    /// Keep everything in memory: writes are acknowledged once a majority holds them. A node
+    /// restarted in this mode has lost its state and must not rejoin under its old id.
+    #[arg(long)]
+    pub memory: bool,
+    /// Raft tick in milliseconds (elections after 10-20 ticks without a leader).
+    #[arg(long, default_value_t = 20)]
+    pub tick_ms: u64,
+}
+
+impl ServeArgs {
+    pub fn config(&self) -> anyhow::Result<DhtConfig> {
+        let mut nodes = BTreeMap::new();
+        for n in &self.nodes {
+            let (id, addr) = n.split_once('=').with_context(|| format!("`{n}` is not id=ip:port"))?;
+            let id: u64 = id.parse().with_context(|| format!("node id in `{n}`"))?;
+            let addr: SocketAddr = addr.parse().with_context(|| format!("address in `{n}`"))?;
+            nodes.insert(id, addr);
+        }
+        let ids: Vec<u64> = nodes.keys().copied().collect();
+        let maps = Maps::even(&ids, self.partitions, self.replicas)?;
+        let durability = match (&self.data_dir, self.memory) {
+            (Some(_), _) => Durability::Durable,
+            (None, true) => Durability::Memory,
+            (None, false) => bail!("say where the data lives (--data-dir DIR) or choose --memory"),
+        };
+        let mut config = DhtConfig::new(self.id, nodes, maps, durability);
+        config.data_dir = self.data_dir.clone();
+        config.tick = Duration::from_millis(self.tick_ms);
+        Ok(config)
+    }
+}
+
+fn rt() -> anyhow::Result<LocalRuntime> {
+    LocalRuntime::new(Config::default()).context("starting the runtime")
+}
+
+async fn client(conn: &ConnArgs) -> anyhow::Result<DhtClient> {
+    let config = ClientConfig {
+        deadline: Duration::from_millis(conn.timeout_ms),
+        attempt_timeout: Duration::from_millis(conn.timeout_ms.min(3000)),
+    };
+    Ok(DhtClient::connect(&conn.seeds, config).await?)
+}
+
+fn print_value(v: &[u8]) {
+    match std::str::from_utf8(v) {
+        Ok(s) => println!("{s}"),
+        Err(_) => println!("{v:?}"),
+    }
+}
+
+pub fn run(args: DhtArgs) -> anyhow::Result<()> {
+    match args.command {
+        DhtCommand::Serve(s) => serve(s),
+        DhtCommand::Get { key, stale, conn } => rt()?.block_on(async move {
+            let c = client(&conn).await?;
+            let v = if stale { c.get_stale(key.as_bytes()).await? } else { c.get(key.as_bytes()).await? };
+            match v {
+                Some(v) => print_value(&v),
+                None => {
+                    eprintln!("{key}: not found");
+                    std::process::exit(3);
+                }
+            }
+            Ok(())
+        }),
+        DhtCommand::Put { key, value, conn } => rt()?.block_on(async move {
+            client(&conn).await?.put(key.as_bytes(), value.as_bytes()).await?;
+            Ok(())
+        }),
+        DhtCommand::Del { key, conn } => rt()?.block_on(async move {
+            client(&conn).await?.delete(key.as_bytes()).await?;
+            Ok(())
+        }),
+        DhtCommand::Cas { key, expected, new, conn } => rt()?.block_on(async move {
+            let expected = (!expected.is_empty()).then_some(expected.as_bytes());
+            match client(&conn).await?.cas(key.as_bytes(), expected, Some(new.as_bytes())).await? {
+                Ok(()) => Ok(()),
+                Err(current) => {
+                    eprintln!("{key}: compare failed, it holds {:?}", current.map(|v| String::from_utf8_lossy(&v).into_owned()));
+                    std::process::exit(4);
+                }
+            }
+        }),
+        DhtCommand::Stat { output, conn } => rt()?.block_on(stat(output, conn)),
+    }
+}
+
+async fn stat(output: Output, conn: ConnArgs) -> anyhow::Result<()> {
+    let c = client(&conn).await?;
+    let mut rows = Vec::new();
+    for (id, addr) in c.nodes() {
+        match DhtClient::view_of(addr, Duration::from_millis(conn.timeout_ms.min(2000))).await {
+            Ok(view) => rows.push((id, addr, Some(view))),
+            Err(_) => rows.push((id, addr, None)),
+        }
+    }
+    match output {
+        Output::Table => {
+            println!("{:<6} {:<22} {:<6} {:<14} {:>6} {:>7} {:>10} {:>8}", "NODE", "ADDRESS", "GROUP", "ROLE", "TERM", "LEADER", "APPLIED", "KEYS");
+            for (id, addr, view) in &rows {
+                match view {
+                    None => println!("{id:<6} {:<22} {:<6} {:<14}", addr.to_string(), "-", "unreachable"),
+                    Some(v) => {
+                        for r in &v.replicas {
+                            let leader = r.leader.map_or("-".to_string(), |l| l.to_string());
+                            println!(
+                                "{id:<6} {:<22} {:<6} {:<14} {:>6} {:>7} {:>10} {:>8}",
+                                addr.to_string(),
+                                r.group,
+                                r.role,
+                                r.term,
+                                leader,
+                                r.applied,
+                                r.keys
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        Output::Json => {
+            let nodes: Vec<String> = rows
+                .iter()
+                .map(|(id, addr, view)| match view {
+                    None => format!(r#"{{"node":{id},"address":"{addr}","reachable":false}}"#),
+                    Some(v) => {
+                        let replicas: Vec<String> = v
+                            .replicas
+                            .iter()
+                            .map(|r| {
+                                format!(
+                                    r#"{{"group":{},"role":"{}","term":{},"leader":{},"applied":{},"last_index":{},"keys":{},"voters":{:?},"learners":{:?}}}"#,
+                                    r.group,
+                                    r.role,
+                                    r.term,
+                                    r.leader.map_or("null".to_string(), |l| l.to_string()),
+                                    r.applied,
+                                    r.last_index,
+                                    r.keys,
+                                    r.voters,
+                                    r.learners
+                                )
+                            })
+                            .collect();
+                        format!(
+                            r#"{{"node":{id},"address":"{addr}","reachable":true,"durability":"{}","replicas":[{}]}}"#,
+                            v.durability,
+                            replicas.join(",")
+                        )
+                    }
+                })
+                .collect();
+            println!("[{}]", nodes.join(","));
+        }
+    }
+    Ok(())
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = args.config()?;
+    let rt = rt()?;
+    rt.block_on(async move {
+        let server = DhtServer::start(config).context("starting the table node")?;
+        println!("dht node {}: serving at {}", args.id, server.local_addr());
+        // Serve until killed.
+        std::future::pending::<()>().await;
+        drop(server);
+        Ok(())
+    })
+}
