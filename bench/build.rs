@@ -4,6 +4,7 @@
 
 fn main() {
     println!("cargo:rerun-if-changed=proto/table1.proto");
+    println!("cargo:rerun-if-changed=proto/etcd_kv.proto");
     println!("cargo:rerun-if-changed=schema/table1.capnp");
     println!("cargo:rustc-check-cfg=cfg(has_capnp)");
     #[cfg(feature = "capnp")]
@@ -28,7 +29,7 @@ fn main() {
         let mut config = prost_build::Config::new();
         config.protoc_executable(protoc_bin_vendored::protoc_bin_path().expect("vendored protoc"));
         tonic_prost_build::configure()
-            .compile_with_config(config, &["proto/table1.proto"], &["proto"])
-            .expect("compile table1.proto");
+            .compile_with_config(config, &["proto/table1.proto", "proto/etcd_kv.proto"], &["proto"])
+            .expect("compile the protos");
     }
 }

@@ -19,6 +19,8 @@ pub mod peers;
 pub mod raw;
 pub mod report;
 pub mod shapes;
+#[cfg(feature = "tonic")]
+pub mod table;
 pub mod table2;
 // setsockopt and sysconf for the raw floors.
 #[allow(unsafe_code)]

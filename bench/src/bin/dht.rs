@@ -1,0 +1,127 @@
+//! The replicated table against etcd and Redis: 500-byte puts and gets with 50 concurrent
+//! clients, single-client latency, and leader failover; markdown and JSON.
+//!
+//! `bash bench/table.sh [--quick] [--json PATH]` (installs etcd and Redis from Debian's
+//! packages, then runs `cargo run --release -p multispace-bench --bin dht -- ...`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use multispace_bench::table::{put_get_rows, Etcd, OurTable, Redis, TableRow, Workload};
+use multispace_dht::server::Durability;
+use serde::Serialize;
+
+#[derive(Parser)]
+struct Args {
+    /// Smoke run: 1 s phases, fewer keys, 3 failovers.
+    #[arg(long)]
+    quick: bool,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 50)]
+    clients: usize,
+    /// Seconds per throughput phase.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Leader kills to time.
+    #[arg(long, default_value_t = 10)]
+    failovers: usize,
+    /// Where servers keep their data (a real disk: fsync must cost what it costs).
+    #[arg(long, default_value = "target/dht-bench")]
+    data: PathBuf,
+    /// Write the summary as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Serialize)]
+struct Summary {
+    rows: Vec<TableRow>,
+    failover_ms: Vec<f64>,
+    skipped: Vec<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let w = Workload {
+        clients: args.clients,
+        duration: Duration::from_secs_f64(if args.quick { 1.0 } else { args.seconds }),
+        value_bytes: 500,
+        keys: if args.quick { 2_000 } else { 10_000 },
+        single_ops: if args.quick { 300 } else { 2_000 },
+    };
+    std::fs::create_dir_all(&args.data)?;
+    let data = args.data.canonicalize()?;
+    let mut rows = Vec::new();
+    let mut skipped = Vec::new();
+    let mut failover_ms = Vec::new();
+
+    for (name, durability) in [("multispace durable", Durability::Durable), ("multispace memory", Durability::Memory)] {
+        let mut t = OurTable::start(durability, &data)?;
+        rows.extend(put_get_rows(name, &w, &|op, c, d, n| Ok(t.measure(op, c, d, n, &w)), &|| {
+            t.preload(&w);
+            Ok(())
+        })?);
+        if durability == Durability::Durable {
+            let kills = if args.quick { 3 } else { args.failovers };
+            for _ in 0..kills {
+                let d = t.failover()?;
+                eprintln!("failover: first acknowledged put {:.0} ms after killing the leader", d.as_secs_f64() * 1e3);
+                failover_ms.push(d.as_secs_f64() * 1e3);
+            }
+        }
+    }
+    match Etcd::start(&data)? {
+        Some(e) => rows
+            .extend(put_get_rows("etcd 3 members", &w, &|op, c, d, n| e.measure(op, c, d, n, &w), &|| e.preload(&w))?),
+        None => skipped.push("etcd (not installed: apt-get install etcd-server)".to_string()),
+    }
+    for (name, aof) in [("redis appendfsync always", true), ("redis no persistence", false)] {
+        match Redis::start(&data, aof)? {
+            Some(r) => {
+                rows.extend(put_get_rows(name, &w, &|op, c, d, n| r.measure(op, c, d, n, &w), &|| r.preload(&w))?)
+            }
+            None => skipped.push(format!("{name} (not installed: apt-get install redis-server)")),
+        }
+    }
+
+    println!("| system | op | clients | ops/s | p50 µs | p99 µs | 1-client p50 µs | 1-client p99 µs |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for r in &rows {
+        println!(
+            "| {} | {:?} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            r.system, r.op, r.clients, r.ops_per_s, r.p50_us, r.p99_us, r.single_p50_us, r.single_p99_us
+        );
+    }
+    let rate =
+        |sys: &str, op: &str| rows.iter().find(|r| r.system == sys && format!("{:?}", r.op) == op).map(|r| r.ops_per_s);
+    let ratio = |a: Option<f64>, b: Option<f64>| a.zip(b).map_or("n/a".to_string(), |(a, b)| format!("{:.2}x", a / b));
+    println!();
+    println!("durable puts vs etcd: {}", ratio(rate("multispace durable", "Put"), rate("etcd 3 members", "Put")));
+    println!(
+        "durable puts vs redis appendfsync always: {}",
+        ratio(rate("multispace durable", "Put"), rate("redis appendfsync always", "Put"))
+    );
+    println!(
+        "memory puts vs redis no persistence: {}",
+        ratio(rate("multispace memory", "Put"), rate("redis no persistence", "Put"))
+    );
+    if !failover_ms.is_empty() {
+        let mut f = failover_ms.clone();
+        f.sort_by(f64::total_cmp);
+        println!(
+            "failover (kill leader -> first acknowledged put), {} kills: median {:.0} ms, max {:.0} ms",
+            f.len(),
+            f[f.len() / 2],
+            f[f.len() - 1]
+        );
+    }
+    for s in &skipped {
+        println!("skipped: {s}");
+    }
+    if let Some(path) = args.json {
+        std::fs::write(&path, serde_json::to_string_pretty(&Summary { rows, failover_ms, skipped })?)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
