@@ -284,3 +284,57 @@ mod tests {
         }
     }
 }
+
+/// A disk job: runs on the disk thread with the disk.
+type Job = Box<dyn FnOnce(&mut Disk) + Send>;
+
+/// The node's disk on a thread of its own, so a core never blocks in fdatasync: while one
+/// batch syncs, the core keeps sending (a leader's appends go out before its own write
+/// completes, as raft allows), receiving and queueing the next batch.
+#[derive(Debug)]
+pub struct DiskWorker {
+    tx: Option<std::sync::mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    fsyncs: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl DiskWorker {
+    /// Moves `disk` to a new thread.
+    pub fn spawn(mut disk: Disk, name: String) -> io::Result<DiskWorker> {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let fsyncs = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(disk.fsyncs()));
+        let counter = fsyncs.clone();
+        let thread = std::thread::Builder::new().name(name).spawn(move || {
+            for job in rx {
+                job(&mut disk);
+                counter.store(disk.fsyncs(), std::sync::atomic::Ordering::Relaxed);
+            }
+        })?;
+        Ok(DiskWorker { tx: Some(tx), thread: Some(thread), fsyncs })
+    }
+
+    /// Runs `f` with the disk on its thread and waits (without blocking the core) for its
+    /// result; `None` if the disk thread is gone.
+    pub async fn run<R: Send + 'static>(&self, f: impl FnOnce(&mut Disk) -> R + Send + 'static) -> Option<R> {
+        let (tx, rx) = futures_channel::oneshot::channel();
+        let job: Job = Box::new(move |d| {
+            let _ = tx.send(f(d));
+        });
+        self.tx.as_ref()?.send(job).ok()?;
+        rx.await.ok()
+    }
+
+    /// fdatasyncs done so far.
+    pub fn fsyncs(&self) -> u64 {
+        self.fsyncs.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for DiskWorker {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

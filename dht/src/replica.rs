@@ -5,11 +5,17 @@
 //! The caller's loop, per turn:
 //! 1. feed inputs: [`Replica::step`] for messages, [`Replica::tick`] on its timer,
 //!    [`Replica::propose`] and [`Replica::read`] for clients;
-//! 2. [`Replica::ready`]: send [`ReplicaReady::messages`] at once, write
-//!    [`ReplicaReady::records`] (and save [`ReplicaReady::snapshot_to_save`]) to disk —
-//!    batched with other groups' records under one sync;
-//! 3. after the sync, [`Replica::advance`]: send its messages, answer the writes and reads
-//!    it reports, save any snapshot it took.
+//! 2. [`Replica::ready`]: send [`ReplicaReady::messages`] at once, answer the writes and reads
+//!    it reports, and write [`ReplicaReady::records`] (after saving
+//!    [`ReplicaReady::snapshot_to_save`]) to disk — batched with other groups' records under
+//!    one sync, which may take its time: the replica keeps taking inputs meanwhile;
+//! 3. once those records are durable, [`Replica::persisted`], then send
+//!    [`ReplicaReady::persisted_messages`] (votes and acknowledgements must not go out before
+//!    what they promise is on disk).
+//!
+//! This is raft-rs's asynchronous ready protocol (`advance_append_async` and
+//! `on_persist_ready`): committed entries a ready hands out are already durable on a majority,
+//! so they are applied at once, and a leader's appends leave before its own write completes.
 
 use std::collections::VecDeque;
 
@@ -81,34 +87,36 @@ pub struct ReadReady {
     pub id: u64,
 }
 
-/// The first half of a turn: what to send now and what to make durable.
-#[derive(Debug)]
+/// What a turn asks of the caller.
+#[derive(Debug, Default)]
 pub struct ReplicaReady {
-    raw: raft::Ready,
+    number: u64,
     /// Send now (a leader's appends may go out before its own write completes).
     pub messages: Vec<Message>,
-    /// Write to the log, then sync, before calling [`Replica::advance`].
+    /// Write to the log; call [`Replica::persisted`] with [`ReplicaReady::number`] once durable.
     pub records: Vec<Record>,
     /// A snapshot from the leader: save it (durably) before the records, which refer to it.
     pub snapshot_to_save: Option<Snapshot>,
-}
-
-/// The second half of a turn.
-#[derive(Debug, Default)]
-pub struct Advanced {
-    /// Send now.
-    pub messages: Vec<Message>,
+    /// Send only after `records` are durable.
+    pub persisted_messages: Vec<Message>,
     /// Writes that took effect, in log order: answer whoever waits on `(client, seq)`.
     pub applied: Vec<Applied>,
     /// Reads that may now be served.
     pub reads: Vec<ReadReady>,
-    /// A snapshot this replica took of its own state: save it, then write `records` (the current
-    /// hard state) and let the log drop what the snapshot covers.
-    pub snapshot_to_save: Option<Snapshot>,
-    /// Records to write after the snapshot (not urgent: no sync needed before acting).
-    pub records: Vec<Record>,
     /// The role or leader changed: fail waiting requests that need a leader here.
     pub role_changed: Option<(StateRole, Option<NodeId>)>,
+    /// A snapshot this replica took of its own state: save it, then write `local_records` (the
+    /// hard state), then let the log release what the snapshot covers. Not urgent.
+    pub local_snapshot: Option<Snapshot>,
+    /// Records to write after `local_snapshot`.
+    pub local_records: Vec<Record>,
+}
+
+impl ReplicaReady {
+    /// The ready's number, for [`Replica::persisted`].
+    pub fn number(&self) -> u64 {
+        self.number
+    }
 }
 
 /// One replica of one group.
@@ -122,8 +130,10 @@ pub struct Replica {
     /// Reads waiting for their read index to be applied: (index, id).
     reads: VecDeque<(u64, u64)>,
     last_role: (StateRole, u64),
-    /// A snapshot taken between turns, reported at the next [`Replica::advance`].
+    /// A snapshot taken between turns, reported by the next [`Replica::ready`].
     snapshot_taken: Option<Snapshot>,
+    /// Per ready not yet persisted: the state machine's applied index after it.
+    apply_after_persist: VecDeque<(u64, u64)>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -213,6 +223,7 @@ impl Replica {
             reads: VecDeque::new(),
             last_role: (StateRole::Follower, 0),
             snapshot_taken: None,
+            apply_after_persist: VecDeque::new(),
         })
     }
 
@@ -350,7 +361,7 @@ impl Replica {
         Ok(())
     }
 
-    /// Proposes a write. Its answer arrives in a later [`Advanced::applied`], here or (after
+    /// Proposes a write. Its answer arrives in a later [`ReplicaReady::applied`], here or (after
     /// a leader change) not at all: the client retries with the same sequence number.
     pub fn propose(&mut self, cmd: &Command) -> Result<(), ProposeError> {
         self.check_leader()?;
@@ -361,7 +372,7 @@ impl Replica {
         self.raw.propose(Vec::new(), command::encode(cmd)).map_err(|e| ProposeError::Dropped(e.to_string()))
     }
 
-    /// Starts a linearizable read: once a later [`Advanced::reads`] names `id`, the state
+    /// Starts a linearizable read: once a later [`ReplicaReady::reads`] names `id`, the state
     /// machine reflects every write acknowledged before this call.
     pub fn read(&mut self, id: u64) -> Result<(), ProposeError> {
         self.check_leader()?;
@@ -375,25 +386,23 @@ impl Replica {
         self.raw.propose_conf_change(Vec::new(), cc).map_err(|e| ProposeError::Dropped(e.to_string()))
     }
 
-    /// The first half of a turn, if raft has anything to do.
+    /// A turn, if raft has anything to do: see the module docs.
     pub fn ready(&mut self) -> Option<ReplicaReady> {
         if !self.raw.has_ready() {
             return None;
         }
         let mut rd = self.raw.ready();
-        let messages = rd.take_messages();
-        let mut records = Vec::new();
-        let mut snapshot_to_save = None;
+        let mut out = ReplicaReady { number: rd.number(), messages: rd.take_messages(), ..ReplicaReady::default() };
         if !rd.snapshot().is_empty() {
             let snap = rd.snapshot().clone();
             match StateMachine::restore(snap.get_data()) {
                 Ok(sm) => {
                     self.sm = sm;
-                    records.push(Record::Installed(snap.get_metadata().clone()));
+                    out.records.push(Record::Installed(snap.get_metadata().clone()));
                     self.log.install(snap.clone());
-                    snapshot_to_save = Some(snap);
+                    out.snapshot_to_save = Some(snap);
                 }
-                // A leader sent state we cannot read: keep ours; raft will retry.
+                // A leader sent state we cannot read: keep ours and say so loudly.
                 Err(e) => tracing::error!(group = self.group, error = %e, "refusing an undecodable snapshot"),
             }
         }
@@ -401,28 +410,21 @@ impl Replica {
             if let Err(e) = self.log.append(rd.entries()) {
                 tracing::error!(group = self.group, error = %e, "raft handed entries that do not continue the log");
             }
-            records.push(Record::Entries(rd.take_entries()));
+            out.records.push(Record::Entries(rd.take_entries()));
         }
         if let Some(hs) = rd.hs() {
             self.log.set_hard_state(hs.clone());
-            records.push(Record::HardState(hs.clone()));
+            out.records.push(Record::HardState(hs.clone()));
         }
-        Some(ReplicaReady { raw: rd, messages, records, snapshot_to_save })
-    }
-
-    /// The second half of a turn, after the ready's records are durable.
-    pub fn advance(&mut self, mut ready: ReplicaReady) -> Advanced {
-        let mut out = Advanced { messages: ready.raw.take_persisted_messages(), ..Advanced::default() };
-        let committed = ready.raw.take_committed_entries();
-        let read_states = ready.raw.take_read_states();
+        out.persisted_messages = rd.take_persisted_messages();
+        // Committed entries handed out here are durable on a majority: apply them now.
+        let committed = rd.take_committed_entries();
+        let read_states = rd.take_read_states();
         self.apply(committed, &mut out);
-        let mut light = self.raw.advance(ready.raw);
-        if let Some(commit) = light.commit_index() {
-            self.log.set_commit(commit);
-        }
-        out.messages.extend(light.take_messages());
-        self.apply(light.take_committed_entries(), &mut out);
-        self.raw.advance_apply();
+        self.raw.advance_append_async(rd);
+        // raft-rs lets its applied index pass only what is persisted here too (a snapshot
+        // ready is not, until its write completes): tell it after `persisted`.
+        self.apply_after_persist.push_back((out.number, self.sm.applied()));
         for rs in read_states {
             let id = rs.request_ctx.get(..8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_le_bytes);
             self.reads.push_back((rs.index, id));
@@ -445,13 +447,36 @@ impl Replica {
         }
         self.maybe_snapshot();
         if let Some(snap) = self.snapshot_taken.take() {
-            out.snapshot_to_save = Some(snap);
-            out.records.push(Record::HardState(self.log.hard_state()));
+            out.local_snapshot = Some(snap);
+            out.local_records.push(Record::HardState(self.log.hard_state()));
         }
-        out
+        Some(out)
     }
 
-    fn apply(&mut self, entries: Vec<Entry>, out: &mut Advanced) {
+    /// Whether raft has something for a turn.
+    pub fn has_ready(&self) -> bool {
+        self.raw.has_ready()
+    }
+
+    /// The records of ready `number` (and of every ready before it) are durable.
+    pub fn persisted(&mut self, number: u64) {
+        self.raw.on_persist_ready(number);
+        let mut applied = None;
+        while let Some(&(n, a)) = self.apply_after_persist.front() {
+            if n > number {
+                break;
+            }
+            applied = Some(a);
+            self.apply_after_persist.pop_front();
+        }
+        if let Some(a) = applied {
+            if a > self.raw.raft.raft_log.applied {
+                self.raw.advance_apply_to(a);
+            }
+        }
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>, out: &mut ReplicaReady) {
         for e in entries {
             match e.get_entry_type() {
                 EntryType::EntryNormal if !e.data.is_empty() => {

@@ -32,7 +32,7 @@ use raft::StateRole;
 use crate::api::peer::{self, RaftPeer, RaftPeerClient};
 use crate::api::table::{self, ClusterView, ReadAnswer, Refusal, ReplicaStatus, Table, WriteAnswer};
 use crate::command::{check_key, check_ops, Command, Op};
-use crate::disk::{Disk, DiskError};
+use crate::disk::{Disk, DiskError, DiskWorker};
 use crate::maps::{GroupId, Maps, NodeId};
 use crate::replica::{ProposeError, Replica, ReplicaConfig, StartError};
 
@@ -146,6 +146,15 @@ impl Notify {
     }
 }
 
+/// One group's share of a turn's disk write.
+struct Write {
+    group: GroupId,
+    snapshot: Option<raft::eraftpb::Snapshot>,
+    records: Vec<crate::storage::Record>,
+    local_snapshot: Option<raft::eraftpb::Snapshot>,
+    local_records: Vec<crate::storage::Record>,
+}
+
 /// Raft messages waiting to go to one peer.
 #[derive(Debug, Default)]
 struct PeerLink {
@@ -166,7 +175,6 @@ struct GroupSlot {
 
 struct State {
     groups: BTreeMap<GroupId, GroupSlot>,
-    disk: Option<Disk>,
     next_read: u64,
     failed: Option<String>,
 }
@@ -174,6 +182,7 @@ struct State {
 struct Inner {
     config: DhtConfig,
     state: RefCell<State>,
+    disk: Option<DiskWorker>,
     wake: Notify,
     peers: BTreeMap<NodeId, PeerLink>,
 }
@@ -239,9 +248,17 @@ impl DhtServer {
             disk.sync()?;
         }
         let peers = config.nodes.keys().filter(|n| **n != id).map(|n| (*n, PeerLink::default())).collect();
+        let disk = match disk {
+            Some(d) => Some(
+                DiskWorker::spawn(d, format!("dht-disk-{id}"))
+                    .map_err(|e| ServerError::Config(format!("disk thread: {e}")))?,
+            ),
+            None => None,
+        };
         let inner = Rc::new(Inner {
             config,
-            state: RefCell::new(State { groups, disk, next_read: 1, failed: None }),
+            state: RefCell::new(State { groups, next_read: 1, failed: None }),
+            disk,
             wake: Notify::default(),
             peers,
         });
@@ -275,7 +292,7 @@ impl DhtServer {
 
     /// fdatasyncs done by its log (0 in memory mode).
     pub fn fsyncs(&self) -> u64 {
-        self.inner.state.borrow().disk.as_ref().map_or(0, Disk::fsyncs)
+        self.inner.disk.as_ref().map_or(0, DiskWorker::fsyncs)
     }
 }
 
@@ -326,9 +343,8 @@ impl Inner {
     }
 
     /// One turn; a disk error stops the node (fail-stop).
-    fn turn(&self) {
-        let result = self.try_turn();
-        if let Err(e) = result {
+    async fn turn(&self) {
+        if let Err(e) = self.try_turn().await {
             tracing::error!(node = self.config.id, error = %e, "disk failed: this node stops serving the table");
             let mut st = self.state.borrow_mut();
             let reason = format!("disk failed: {e}");
@@ -344,72 +360,116 @@ impl Inner {
         }
     }
 
-    fn try_turn(&self) -> Result<(), DiskError> {
-        let mut guard = self.state.borrow_mut();
-        let st = &mut *guard;
-        if st.failed.is_some() {
+    /// Runs `f` on the disk thread; a vanished disk thread is a disk failure.
+    async fn on_disk<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Disk) -> Result<R, DiskError> + Send + 'static,
+    ) -> Result<R, DiskError> {
+        let disk = self.disk.as_ref().expect("durable node");
+        disk.run(f).await.unwrap_or_else(|| {
+            Err(DiskError::Io { path: "disk thread".into(), source: std::io::Error::other("disk thread gone") })
+        })
+    }
+
+    async fn try_turn(&self) -> Result<(), DiskError> {
+        // Phase 1: every group's ready. Messages go out now; so do answers (what a ready
+        // applies is already durable on a majority).
+        let mut pending = Vec::new();
+        let mut writes: Vec<Write> = Vec::new();
+        {
+            let mut st = self.state.borrow_mut();
+            if st.failed.is_some() {
+                return Ok(());
+            }
+            for (gid, slot) in st.groups.iter_mut() {
+                let Some(mut rd) = slot.replica.ready() else { continue };
+                self.post(*gid, std::mem::take(&mut rd.messages));
+                for a in rd.applied.drain(..) {
+                    if let Some(tx) = slot.writes.remove(&(a.client, a.seq)) {
+                        let _ = tx.send(WriteAnswer::Done(a.result));
+                    }
+                }
+                for r in rd.reads.drain(..) {
+                    if let Some((key, tx)) = slot.reads.remove(&r.id) {
+                        let _ = tx.send(ReadAnswer::Value(slot.replica.state().get(&key).map(<[u8]>::to_vec)));
+                    }
+                }
+                if let Some((role, _)) = rd.role_changed {
+                    if role != StateRole::Leader {
+                        let redirect = Refusal::Redirect(self.group_view(*gid, slot.replica.leader()));
+                        for (_, tx) in slot.writes.drain() {
+                            let _ = tx.send(WriteAnswer::Refused(redirect.clone()));
+                        }
+                        for (_, (_, tx)) in slot.reads.drain() {
+                            let _ = tx.send(ReadAnswer::Refused(redirect.clone()));
+                        }
+                    }
+                }
+                if self.disk.is_some() {
+                    writes.push(Write {
+                        group: *gid,
+                        snapshot: rd.snapshot_to_save.take(),
+                        records: std::mem::take(&mut rd.records),
+                        local_snapshot: rd.local_snapshot.take(),
+                        local_records: std::mem::take(&mut rd.local_records),
+                    });
+                }
+                pending.push((*gid, rd.number(), std::mem::take(&mut rd.persisted_messages)));
+            }
+        }
+        if pending.is_empty() {
             return Ok(());
         }
-        let mut readies = Vec::new();
-        for (gid, slot) in st.groups.iter_mut() {
-            let Some(mut rd) = slot.replica.ready() else { continue };
-            self.post(*gid, std::mem::take(&mut rd.messages));
-            if let Some(disk) = st.disk.as_mut() {
-                if let Some(snap) = rd.snapshot_to_save.take() {
-                    disk.save_snapshot(*gid, &snap)?;
-                }
-                for r in &rd.records {
-                    disk.append(*gid, r)?;
-                }
-            }
-            readies.push((*gid, rd));
-        }
-        if let Some(disk) = st.disk.as_mut() {
-            disk.sync()?;
-        }
-        for (gid, rd) in readies {
-            let slot = st.groups.get_mut(&gid).expect("group of a ready");
-            let adv = slot.replica.advance(rd);
-            self.post(gid, adv.messages);
-            for a in adv.applied {
-                if let Some(tx) = slot.writes.remove(&(a.client, a.seq)) {
-                    let _ = tx.send(WriteAnswer::Done(a.result));
-                }
-            }
-            for r in adv.reads {
-                if let Some((key, tx)) = slot.reads.remove(&r.id) {
-                    let _ = tx.send(ReadAnswer::Value(slot.replica.state().get(&key).map(<[u8]>::to_vec)));
-                }
-            }
-            if let Some((role, _)) = adv.role_changed {
-                if role != StateRole::Leader {
-                    let redirect = Refusal::Redirect(self.group_view(gid, slot.replica.leader()));
-                    for (_, tx) in slot.writes.drain() {
-                        let _ = tx.send(WriteAnswer::Refused(redirect.clone()));
+        // Phase 2: one write and one fdatasync for every group, on the disk thread; the core
+        // meanwhile sends what was posted and takes in new requests.
+        if !writes.is_empty() {
+            self.on_disk(move |disk| {
+                for w in &writes {
+                    if let Some(snap) = &w.snapshot {
+                        disk.save_snapshot(w.group, snap)?;
                     }
-                    for (_, (_, tx)) in slot.reads.drain() {
-                        let _ = tx.send(ReadAnswer::Refused(redirect.clone()));
+                    for r in &w.records {
+                        disk.append(w.group, r)?;
                     }
                 }
-            }
-            if let Some(disk) = st.disk.as_mut() {
-                match adv.snapshot_to_save {
-                    Some(snap) => {
-                        disk.save_snapshot(gid, &snap)?;
+                disk.sync()?;
+                // Snapshots this node took: save, log the hard state after each, and let the
+                // log forget what they cover.
+                let mut released = Vec::new();
+                for w in &writes {
+                    if let Some(snap) = &w.local_snapshot {
+                        disk.save_snapshot(w.group, snap)?;
                         let mut last = 0;
-                        for r in &adv.records {
-                            last = disk.append(gid, r)?;
+                        for r in &w.local_records {
+                            last = disk.append(w.group, r)?;
                         }
-                        disk.sync()?;
-                        disk.release(gid, snap.get_metadata().index, last)?;
-                    }
-                    None => {
-                        for r in &adv.records {
-                            disk.append(gid, r)?;
-                        }
+                        released.push((w.group, snap.get_metadata().index, last));
                     }
                 }
+                if !released.is_empty() {
+                    disk.sync()?;
+                    for (group, index, lsn) in released {
+                        disk.release(group, index, lsn)?;
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        }
+        // Phase 3: durable; what waited on that goes out.
+        let mut again = false;
+        {
+            let mut st = self.state.borrow_mut();
+            for (gid, number, msgs) in pending {
+                if let Some(slot) = st.groups.get_mut(&gid) {
+                    slot.replica.persisted(number);
+                    again |= slot.replica.has_ready();
+                }
+                self.post(gid, msgs);
             }
+        }
+        if again {
+            self.wake.notify();
         }
         Ok(())
     }
@@ -560,7 +620,7 @@ async fn drive(inner: Rc<Inner>) {
             // (a burst would start elections everywhere at once).
             next_tick = (next_tick + tick).max(now + tick / 2);
         }
-        inner.turn();
+        inner.turn().await;
     }
 }
 

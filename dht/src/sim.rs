@@ -540,11 +540,17 @@ impl Sim {
         }
         self.clients_act();
         for id in self.live() {
-            let Some(rd) = self.nodes.get_mut(&id).and_then(|s| s.replica.as_mut()).and_then(Replica::ready) else {
+            let Some(mut rd) = self.nodes.get_mut(&id).and_then(|s| s.replica.as_mut()).and_then(Replica::ready) else {
                 continue;
             };
-            let mut rd = rd;
             self.send(std::mem::take(&mut rd.messages));
+            // Answers go out at once: what a ready applies is durable on a majority already.
+            for a in std::mem::take(&mut rd.applied) {
+                self.on_applied(id, a.client, a.seq, &a.result);
+            }
+            for r in std::mem::take(&mut rd.reads) {
+                self.on_read(id, r.id);
+            }
             if self.rng.chance(self.faults.crash_mid_write) {
                 self.stats.crashes_mid_write += 1;
                 self.crash(id);
@@ -554,28 +560,20 @@ impl Sim {
             if let Some(snap) = rd.snapshot_to_save.take() {
                 slot.disk.snapshot = Some(snap);
             }
-            slot.disk.records.extend(rd.records.iter().cloned());
-            let adv = slot.replica.as_mut().expect("live node").advance(rd);
-            if let Some(snap) = adv.snapshot_to_save {
+            slot.disk.records.append(&mut rd.records);
+            if let Some(snap) = rd.local_snapshot.take() {
                 let index = snap.get_metadata().index;
                 slot.disk.snapshot = Some(snap);
-                slot.disk.records.extend(adv.records);
+                slot.disk.records.append(&mut rd.local_records);
                 // Forget the covered prefix, as the write-ahead log releases whole segments;
                 // the hard state just written stays.
                 let keep_from = slot.disk.records.len() - 1;
                 let covered = slot.disk.records[..keep_from].iter().take_while(|r| r.covered_by(index)).count();
                 slot.disk.records.drain(..covered);
                 self.stats.snapshots_taken += 1;
-            } else {
-                slot.disk.records.extend(adv.records);
             }
-            self.send(adv.messages);
-            for a in &adv.applied {
-                self.on_applied(id, a.client, a.seq, &a.result);
-            }
-            for r in adv.reads {
-                self.on_read(id, r.id);
-            }
+            slot.replica.as_mut().expect("live node").persisted(rd.number());
+            self.send(std::mem::take(&mut rd.persisted_messages));
         }
     }
 
