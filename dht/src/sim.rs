@@ -458,7 +458,7 @@ impl Sim {
     fn next_request(&mut self, ci: usize) -> Pending {
         let c = &mut self.clients[ci];
         c.step += 1;
-        if c.step % 3 == 0 {
+        if c.step.is_multiple_of(3) {
             return Pending::Read { id: (c.id << 32) | c.step, floor: c.counter };
         }
         let seq = c.next_seq;

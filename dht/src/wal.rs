@@ -2,17 +2,18 @@
 //!
 //! Groups append opaque `(group, payload)` records (raft entries, hard state, snapshot markers: the caller
 //! encodes them). [`Wal::append`] only buffers; [`Wal::sync`] writes everything appended since the last sync
-//! and covers it with a single `fdatasync` (group commit).
+//! as one *batch*, closed by a commit record, and covers it with a single `fdatasync` (group commit).
 //!
 //! # On-disk format
 //!
-//! A directory of segment files named `wal-{first_lsn:020}.log`, so that names sort by LSN. All integers are
-//! little-endian. Each segment starts with a 24-byte header:
+//! A directory holding a `LOCK` file (see [Limits](#limits)) and segment files named
+//! `wal-{first_lsn:020}.log`, so that names sort by LSN. All integers are little-endian. Each segment starts
+//! with a 24-byte header:
 //!
 //! | offset | size | field                                                  |
 //! |--------|------|--------------------------------------------------------|
 //! | 0      | 8    | magic `b"MSDHTWAL"`                                    |
-//! | 8      | 4    | format version, currently 1                            |
+//! | 8      | 4    | format version, currently 2 (version 1 is not read)    |
 //! | 12     | 4    | crc32 of bytes 0..12 and 16..24                        |
 //! | 16     | 8    | `first_lsn`, which must match the file name            |
 //!
@@ -27,28 +28,60 @@
 //! | 24     | `len` | payload                                               |
 //!
 //! LSNs strictly increase through the log but are not dense: the WAL's own records use some, and a failed
-//! sync skips those of the records it dropped. Group [`RELEASE_GROUP`] (`u64::MAX`) is reserved for those
-//! own records: their payload is a list of `(group: u64, upto: u64)` release points.
+//! sync skips those of the records it dropped. Two groups are reserved for those own records, and
+//! [`Wal::append`] rejects them:
+//!
+//! - [`RELEASE_GROUP`] (`u64::MAX`): the payload is a list of `(group: u64, upto: u64)` release points.
+//! - [`COMMIT_GROUP`] (`u64::MAX - 1`): the commit record that ends every batch. Its payload is 8 bytes, the
+//!   LSN of the batch's first record (a cross-check for replay).
+//!
+//! # Batches and commit records
+//!
+//! Each sync writes the records appended since the previous one, then a commit record; replay accepts a record
+//! only once it has read a commit record after it. A batch that fills the active segment continues in a new
+//! one, so a batch can span segments: its commit record is in the last segment it touches, and the tail of an
+//! older segment may belong to a batch committed in a newer one. Segment rollover keeps room for the commit
+//! record, so it always lands in the segment holding its batch's last record, and rollover names the new
+//! segment after the LSN that follows the older segment's last record: a batch continues from one segment file
+//! into the next only if their LSNs are contiguous that way.
 //!
 //! # Durability
 //!
 //! A record is durable once the `sync` that wrote it returned `Ok`; [`Wal::durable_lsn`] is then at least its
-//! LSN. A batch that fills the active segment continues in a new one; before the new file is created the older
-//! one is fdatasynced, and the directory is fsynced before the batch counts as durable. So at any crash point
-//! every segment but the last is complete, and only the end of the last one can hold a partial write.
+//! LSN. When a batch spans segments, the older one is fdatasynced before the new file is created, and the
+//! directory is fsynced before the batch counts as durable. So at any crash point every segment but the last
+//! is complete, and only the end of the last one can hold a partial write. An unacknowledged batch is dropped
+//! as a whole on replay, even the part of it in older segments.
 //!
 //! # Replay: torn versus corrupt
 //!
-//! [`Wal::open`] reads every segment in order. A record that fails to parse (short header, short payload,
-//! length above `max_record_bytes`, LSN not increasing, or checksum mismatch) is a *torn tail* if it lies in
-//! the last segment and no valid record starts anywhere after it: the process died mid-write, so it is cut off
-//! and counted in [`Replay::torn_bytes`]. A last segment shorter than its header (or all zeros) died while being
-//! created and is removed the same way. Any other failure is [`WalError::Corrupt`].
+//! [`Wal::open`] reads every segment in order. The *torn tail* is what a crash left of the batch being
+//! written: it starts at the first record after the last commit record (possibly in an older segment) and runs
+//! to the end of the log. Replay cuts it off (segments it fills entirely are cut back to their header), and
+//! counts it in [`Replay::torn_bytes`]. A record that fails to parse (short header, short payload, length above
+//! `max_record_bytes`, LSN not increasing, or checksum mismatch) belongs to the torn tail if it lies in the last
+//! segment and no valid commit record starts anywhere after it: then the crash may have persisted the batch's
+//! pages out of order, leaving a hole before intact records of the same unacknowledged batch. A last segment
+//! shorter than its header (or all zeros) died while being created and is removed. Any other failure is
+//! [`WalError::Corrupt`]: damage in a segment that is not the last, or damage followed by a valid commit
+//! record, i.e. inside a committed batch or before a later one.
 //!
-//! A flipped bit in the final record is indistinguishable from a torn write, so it is also treated as torn:
-//! that record was the last thing written, and dropping it loses at most what a crash at that moment would.
-//! Conversely, if a crash mid-batch persisted the batch's pages out of order (a hole followed by intact
-//! records of the same unacknowledged batch), valid data follows the hole and replay reports `Corrupt`.
+//! The commit record cannot tell everything apart:
+//!
+//! - Damage to the final commit record itself, with no valid commit record after it, looks like a crash just
+//!   before that record reached the disk, so the final batch is dropped as torn although its sync may have
+//!   returned (that loses at most what a crash at that moment would). This holds even when records of a later,
+//!   unacknowledged batch follow, which proves the damaged batch was acknowledged: nothing in those records says
+//!   which batch they belong to.
+//! - A batch and its commit record share one `fdatasync`, so a crash can persist the page holding the commit
+//!   record before an earlier page of the same batch. That unacknowledged batch then looks committed and
+//!   damaged, and replay reports [`WalError::Corrupt`]. Ruling this out would take a second `fdatasync` per
+//!   sync (records, then the commit record).
+//!
+//! Deleting released segments (below) can remove the segment holding a batch's commit record while an older
+//! segment holding the batch's first records survives. Such a segment was deleted only because a newer one
+//! existed, which means its batches were committed, so replay accepts the tail of a segment whose successor
+//! file does not continue it (non-contiguous LSNs) as committed.
 //!
 //! # Release
 //!
@@ -63,30 +96,55 @@
 //!
 //! # Limits
 //!
-//! One `Wal` per directory: nothing locks it against a second opener. Never lower `max_record_bytes` for an
-//! existing log, since longer records would then look damaged on replay.
+//! One `Wal` per directory: [`Wal::open`] takes an exclusive lock on the directory's `LOCK` file
+//! ([`File::try_lock`], `flock` on Linux) before reading anything, and holds it until the `Wal` is dropped. A
+//! second open, from this process or another, fails with [`WalError::Locked`] once the lock has stayed held for
+//! 100 ms: a child process being spawned holds copies of our descriptors until it execs, so a lock released by
+//! dropping a `Wal` can look held for a moment. The lock is advisory, so it only keeps out other `Wal`s, and it
+//! is only as reliable as the filesystem's `flock` (not on every network filesystem).
+//!
+//! Never lower `max_record_bytes` for an existing log, since longer records would then look damaged on replay.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant};
 
 const MAGIC: [u8; 8] = *b"MSDHTWAL";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 const SEG_HEADER_LEN: u64 = 24;
 const REC_HEADER_LEN: usize = 24;
 /// One release point in a release record: `(group: u64, upto: u64)`.
 const PAIR_LEN: usize = 16;
+/// A commit record's payload: the LSN of its batch's first record.
+const COMMIT_PAYLOAD_LEN: usize = 8;
+/// A commit record's size on disk.
+const COMMIT_LEN: u64 = (REC_HEADER_LEN + COMMIT_PAYLOAD_LEN) as u64;
+/// Name of the lock file in the log directory.
+const LOCK_FILE: &str = "LOCK";
+/// How long `open` retries a held lock before reporting [`WalError::Locked`]. The lock belongs to the open file,
+/// and a child process being spawned by another thread holds copies of our descriptors until it execs, so a
+/// lock released by dropping a `Wal` can look held for a moment.
+const LOCK_WAIT: Duration = Duration::from_millis(100);
 
 /// Group id reserved for the WAL's own release records; `append` and `release` reject it.
 pub const RELEASE_GROUP: u64 = u64::MAX;
+/// Group id reserved for the commit record ending every batch; `append` and `release` reject it.
+pub const COMMIT_GROUP: u64 = u64::MAX - 1;
+
+/// Whether `group` is one of the WAL's own ([`RELEASE_GROUP`], [`COMMIT_GROUP`]).
+fn is_reserved(group: u64) -> bool {
+    group >= COMMIT_GROUP
+}
 
 /// Tuning for a [`Wal`].
 #[derive(Clone, Debug)]
 pub struct WalOptions {
-    /// Start a new segment when the next record would make the active one exceed this size. A record larger
-    /// than this gets a segment of its own.
+    /// Start a new segment when the next record, plus a commit record after it, would make the active one exceed
+    /// this size. A record larger than this gets a segment of its own.
     pub segment_bytes: u64,
     /// Largest payload `append` accepts (at least 16, the size of one release point).
     pub max_record_bytes: u32,
@@ -109,9 +167,11 @@ pub struct Record {
 /// What [`Wal::open`] recovered.
 #[derive(Debug, Default)]
 pub struct Replay {
-    /// Every intact, unreleased record, in LSN order.
+    /// Every committed, unreleased record, in LSN order.
     pub records: Vec<Record>,
-    /// Bytes cut off the end of the log because the process died while writing them.
+    /// Bytes cut off the end of the log because the process died before committing them: the last batch if
+    /// its commit record is missing (in every segment it reached), damaged bytes after it, and segment files
+    /// that died while being created.
     pub torn_bytes: u64,
 }
 
@@ -127,7 +187,7 @@ pub enum WalError {
     /// and a later sync may succeed once space is freed.
     #[error("disk full writing WAL file {}", path.display())]
     DiskFull { path: PathBuf },
-    /// Damage that cannot be a torn tail: valid data follows it, or it is not in the last segment.
+    /// Damage that cannot be a torn tail: a valid commit record follows it, or it is not in the last segment.
     #[error("corrupt WAL segment {} at offset {offset}: {reason}", segment.display())]
     Corrupt { segment: PathBuf, offset: u64, reason: String },
     #[error("WAL record of {len} bytes exceeds max_record_bytes ({max})")]
@@ -140,6 +200,10 @@ pub enum WalError {
     /// Every later call fails; reopen the log to recover.
     #[error("WAL unusable, reopen it: {0}")]
     Poisoned(String),
+    /// Another open [`Wal`], in this process or another, holds the directory's lock file `path`. Nothing was
+    /// read or changed.
+    #[error("WAL directory is already open: {} is locked", path.display())]
+    Locked { path: PathBuf },
 }
 
 fn io_err(path: &Path, source: io::Error) -> WalError {
@@ -155,7 +219,7 @@ struct Segment {
     path: PathBuf,
     /// Synced length.
     len: u64,
-    /// Highest LSN each group wrote here; release records are not listed.
+    /// Highest LSN each group wrote here; the WAL's own records are not listed.
     groups: HashMap<u64, u64>,
 }
 
@@ -241,6 +305,8 @@ pub struct Wal {
     /// Open handle on the last segment.
     active: File,
     pending: Vec<Chunk>,
+    /// LSN of the first record in `pending`, named by the batch's commit record; stale while it is empty.
+    batch_first: u64,
     /// Length the segment receiving the next record will have once `pending` is written.
     tail_len: u64,
     next_lsn: u64,
@@ -249,12 +315,15 @@ pub struct Wal {
     released: HashMap<u64, u64>,
     disk: Disk,
     poisoned: Option<String>,
+    /// The directory's lock file, exclusively locked; closing it on drop releases the lock.
+    _lock: File,
 }
 
 impl Wal {
-    /// Opens (creating if needed) the log in `dir` and replays it: returns every intact record in LSN order,
-    /// minus those covered by a durable release point. A torn tail is truncated away and reported in
-    /// [`Replay::torn_bytes`]; other damage is [`WalError::Corrupt`].
+    /// Opens (creating if needed) the log in `dir` and replays it: returns every committed record in LSN
+    /// order, minus those covered by a durable release point. A torn tail is truncated away and reported in
+    /// [`Replay::torn_bytes`]; other damage is [`WalError::Corrupt`]. Fails with [`WalError::Locked`] while
+    /// another `Wal` has `dir` open.
     pub fn open(dir: &Path, opts: WalOptions) -> Result<(Wal, Replay), WalError> {
         if (opts.max_record_bytes as usize) < PAIR_LEN {
             return Err(WalError::InvalidOptions(format!("max_record_bytes must be at least {PAIR_LEN}")));
@@ -265,47 +334,36 @@ impl Wal {
             let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
             disk.sync_dir(parent)?;
         }
+        // Before reading anything: replay truncates files, which must not happen under another open Wal.
+        let lock = lock_dir(dir)?;
 
-        let mut replay = Replay::default();
-        let mut segments = BTreeMap::new();
-        let mut released = HashMap::new();
-        let mut last_lsn = 0;
-        let files = list_segments(dir)?;
-        let count = files.len();
-        for (i, (first_lsn, path)) in files.into_iter().enumerate() {
-            let data = fs::read(&path).map_err(|e| io_err(&path, e))?;
-            let scan = scan_segment(&path, first_lsn, &data, i + 1 == count, &opts, last_lsn + 1)?;
-            let Some((records, valid_len)) = scan else {
-                // Died while creating it, so it never held a durable record.
-                replay.torn_bytes += data.len() as u64;
-                fs::remove_file(&path).map_err(|e| io_err(&path, e))?;
-                disk.sync_dir(dir)?;
-                continue;
-            };
-            if valid_len < data.len() {
-                replay.torn_bytes += (data.len() - valid_len) as u64;
-                let file = OpenOptions::new().write(true).open(&path).map_err(|e| io_err(&path, e))?;
-                file.set_len(valid_len as u64).map_err(|e| io_err(&path, e))?;
-                disk.sync_data(&file, &path)?;
-            }
-            let mut groups = HashMap::new();
-            for rec in records {
-                last_lsn = rec.lsn;
-                if rec.group == RELEASE_GROUP {
-                    apply_release(&mut released, rec.payload).map_err(|reason| WalError::Corrupt {
-                        segment: path.clone(),
-                        offset: rec.offset as u64,
-                        reason: reason.into(),
-                    })?;
-                } else {
-                    groups.insert(rec.group, rec.lsn);
-                    replay.records.push(Record { lsn: rec.lsn, group: rec.group, payload: rec.payload.to_vec() });
+        let scan = scan_log(dir, &opts)?;
+        let mut replay = Replay { records: scan.records, torn_bytes: 0 };
+        // Newest first, each change durable before the next: whatever prefix of them a crash keeps, the log
+        // replays to the same records.
+        for seg in scan.segments.iter().rev() {
+            match seg.keep {
+                None => {
+                    replay.torn_bytes += seg.disk_len;
+                    fs::remove_file(&seg.path).map_err(|e| io_err(&seg.path, e))?;
+                    disk.sync_dir(dir)?;
                 }
+                Some(keep) if keep < seg.disk_len => {
+                    replay.torn_bytes += seg.disk_len - keep;
+                    let file = OpenOptions::new().write(true).open(&seg.path).map_err(|e| io_err(&seg.path, e))?;
+                    file.set_len(keep).map_err(|e| io_err(&seg.path, e))?;
+                    disk.sync_data(&file, &seg.path)?;
+                }
+                Some(_) => {}
             }
-            segments.insert(first_lsn, Segment { path, len: valid_len as u64, groups });
         }
+        let mut segments: BTreeMap<u64, Segment> = scan
+            .segments
+            .into_iter()
+            .filter_map(|s| Some((s.first_lsn, Segment { path: s.path, len: s.keep?, groups: s.groups })))
+            .collect();
 
-        let mut next_lsn = last_lsn + 1;
+        let mut next_lsn = scan.last_lsn + 1;
         match segments.last_key_value() {
             // A last segment holding no record yet still claims the LSNs from its name on.
             Some((&first, _)) => next_lsn = next_lsn.max(first),
@@ -321,6 +379,7 @@ impl Wal {
         let (_, last) = segments.last_key_value().expect("at least one segment");
         let active = OpenOptions::new().read(true).write(true).open(&last.path).map_err(|e| io_err(&last.path, e))?;
 
+        let mut released = scan.released;
         replay.records.retain(|r| released.get(&r.group).is_none_or(|&upto| r.lsn > upto));
         released.retain(|g, _| segments.values().any(|s| s.groups.contains_key(g)));
         let wal = Wal {
@@ -330,11 +389,13 @@ impl Wal {
             segments,
             active,
             pending: Vec::new(),
+            batch_first: next_lsn,
             next_lsn,
             durable_lsn: next_lsn - 1,
             released,
             disk,
             poisoned: None,
+            _lock: lock,
         };
         Ok((wal, replay))
     }
@@ -343,7 +404,7 @@ impl Wal {
     /// again, even across restarts (one lost unsynced in a crash may be). Not durable until [`Wal::sync`].
     pub fn append(&mut self, group: u64, payload: &[u8]) -> Result<u64, WalError> {
         self.check_usable()?;
-        if group == RELEASE_GROUP {
+        if is_reserved(group) {
             return Err(WalError::ReservedGroup(group));
         }
         if payload.len() > self.opts.max_record_bytes as usize {
@@ -352,14 +413,18 @@ impl Wal {
         Ok(self.push(group, payload))
     }
 
-    /// Writes everything appended since the last sync and fdatasyncs it once (once per segment if the batch
-    /// fills one). On error the batch is dropped and the files are cut back to their last synced state, so no
-    /// partial record remains; the `Wal` stays usable unless the error is [`WalError::Poisoned`].
+    /// Writes everything appended since the last sync, closed by a commit record, and fdatasyncs it once (once
+    /// per segment if the batch fills one). On error the batch is dropped and the files are cut back to their
+    /// last synced state, so no partial record remains; the `Wal` stays usable unless the error is
+    /// [`WalError::Poisoned`].
     pub fn sync(&mut self) -> Result<(), WalError> {
         self.check_usable()?;
         if self.pending.is_empty() {
             return Ok(());
         }
+        // `push` left room for it in the segment of the batch's last record.
+        let first = self.batch_first.to_le_bytes();
+        self.encode(COMMIT_GROUP, &first);
         let chunks = std::mem::take(&mut self.pending);
         let base_len = self.active_segment().len;
         let mut created = Vec::new();
@@ -392,7 +457,8 @@ impl Wal {
         Ok(())
     }
 
-    /// The LSN of the last durable record: every LSN up to it was synced, or dropped by a sync that failed.
+    /// The LSN of the last durable record (the commit record of the last successful sync): every LSN up to it
+    /// was synced, or dropped by a sync that failed.
     pub fn durable_lsn(&self) -> u64 {
         self.durable_lsn
     }
@@ -402,7 +468,7 @@ impl Wal {
     /// durable with the next sync.
     pub fn release(&mut self, group: u64, upto: u64) -> Result<(), WalError> {
         self.check_usable()?;
-        if group == RELEASE_GROUP {
+        if is_reserved(group) {
             return Err(WalError::ReservedGroup(group));
         }
         // A future record of this group must never count as released.
@@ -441,10 +507,15 @@ impl Wal {
         self.segments.values().next_back().expect("at least one segment")
     }
 
-    /// Buffers a record, first starting a new segment if it would overflow the current one.
+    /// Buffers a record, first starting a new segment if it and the commit record that may follow it would
+    /// overflow the current one.
     fn push(&mut self, group: u64, payload: &[u8]) -> u64 {
+        if self.pending.is_empty() {
+            self.batch_first = self.next_lsn;
+        }
         let size = (REC_HEADER_LEN + payload.len()) as u64;
-        if self.tail_len > SEG_HEADER_LEN && self.tail_len + size > self.opts.segment_bytes {
+        if self.tail_len > SEG_HEADER_LEN && self.tail_len + size + COMMIT_LEN > self.opts.segment_bytes {
+            // Named after the next LSN: replay relies on that to see that a batch continues here.
             self.pending.push(Chunk { new_segment: Some(self.next_lsn), ..Chunk::default() });
             self.tail_len = SEG_HEADER_LEN;
             // Restate every release point, so deleting the segments holding the original release records
@@ -467,7 +538,7 @@ impl Wal {
         }
         let chunk = self.pending.last_mut().expect("just ensured");
         encode_record(&mut chunk.bytes, lsn, group, payload);
-        if group != RELEASE_GROUP {
+        if !is_reserved(group) {
             chunk.groups.insert(group, lsn);
         }
         self.tail_len += (REC_HEADER_LEN + payload.len()) as u64;
@@ -482,8 +553,8 @@ impl Wal {
         let mut dir_dirty = false;
         for chunk in chunks {
             if let Some(first) = chunk.new_segment {
-                // Replay forgives a torn record only in the last segment, so a segment must be complete
-                // (data and directory entry) before any newer one exists.
+                // Replay forgives damage only in the last segment, so a segment must be complete (data and
+                // directory entry) before any newer one exists.
                 if unsynced {
                     let (path, file) = current(created, &active.path, &self.active);
                     self.disk.sync_data(file, path)?;
@@ -514,8 +585,8 @@ impl Wal {
 
     /// Returns the files to their state before a failed batch.
     fn undo_batch(&mut self, base_len: u64, created: Vec<(u64, PathBuf, File)>) -> Result<(), WalError> {
-        // Newest first, each removal durable before the next, so a crash part-way leaves a prefix of the batch
-        // (unacknowledged but intact) rather than a gap.
+        // Newest first, each removal durable before the next, so a crash part-way leaves an uncommitted batch
+        // (torn on replay) rather than a gap.
         for (_, path, file) in created.into_iter().rev() {
             drop(file);
             fs::remove_file(&path).map_err(|e| io_err(&path, e))?;
@@ -550,6 +621,27 @@ impl Wal {
             segments.values().any(|s| s.groups.contains_key(g)) || pending.iter().any(|c| c.groups.contains_key(g))
         });
         Ok(())
+    }
+}
+
+/// Creates `dir`'s lock file if needed and locks it exclusively, failing if it stays held for [`LOCK_WAIT`].
+fn lock_dir(dir: &Path) -> Result<File, WalError> {
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| io_err(&path, e))?;
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(TryLockError::WouldBlock) if Instant::now() < deadline => thread::sleep(Duration::from_millis(2)),
+            Err(TryLockError::WouldBlock) => return Err(WalError::Locked { path }),
+            Err(TryLockError::Error(e)) => return Err(io_err(&path, e)),
+        }
     }
 }
 
@@ -639,7 +731,7 @@ fn release_pair(group: u64, upto: u64) -> [u8; PAIR_LEN] {
 }
 
 fn apply_release(released: &mut HashMap<u64, u64>, payload: &[u8]) -> Result<(), &'static str> {
-    if payload.len() % PAIR_LEN != 0 {
+    if !payload.len().is_multiple_of(PAIR_LEN) {
         return Err("release record length is not a multiple of 16");
     }
     for pair in payload.chunks_exact(PAIR_LEN) {
@@ -683,21 +775,22 @@ fn parse_at(data: &[u8], offset: usize, max: u32, min_lsn: u64) -> Result<Parsed
     Ok(Parsed { offset, lsn, group, payload })
 }
 
-/// Checks a segment's header and parses its records. `None` means the last segment died while being created.
-/// Otherwise returns the intact records and the length they span; anything after that is a torn tail.
-fn scan_segment<'a>(
-    path: &Path,
-    first_lsn: u64,
-    data: &'a [u8],
-    is_last: bool,
-    opts: &WalOptions,
-    mut min_lsn: u64,
-) -> Result<Option<(Vec<Parsed<'a>>, usize)>, WalError> {
-    let corrupt =
-        |offset: usize, reason: String| WalError::Corrupt { segment: path.to_owned(), offset: offset as u64, reason };
+/// Whether a valid commit record with an LSN of at least `min_lsn` starts anywhere in `data` from `from` on.
+fn commit_record_after(data: &[u8], from: usize, min_lsn: u64) -> bool {
+    let last_start = data.len().saturating_sub(COMMIT_LEN as usize);
+    (from..=last_start).any(|o| {
+        le_u32(data, o) as usize == COMMIT_PAYLOAD_LEN
+            && le_u64(data, o + 16) == COMMIT_GROUP
+            && parse_at(data, o, COMMIT_PAYLOAD_LEN as u32, min_lsn).is_ok()
+    })
+}
+
+/// Checks a segment's header. `Ok(false)` means the last segment died while being created.
+fn check_header(path: &Path, first_lsn: u64, data: &[u8], is_last: bool) -> Result<bool, WalError> {
+    let corrupt = |offset: u64, reason: String| WalError::Corrupt { segment: path.to_owned(), offset, reason };
     let header_len = SEG_HEADER_LEN as usize;
     if is_last && (data.len() < header_len || data.iter().all(|&b| b == 0)) {
-        return Ok(None);
+        return Ok(false);
     }
     if data.len() < header_len {
         return Err(corrupt(0, format!("short segment header: {} of {header_len} bytes", data.len())));
@@ -718,34 +811,160 @@ fn scan_segment<'a>(
             format!("header says first lsn {} but the file name says {first_lsn}", le_u64(data, 16)),
         ));
     }
+    Ok(true)
+}
 
-    min_lsn = min_lsn.max(first_lsn);
-    let max = opts.max_record_bytes;
-    let mut records = Vec::new();
-    let mut offset = header_len;
-    while offset < data.len() {
-        match parse_at(data, offset, max, min_lsn) {
-            Ok(rec) => {
-                offset += REC_HEADER_LEN + rec.payload.len();
-                min_lsn = rec.lsn.saturating_add(1);
-                records.push(rec);
+/// A segment file as replay found it.
+#[derive(Debug)]
+struct ScannedSegment {
+    first_lsn: u64,
+    path: PathBuf,
+    disk_len: u64,
+    /// Length to cut the file back to, dropping its torn part; `None` removes it (it died while being created).
+    keep: Option<u64>,
+    /// Highest committed LSN each group has here.
+    groups: HashMap<u64, u64>,
+}
+
+/// A record read from a segment, kept until a commit record shows its batch committed.
+#[derive(Debug)]
+struct Uncommitted {
+    segment: usize,
+    offset: u64,
+    lsn: u64,
+    group: u64,
+    payload: Vec<u8>,
+}
+
+/// What replay read from the log, before cutting off the torn tail.
+#[derive(Debug, Default)]
+struct Scan {
+    segments: Vec<ScannedSegment>,
+    /// Committed records outside the reserved groups.
+    records: Vec<Record>,
+    released: HashMap<u64, u64>,
+    /// LSN of the last committed record, 0 if none.
+    last_lsn: u64,
+}
+
+impl Scan {
+    /// Accepts the records of a batch known to be committed.
+    fn commit(&mut self, batch: &mut Vec<Uncommitted>) -> Result<(), WalError> {
+        for rec in batch.drain(..) {
+            let seg = &mut self.segments[rec.segment];
+            if rec.group == RELEASE_GROUP {
+                apply_release(&mut self.released, &rec.payload).map_err(|reason| WalError::Corrupt {
+                    segment: seg.path.clone(),
+                    offset: rec.offset,
+                    reason: reason.into(),
+                })?;
+            } else {
+                seg.groups.insert(rec.group, rec.lsn);
+                self.records.push(Record { lsn: rec.lsn, group: rec.group, payload: rec.payload });
             }
-            Err(reason) => {
-                let valid_after = (offset + 1..data.len()).any(|o| parse_at(data, o, max, min_lsn).is_ok());
-                if is_last && !valid_after {
-                    return Ok(Some((records, offset)));
+            self.last_lsn = rec.lsn;
+        }
+        Ok(())
+    }
+}
+
+/// Reads every segment, keeping the records of committed batches, and works out which bytes are torn.
+fn scan_log(dir: &Path, opts: &WalOptions) -> Result<Scan, WalError> {
+    let files = list_segments(dir)?;
+    let count = files.len();
+    let mut scan = Scan::default();
+    // Records read since the last commit record.
+    let mut batch: Vec<Uncommitted> = Vec::new();
+    // Just past the last commit record (segment index, offset): a batch starting there is seen from its start.
+    let mut after_commit = None;
+    let mut min_lsn = 1;
+    for (i, (first_lsn, path)) in files.into_iter().enumerate() {
+        let is_last = i + 1 == count;
+        // A batch continues into this segment only if rollover created it for the batch's next record. If not,
+        // the segment that continued it was deleted, which happens only once a newer segment exists, i.e. once
+        // the batch committed.
+        if batch.last().is_some_and(|r| r.lsn.saturating_add(1) != first_lsn) {
+            scan.commit(&mut batch)?;
+        }
+        let corrupt =
+            |offset: usize, reason: String| WalError::Corrupt { segment: path.clone(), offset: offset as u64, reason };
+        let data = fs::read(&path).map_err(|e| io_err(&path, e))?;
+        scan.segments.push(ScannedSegment {
+            first_lsn,
+            path: path.clone(),
+            disk_len: data.len() as u64,
+            keep: None,
+            groups: HashMap::new(),
+        });
+        if !check_header(&path, first_lsn, &data, is_last)? {
+            continue;
+        }
+
+        min_lsn = min_lsn.max(first_lsn);
+        let mut offset = SEG_HEADER_LEN as usize;
+        while offset < data.len() {
+            let rec = match parse_at(&data, offset, opts.max_record_bytes, min_lsn) {
+                Ok(rec) => rec,
+                // A crash damages only the last segment, and only the batch it interrupted: a valid commit
+                // record after the damage means it hit a committed batch.
+                Err(reason) if !is_last || commit_record_after(&data, offset + 1, min_lsn) => {
+                    return Err(corrupt(offset, reason.into()));
                 }
-                return Err(corrupt(offset, reason.into()));
+                Err(_) => break,
+            };
+            offset += REC_HEADER_LEN + rec.payload.len();
+            min_lsn = rec.lsn.saturating_add(1);
+            if rec.group != COMMIT_GROUP {
+                batch.push(Uncommitted {
+                    segment: i,
+                    offset: rec.offset as u64,
+                    lsn: rec.lsn,
+                    group: rec.group,
+                    payload: rec.payload.to_vec(),
+                });
+                continue;
+            }
+            if rec.payload.len() != COMMIT_PAYLOAD_LEN {
+                return Err(corrupt(rec.offset, "commit record payload is not 8 bytes".into()));
+            }
+            let named = le_u64(rec.payload, 0);
+            // The batch may have started in a deleted segment unless the previous commit record is right before.
+            let plausible = match batch.first() {
+                Some(r) if after_commit == Some((r.segment, r.offset)) => named == r.lsn,
+                Some(r) => named <= r.lsn,
+                None => named < rec.lsn,
+            };
+            if !plausible {
+                let seen = batch.first().map_or("none".to_string(), |r| r.lsn.to_string());
+                return Err(corrupt(
+                    rec.offset,
+                    format!("commit record names batch start {named}, but the batch read starts at {seen}"),
+                ));
+            }
+            scan.commit(&mut batch)?;
+            scan.last_lsn = rec.lsn;
+            after_commit = Some((i, offset as u64));
+        }
+        scan.segments[i].keep = Some(offset as u64);
+    }
+    // No commit record followed these: the batch being written when the process died, torn from its first
+    // record on.
+    if let Some(first) = batch.first() {
+        for seg in &mut scan.segments[first.segment + 1..] {
+            if let Some(keep) = &mut seg.keep {
+                *keep = SEG_HEADER_LEN;
             }
         }
+        scan.segments[first.segment].keep = Some(first.offset);
     }
-    Ok(Some((records, offset)))
+    Ok(scan)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::io::Write;
     use std::process::Command;
 
     fn opts(segment_bytes: u64) -> WalOptions {
@@ -799,7 +1018,8 @@ mod tests {
                 expect.push(add(&mut wal, group, payload(batch * 10 + group, 10 * group as usize)));
             }
             wal.sync().unwrap();
-            assert_eq!(wal.durable_lsn(), expect.last().unwrap().lsn);
+            // The batch's commit record took the LSN after its last record.
+            assert_eq!(wal.durable_lsn(), expect.last().unwrap().lsn + 1);
         }
         expect.push(add(&mut wal, 4, Vec::new())); // empty payloads are records too
         wal.sync().unwrap();
@@ -811,7 +1031,7 @@ mod tests {
         assert_eq!(replay.torn_bytes, 0);
         assert!(expect.windows(2).all(|w| w[0].lsn < w[1].lsn));
         let last = expect.last().unwrap().lsn;
-        assert_eq!(wal.durable_lsn(), last);
+        assert_eq!(wal.durable_lsn(), last + 1);
         let next = add(&mut wal, 1, b"after reopen".to_vec());
         assert!(next.lsn > last, "LSNs continue after reopen");
         wal.sync().unwrap();
@@ -837,7 +1057,7 @@ mod tests {
     #[test]
     fn a_batch_spanning_segments_syncs_the_older_one_first() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut wal, _) = open(dir.path(), &opts(SEG_HEADER_LEN + 2 * 64));
+        let (mut wal, _) = open(dir.path(), &opts(SEG_HEADER_LEN + 2 * 64 + COMMIT_LEN));
         let before = wal.fsyncs();
         for i in 0..3 {
             wal.append(1, &payload(i, 40)).unwrap();
@@ -908,8 +1128,8 @@ mod tests {
     #[test]
     fn release_points_survive_restart_via_segment_checkpoints() {
         let dir = tempfile::tempdir().unwrap();
-        // Three 40-byte-payload records (64 bytes each) fill a segment.
-        let o = opts(SEG_HEADER_LEN + 3 * 64);
+        // Three 40-byte-payload records (64 bytes each) and a commit record fill a segment.
+        let o = opts(SEG_HEADER_LEN + 3 * 64 + COMMIT_LEN);
         let p = [7u8; 40];
         let (mut wal, _) = open(dir.path(), &o);
         // Segment A: groups 3, 1, 2.
@@ -940,7 +1160,8 @@ mod tests {
         assert_eq!(wal.segments(), 1, "A is deletable only if group 1's release point was restored");
     }
 
-    /// Three synced records; returns the dir, the records, and where the last one starts in the file.
+    /// Two batches: two synced records, then a third; returns the dir, the records, and where the second
+    /// batch starts in the file.
     fn three_records(o: &WalOptions) -> (tempfile::TempDir, Vec<Record>, u64) {
         let dir = tempfile::tempdir().unwrap();
         let (mut wal, _) = open(dir.path(), o);
@@ -961,7 +1182,7 @@ mod tests {
         let (dir, recs, start) = three_records(&o);
         let seg = only_file(dir.path());
         let full = fs::read(&seg).unwrap();
-        assert_eq!(full.len() as u64, start + REC_HEADER_LEN as u64 + 40);
+        assert_eq!(full.len() as u64, start + REC_HEADER_LEN as u64 + 40 + COMMIT_LEN);
         for cut in start + 1..full.len() as u64 {
             let d = dir_with(&seg, &full[..cut as usize]);
             let (mut wal, replay) = open(d.path(), &o);
@@ -993,20 +1214,25 @@ mod tests {
     }
 
     #[test]
-    fn flipped_bit_before_the_last_record_is_corrupt() {
+    fn flipped_bit_in_a_committed_record_is_corrupt() {
         let o = WalOptions::default();
-        let (dir, _, start3) = three_records(&o);
+        let (dir, _, start2) = three_records(&o);
         let seg = only_file(dir.path());
         let full = fs::read(&seg).unwrap();
-        let start2 = SEG_HEADER_LEN + REC_HEADER_LEN as u64 + 40;
-        for pos in start2..start3 {
+        // Two records and a commit record, then the last batch's record; its commit record comes next.
+        let rec = REC_HEADER_LEN as u64 + 40;
+        let starts = [SEG_HEADER_LEN, SEG_HEADER_LEN + rec, SEG_HEADER_LEN + 2 * rec, start2];
+        assert_eq!(starts[2] + COMMIT_LEN, start2);
+        let final_commit = full.len() as u64 - COMMIT_LEN;
+        for pos in SEG_HEADER_LEN..final_commit {
             let mut bytes = full.clone();
             bytes[pos as usize] ^= 1 << (pos % 8);
             let d = dir_with(&seg, &bytes);
             match Wal::open(d.path(), o.clone()) {
                 Err(WalError::Corrupt { segment, offset, .. }) => {
                     assert_eq!(segment, d.path().join(seg.file_name().unwrap()));
-                    assert_eq!(offset, start2, "flip at {pos}");
+                    let hit = *starts.iter().rev().find(|&&s| s <= pos).unwrap();
+                    assert_eq!(offset, hit, "flip at {pos}");
                 }
                 other => panic!("flip at {pos}: expected Corrupt, got {other:?}"),
             }
@@ -1014,25 +1240,273 @@ mod tests {
     }
 
     #[test]
-    fn flipped_bit_in_the_last_record_is_torn() {
+    fn flipped_bit_in_the_final_commit_record_is_torn() {
         let o = WalOptions::default();
-        let (dir, recs, start3) = three_records(&o);
+        let (dir, recs, start2) = three_records(&o);
         let seg = only_file(dir.path());
         let full = fs::read(&seg).unwrap();
-        for pos in start3..full.len() as u64 {
+        // Indistinguishable from a crash before the commit record was complete: the batch is dropped.
+        for pos in full.len() as u64 - COMMIT_LEN..full.len() as u64 {
             let mut bytes = full.clone();
             bytes[pos as usize] ^= 1 << (pos % 8);
             let d = dir_with(&seg, &bytes);
             let (_, replay) = open(d.path(), &o);
             assert_eq!(replay.records, recs[..2], "flip at {pos}");
-            assert_eq!(replay.torn_bytes, full.len() as u64 - start3);
+            assert_eq!(replay.torn_bytes, full.len() as u64 - start2);
         }
+    }
+
+    /// Zeroes `bytes`, or garbles them so that every byte changes.
+    fn punch(bytes: &mut [u8], garble: bool) {
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = if garble { *b ^ (0xA5u8.wrapping_add(i as u8) | 1) } else { 0 };
+        }
+    }
+
+    const REC40: u64 = REC_HEADER_LEN as u64 + 40;
+
+    /// Two committed batches of two records, then a final batch of four, all with 40-byte payloads, in one
+    /// segment. Returns the dir, the records of the first two batches, and where the final batch starts.
+    fn two_batches_and_a_final_one(o: &WalOptions) -> (tempfile::TempDir, Vec<Record>, u64) {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = open(dir.path(), o);
+        let mut committed = Vec::new();
+        for batch in 0..2 {
+            for g in 1..=2 {
+                committed.push(add(&mut wal, g, payload(batch * 2 + g, 40)));
+            }
+            wal.sync().unwrap();
+        }
+        let start = wal.total_bytes();
+        for i in 0..4 {
+            wal.append(5 + i, &payload(10 + i, 40)).unwrap();
+        }
+        wal.sync().unwrap();
+        assert_eq!(wal.total_bytes(), start + 4 * REC40 + COMMIT_LEN);
+        (dir, committed, start)
+    }
+
+    #[test]
+    fn hole_in_the_final_uncommitted_batch_is_torn() {
+        let o = WalOptions::default();
+        let (dir, committed, start) = two_batches_and_a_final_one(&o);
+        let seg = only_file(dir.path());
+        let full = fs::read(&seg).unwrap();
+        // The crash came before the commit record reached the disk, and the batch's pages arrived out of order.
+        let end = full.len() - COMMIT_LEN as usize;
+        let last_rec = end - REC40 as usize;
+        let mut cases = 0;
+        for hole_start in (start as usize..last_rec).step_by(11) {
+            for hole_len in [1, 9, 40, 64, 150] {
+                let hole_end = (hole_start + hole_len).min(last_rec);
+                for garble in [false, true] {
+                    let mut bytes = full[..end].to_vec();
+                    punch(&mut bytes[hole_start..hole_end], garble);
+                    let case = format!("hole {hole_start}..{hole_end}, garble {garble}");
+                    // Intact records of the same batch follow the hole.
+                    assert!(parse_at(&bytes, last_rec, o.max_record_bytes, 0).is_ok(), "{case}");
+                    let d = dir_with(&seg, &bytes);
+                    let (mut wal, replay) = open(d.path(), &o);
+                    assert_eq!(replay.records, committed, "{case}");
+                    assert_eq!(replay.torn_bytes, end as u64 - start, "{case}");
+                    assert_eq!(file_len(&only_file(d.path())), start, "{case}");
+                    let next = add(&mut wal, 9, b"next".to_vec());
+                    wal.sync().unwrap();
+                    drop(wal);
+                    let (_, replay) = open(d.path(), &o);
+                    assert_eq!(replay.records, [&committed[..], &[next]].concat(), "{case}");
+                    assert_eq!(replay.torn_bytes, 0, "{case}");
+                    cases += 1;
+                }
+            }
+        }
+        assert!(cases > 100);
+    }
+
+    #[test]
+    fn hole_in_a_committed_batch_is_corrupt() {
+        let o = WalOptions::default();
+        let (dir, _, start) = two_batches_and_a_final_one(&o);
+        let seg = only_file(dir.path());
+        let full = fs::read(&seg).unwrap();
+        let expect_corrupt = |bytes: &[u8], offset: u64, case: &str| {
+            let d = dir_with(&seg, bytes);
+            match Wal::open(d.path(), o.clone()) {
+                Err(WalError::Corrupt { offset: got, .. }) => assert_eq!(got, offset, "{case}"),
+                other => panic!("{case}: expected Corrupt, got {other:?}"),
+            }
+        };
+        // The same holes as in the uncommitted case, but the batch's commit record is intact.
+        let end = full.len() - COMMIT_LEN as usize;
+        let mut cases = 0;
+        for hole_start in (start as usize..end).step_by(11) {
+            for hole_len in [1, 9, 40, 64, 150] {
+                let hole_end = (hole_start + hole_len).min(end);
+                for garble in [false, true] {
+                    let mut bytes = full.clone();
+                    punch(&mut bytes[hole_start..hole_end], garble);
+                    // Zeroing bytes that were zero already damages nothing.
+                    let Some(first) = (hole_start..hole_end).find(|&i| bytes[i] != full[i]) else { continue };
+                    let hit = start + (first as u64 - start) / REC40 * REC40;
+                    expect_corrupt(&bytes, hit, &format!("hole {hole_start}..{hole_end}, garble {garble}"));
+                    cases += 1;
+                }
+            }
+        }
+        assert!(cases > 100);
+
+        // A hole in an earlier batch is Corrupt even when the final batch is uncommitted, and so is a hole in
+        // a commit record that a later committed batch follows.
+        let first_commit = SEG_HEADER_LEN + 2 * REC40;
+        for (hole, uncommitted_tail, hit) in [
+            (SEG_HEADER_LEN + 30..SEG_HEADER_LEN + 90, true, SEG_HEADER_LEN),
+            (first_commit + 4..first_commit + 12, false, first_commit),
+            (first_commit + 4..first_commit + 12, true, first_commit),
+        ] {
+            let mut bytes = if uncommitted_tail { full[..end].to_vec() } else { full.clone() };
+            punch(&mut bytes[hole.start as usize..hole.end as usize], true);
+            expect_corrupt(&bytes, hit, &format!("hole {hole:?}, uncommitted tail {uncommitted_tail}"));
+        }
+    }
+
+    #[test]
+    fn crash_between_the_last_record_and_its_commit_record_drops_the_whole_batch() {
+        let o = WalOptions::default();
+        let (dir, committed, start) = two_batches_and_a_final_one(&o);
+        let seg = only_file(dir.path());
+        let full = fs::read(&seg).unwrap();
+        let end = full.len() as u64;
+        for cut in end - COMMIT_LEN..end {
+            let bytes = &full[..cut as usize];
+            // All four records are intact.
+            let mut at = start as usize;
+            while at < (end - COMMIT_LEN) as usize {
+                at += REC_HEADER_LEN + parse_at(bytes, at, o.max_record_bytes, 0).unwrap().payload.len();
+            }
+            let d = dir_with(&seg, bytes);
+            let (mut wal, replay) = open(d.path(), &o);
+            assert_eq!(replay.records, committed, "cut at {cut}");
+            assert_eq!(replay.torn_bytes, cut - start, "cut at {cut}");
+            assert_eq!(file_len(&only_file(d.path())), start);
+            let next = add(&mut wal, 9, b"next".to_vec());
+            assert!(next.lsn > committed.last().unwrap().lsn + 1, "after the last durable commit record");
+            wal.sync().unwrap();
+            drop(wal);
+            assert_eq!(open(d.path(), &o).1.records, [&committed[..], &[next]].concat());
+        }
+    }
+
+    #[test]
+    fn uncommitted_batch_spanning_segments_is_torn_in_every_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        // Room for two records and two commit records.
+        let o = opts(SEG_HEADER_LEN + 2 * REC40 + 2 * COMMIT_LEN);
+        let (mut wal, _) = open(dir.path(), &o);
+        let a = add(&mut wal, 1, payload(1, 40));
+        wal.sync().unwrap();
+        // Segment 1 gets one record of the batch, segment 2 two, segment 3 the last one and the commit record.
+        for i in 0..4 {
+            wal.append(2, &payload(10 + i, 40)).unwrap();
+        }
+        wal.sync().unwrap();
+        drop(wal);
+        let segs = files(dir.path());
+        let lens: Vec<u64> = segs.iter().map(|p| file_len(p)).collect();
+        assert_eq!(
+            lens,
+            [SEG_HEADER_LEN + 2 * REC40 + COMMIT_LEN, SEG_HEADER_LEN + 2 * REC40, SEG_HEADER_LEN + REC40 + COMMIT_LEN]
+        );
+        let last = segs.last().unwrap();
+        fs::OpenOptions::new().write(true).open(last).unwrap().set_len(lens[2] - COMMIT_LEN).unwrap();
+
+        let (mut wal, replay) = open(dir.path(), &o);
+        assert_eq!(replay.records, std::slice::from_ref(&a));
+        assert_eq!(replay.torn_bytes, 4 * REC40);
+        let cut: Vec<u64> = segs.iter().map(|p| file_len(p)).collect();
+        assert_eq!(cut, [SEG_HEADER_LEN + REC40 + COMMIT_LEN, SEG_HEADER_LEN, SEG_HEADER_LEN]);
+        assert_eq!(wal.total_bytes(), cut.iter().sum::<u64>());
+        let next = add(&mut wal, 3, b"next".to_vec());
+        wal.sync().unwrap();
+        drop(wal);
+        // The batch's records in the older segments must not come back with the next commit record.
+        let (_, replay) = open(dir.path(), &o);
+        assert_eq!(replay.records, [a, next]);
+        assert_eq!(replay.torn_bytes, 0);
+    }
+
+    #[test]
+    fn batch_tail_whose_commit_segment_was_deleted_stays_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        // Room for two records and a commit record.
+        let o = opts(SEG_HEADER_LEN + 2 * REC40 + COMMIT_LEN);
+        let (mut wal, _) = open(dir.path(), &o);
+        // One batch: segment 1 gets b1 (group 1) and b2, segment 2 gets b3 and the commit record.
+        let b1 = add(&mut wal, 1, payload(1, 40));
+        let b2 = add(&mut wal, 2, payload(2, 40));
+        let b3 = add(&mut wal, 2, payload(3, 40));
+        wal.sync().unwrap();
+        // A batch that creates segment 3, torn by a crash: replay cuts segment 3 back to its header.
+        wal.append(2, &payload(4, 40)).unwrap();
+        wal.sync().unwrap();
+        drop(wal);
+        let segs = files(dir.path());
+        assert_eq!(segs.len(), 3);
+        let len = file_len(&segs[2]);
+        fs::OpenOptions::new().write(true).open(&segs[2]).unwrap().set_len(len - COMMIT_LEN).unwrap();
+        let (mut wal, replay) = open(dir.path(), &o);
+        assert_eq!(replay.records, [b1.clone(), b2.clone(), b3.clone()]);
+        assert_eq!(file_len(&segs[2]), SEG_HEADER_LEN);
+
+        // Segment 2 goes (group 2 released all it has there); segment 1 stays for group 1, its tail now without
+        // a commit record after it in any file.
+        wal.release(2, b3.lsn).unwrap();
+        assert!(!segs[1].exists() && segs[0].exists());
+        // Another crash before a commit record.
+        wal.append(3, &payload(5, 40)).unwrap();
+        wal.sync().unwrap();
+        drop(wal);
+        let len = file_len(&segs[2]);
+        fs::OpenOptions::new().write(true).open(&segs[2]).unwrap().set_len(len - COMMIT_LEN).unwrap();
+
+        // b2 comes back (its release was in the torn batch), b3 went with its segment; b1 and b2 must survive.
+        let (_, replay) = open(dir.path(), &o);
+        assert_eq!(replay.records, [b1, b2]);
+        assert_eq!(replay.torn_bytes, len - COMMIT_LEN - SEG_HEADER_LEN);
+        assert_eq!(file_len(&segs[0]), SEG_HEADER_LEN + 2 * REC40);
+    }
+
+    #[test]
+    fn a_second_open_of_the_same_directory_is_locked_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = WalOptions::default();
+        let (mut wal, _) = open(dir.path(), &o);
+        let rec = add(&mut wal, 1, b"synced".to_vec());
+        wal.sync().unwrap();
+        // Bytes after the last commit record, which a replay would cut off.
+        let seg = only_file(dir.path());
+        let synced_len = file_len(&seg);
+        fs::OpenOptions::new().append(true).open(&seg).unwrap().write_all(&[0xEE; 10]).unwrap();
+
+        match Wal::open(dir.path(), o.clone()) {
+            Err(WalError::Locked { path }) => assert_eq!(path, dir.path().join(LOCK_FILE)),
+            other => panic!("expected Locked, got {other:?}"),
+        }
+        assert_eq!(file_len(&seg), synced_len + 10, "the locked-out open changed nothing");
+        assert_eq!(wal.durable_lsn(), rec.lsn + 1, "and the first Wal is unaffected");
+        drop(wal);
+
+        let (wal, replay) = open(dir.path(), &o);
+        assert_eq!(replay.records, [rec]);
+        assert_eq!(replay.torn_bytes, 10);
+        assert!(matches!(Wal::open(dir.path(), o.clone()), Err(WalError::Locked { .. })));
+        drop(wal);
+        open(dir.path(), &o);
     }
 
     #[test]
     fn damage_at_the_end_of_an_older_segment_is_corrupt() {
         let dir = tempfile::tempdir().unwrap();
-        let o = opts(SEG_HEADER_LEN + 2 * 64);
+        let o = opts(SEG_HEADER_LEN + 2 * 64 + COMMIT_LEN);
         let (mut wal, _) = open(dir.path(), &o);
         for i in 0..4 {
             wal.append(1, &payload(i, 40)).unwrap();
@@ -1084,6 +1558,8 @@ mod tests {
         assert!(matches!(wal.append(1, &[0; 4097]), Err(WalError::RecordTooLarge { len: 4097, max: 4096 })));
         assert!(matches!(wal.append(RELEASE_GROUP, b"x"), Err(WalError::ReservedGroup(_))));
         assert!(matches!(wal.release(RELEASE_GROUP, 1), Err(WalError::ReservedGroup(_))));
+        assert!(matches!(wal.append(COMMIT_GROUP, b"x"), Err(WalError::ReservedGroup(_))));
+        assert!(matches!(wal.release(COMMIT_GROUP, 1), Err(WalError::ReservedGroup(_))));
         let tiny = WalOptions { segment_bytes: 1 << 20, max_record_bytes: 8 };
         assert!(matches!(Wal::open(dir.path(), tiny), Err(WalError::InvalidOptions(_))));
     }
@@ -1107,7 +1583,7 @@ mod tests {
     /// records that synced.
     fn check_recovers(dir: &Path, mut wal: Wal, mut synced: Vec<Record>, o: &WalOptions) {
         let durable = wal.durable_lsn();
-        assert_eq!(durable, synced.last().unwrap().lsn);
+        assert_eq!(durable, synced.last().unwrap().lsn + 1, "the commit record of the last good sync");
         assert_eq!(files(dir).len(), 1, "segments created by the failed batch are removed");
         assert_eq!(file_len(&only_file(dir)), wal.total_bytes(), "file cut back to its synced length");
         let after = add(&mut wal, 9, b"after the failure".to_vec());
@@ -1157,8 +1633,9 @@ mod tests {
 
     #[test]
     fn injected_enospc_in_a_new_segment_undoes_the_whole_batch() {
-        // The active segment has room for one more record only, so the batch spans two segments.
-        let o = opts(SEG_HEADER_LEN + 4 * (REC_HEADER_LEN as u64 + 50));
+        // The active segment has room for one more record only (with two commit records), so the batch spans
+        // two segments.
+        let o = opts(SEG_HEADER_LEN + 4 * (REC_HEADER_LEN as u64 + 50) + 2 * COMMIT_LEN);
         let (dir, mut wal, synced) = log_with_failing_batch(&o);
         // Writes: the active segment's part, the new segment's header, then its records: fail the last.
         inject(&mut wal, FaultOp::Write, 2, 1, libc::ENOSPC);
@@ -1178,6 +1655,29 @@ mod tests {
         assert!(matches!(wal.sync(), Err(WalError::Poisoned(_))));
         drop(wal);
         assert_eq!(open(dir.path(), &o).1.records, synced, "reopening recovers");
+    }
+
+    #[test]
+    fn reopening_while_another_thread_spawns_processes_is_not_locked_out() {
+        // A spawned child holds copies of this process's descriptors until it execs, the lock file's among
+        // them, so a lock dropped a moment ago can still look held.
+        let dir = tempfile::tempdir().unwrap();
+        let o = WalOptions::default();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    Command::new("true").status().unwrap();
+                }
+            });
+            for i in 0..300 {
+                let res = Wal::open(dir.path(), o.clone());
+                stop.store(res.is_err() || i == 299, std::sync::atomic::Ordering::Relaxed);
+                if let Err(e) = res {
+                    panic!("open {i}: {e:?}");
+                }
+            }
+        });
     }
 
     /// A tmpfs mounted for one test, unmounted on drop (also when the test panics).
@@ -1268,9 +1768,12 @@ mod tests {
         Sync,
         /// Clean restart: unsynced records are lost.
         Reopen,
-        /// Sync, then lose everything the batch wrote to the last segment after `cut` (a fraction of it).
+        /// Sync, then lose everything the batch wrote to the last segment after `cut` (a fraction of it; `None`
+        /// keeps it all), and maybe punch a hole `(where, length, garble)` into what is left of it, as if its
+        /// pages had reached the disk out of order.
         CrashMidWrite {
-            cut: u16,
+            cut: Option<u16>,
+            hole: Option<(u16, u8, bool)>,
         },
         /// Sync with an injected ENOSPC at one of its first writes (or none, if the batch is shorter).
         FailSync {
@@ -1283,7 +1786,11 @@ mod tests {
             6 => (0..4u64, 0..200usize).prop_map(|(group, len)| Op::Append { group, len }),
             2 => Just(Op::Sync),
             1 => Just(Op::Reopen),
-            1 => any::<u16>().prop_map(|cut| Op::CrashMidWrite { cut }),
+            2 => (
+                proptest::option::weighted(0.4, any::<u16>()),
+                proptest::option::of((any::<u16>(), 1..=100u8, any::<bool>())),
+            )
+                .prop_map(|(cut, hole)| Op::CrashMidWrite { cut, hole }),
             1 => (0..3u32).prop_map(|at_write| Op::FailSync { at_write }),
         ]
     }
@@ -1321,32 +1828,48 @@ mod tests {
                         prop_assert_eq!(&replay.records, &synced);
                         prop_assert_eq!(replay.torn_bytes, 0);
                     }
-                    Op::CrashMidWrite { cut } => {
+                    Op::CrashMidWrite { cut, hole } => {
                         let before = sizes(dir.path());
                         wal.sync().unwrap();
                         drop(wal);
-                        let (last, end) = sizes(dir.path()).pop().unwrap();
-                        let old_len = before.iter().find(|(p, _)| *p == last).map_or(0, |&(_, l)| l);
-                        let cut = old_len + (end - old_len) * u64::from(cut) / u64::from(u16::MAX);
-                        fs::OpenOptions::new().write(true).open(&last).unwrap().set_len(cut).unwrap();
-
-                        // The batch's records in earlier segments were synced before the last one existed;
-                        // those in the last one survive only if they lie entirely before the cut.
-                        let first_in_last = list_segments(dir.path()).unwrap().last().unwrap().0;
-                        let mut offset = if old_len == 0 { SEG_HEADER_LEN } else { old_len };
-                        let mut survivors = 0;
-                        for rec in &pending {
-                            if rec.lsn >= first_in_last {
-                                if cut < offset + (REC_HEADER_LEN + rec.payload.len()) as u64 {
-                                    break;
-                                }
-                                offset += (REC_HEADER_LEN + rec.payload.len()) as u64;
-                            }
-                            survivors += 1;
+                        let after = sizes(dir.path());
+                        let old_len = |p: &PathBuf| before.iter().find(|(q, _)| q == p).map(|&(_, l)| l);
+                        let (last, end) = after.last().unwrap().clone();
+                        // What the batch wrote to the last segment: all of it if the batch created it.
+                        let region = old_len(&last).unwrap_or(0);
+                        let cut = cut.map_or(end, |c| region + (end - region) * u64::from(c) / u64::from(u16::MAX));
+                        let original = fs::read(&last).unwrap();
+                        let mut bytes = original[..cut as usize].to_vec();
+                        let rec_start = region.max(SEG_HEADER_LEN);
+                        if let Some((at, len, garble)) = hole.filter(|_| cut > rec_start) {
+                            let from = rec_start + (cut - rec_start - 1) * u64::from(at) / u64::from(u16::MAX);
+                            let to = (from + u64::from(len)).min(cut);
+                            punch(&mut bytes[from as usize..to as usize], garble);
                         }
-                        let torn = if cut < SEG_HEADER_LEN { cut } else { cut - offset };
-                        synced.extend(pending.drain(..).take(survivors));
+                        fs::write(&last, &bytes).unwrap();
+                        let changed = |from: u64, to: u64| (from..to.min(cut)).any(|i| bytes[i as usize] != original[i as usize]);
 
+                        let torn = if pending.is_empty() {
+                            0 // nothing written
+                        } else if cut == end && !changed(end - COMMIT_LEN, end) {
+                            // The commit record made it: the batch is committed, and damage to it is Corrupt.
+                            if changed(rec_start, end - COMMIT_LEN) {
+                                let res = Wal::open(dir.path(), o.clone());
+                                prop_assert!(matches!(res, Err(WalError::Corrupt { .. })), "{:?}", res.map(|r| r.1));
+                                fs::write(&last, &original).unwrap();
+                            }
+                            synced.append(&mut pending);
+                            0
+                        } else {
+                            // The whole batch is torn, in every segment it reached. Segments it created are
+                            // cut back to their header, or removed if the header itself is incomplete.
+                            pending.clear();
+                            let older: u64 = after[..after.len() - 1]
+                                .iter()
+                                .map(|(p, len)| len - old_len(p).unwrap_or(SEG_HEADER_LEN))
+                                .sum();
+                            older + if region == 0 && cut < SEG_HEADER_LEN { cut } else { cut - rec_start }
+                        };
                         let replay;
                         (wal, replay) = open(dir.path(), &o);
                         prop_assert_eq!(&replay.records, &synced);

@@ -181,7 +181,10 @@ pub fn run(args: DhtArgs) -> anyhow::Result<()> {
             match client(&conn).await?.cas(key.as_bytes(), expected, Some(new.as_bytes())).await? {
                 Ok(()) => Ok(()),
                 Err(current) => {
-                    eprintln!("{key}: compare failed, it holds {:?}", current.map(|v| String::from_utf8_lossy(&v).into_owned()));
+                    eprintln!(
+                        "{key}: compare failed, it holds {:?}",
+                        current.map(|v| String::from_utf8_lossy(&v).into_owned())
+                    );
                     std::process::exit(4);
                 }
             }
@@ -201,7 +204,10 @@ async fn stat(output: Output, conn: ConnArgs) -> anyhow::Result<()> {
     }
     match output {
         Output::Table => {
-            println!("{:<6} {:<22} {:<6} {:<14} {:>6} {:>7} {:>10} {:>8}", "NODE", "ADDRESS", "GROUP", "ROLE", "TERM", "LEADER", "APPLIED", "KEYS");
+            println!(
+                "{:<6} {:<22} {:<6} {:<14} {:>6} {:>7} {:>10} {:>8}",
+                "NODE", "ADDRESS", "GROUP", "ROLE", "TERM", "LEADER", "APPLIED", "KEYS"
+            );
             for (id, addr, view) in &rows {
                 match view {
                     None => println!("{id:<6} {:<22} {:<6} {:<14}", addr.to_string(), "-", "unreachable"),

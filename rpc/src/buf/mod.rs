@@ -49,7 +49,7 @@ pub struct Message<T: Validate> {
 impl<T: Validate> Message<T> {
     /// Validate `bytes` as an archived `T` (bytecheck). Safe for untrusted input.
     pub fn new(bytes: Bytes) -> Result<Self, rancor::Error> {
-        let storage = if (bytes.as_ptr() as usize) % FRAME_ALIGN == 0 {
+        let storage = if (bytes.as_ptr() as usize).is_multiple_of(FRAME_ALIGN) {
             Storage::Shared(bytes)
         } else {
             let mut v = AlignedVec::<16>::with_capacity(bytes.len());
