@@ -157,6 +157,16 @@ impl DhtClient {
         self.inner.nodes.borrow().clone()
     }
 
+    /// Forgets every leader hint, so the next request per group starts from the members in
+    /// turn (after a network change, or in tests that want requests to reach followers).
+    pub fn forget_leaders(&self) {
+        let mut maps = self.inner.maps.borrow_mut();
+        let groups: Vec<GroupId> = maps.groups().map(|g| g.id).collect();
+        for g in groups {
+            maps.forget_leader(g);
+        }
+    }
+
     fn stub(&self, node: NodeId) -> Option<TableClient> {
         let addr = *self.inner.nodes.borrow().get(&node)?;
         let timeout = self.inner.config.attempt_timeout;

@@ -22,6 +22,8 @@
 //!   generated stubs of both interfaces);
 //! - [`client`]: the client library — routing by key, redirects and leader hints, retries
 //!   that take effect once;
+//! - [`linearizability`]: a checker (Wing–Gong search with memoization, per key) for the
+//!   client histories the fault tests record;
 //! - [`sim`]: a deterministic in-memory network (drop, delay, duplicate, reorder, partition,
 //!   crash and restart, all from a seed) that the consensus tests run on without sockets.
 //!
@@ -52,6 +54,7 @@ pub mod api {
 pub mod client;
 pub mod command;
 pub mod disk;
+pub mod linearizability;
 pub mod maps;
 pub mod replica;
 pub mod server;
