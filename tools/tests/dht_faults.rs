@@ -136,11 +136,11 @@ async fn client_loop(c: u64, client: DhtClient, t0: Instant, stop: Rc<RefCell<bo
         i += 1;
         // Now and then start from no leader hint, so requests also reach followers and
         // deposed leaders, as a client with stale routing would.
-        if i % 8 == 0 {
+        if i.is_multiple_of(8) {
             client.forget_leaders();
         }
         // A ledger write: a key only this client writes, checked for at the end.
-        if i % 4 == 0 {
+        if i.is_multiple_of(4) {
             let (k, v) = (format!("ledger-{c}-{i}").into_bytes(), format!("{c}:{i}").into_bytes());
             match client.put(&k, &v).await {
                 Ok(()) => rec.borrow_mut().acked.push((k, v)),
