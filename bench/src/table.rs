@@ -85,6 +85,13 @@ pub struct Measured {
     hist: Histogram<u64>,
 }
 
+impl Measured {
+    /// Wall time of the phase.
+    pub fn elapsed(&self) -> Duration {
+        self.elapsed
+    }
+}
+
 fn hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
 }
