@@ -29,6 +29,12 @@ struct Args {
     /// Where servers keep their data (a real disk: fsync must cost what it costs).
     #[arg(long, default_value = "target/dht-bench")]
     data: PathBuf,
+    /// Only our table (no etcd, no Redis): for profiling.
+    #[arg(long)]
+    ours_only: bool,
+    /// Only the memory mode of ours (with --ours-only), e.g. to profile the CPU path.
+    #[arg(long)]
+    memory_only: bool,
     /// Write the summary as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -56,7 +62,12 @@ fn main() -> anyhow::Result<()> {
     let mut skipped = Vec::new();
     let mut failover_ms = Vec::new();
 
-    for (name, durability) in [("multispace durable", Durability::Durable), ("multispace memory", Durability::Memory)] {
+    let ours: &[(&str, Durability)] = if args.memory_only {
+        &[("multispace memory", Durability::Memory)]
+    } else {
+        &[("multispace durable", Durability::Durable), ("multispace memory", Durability::Memory)]
+    };
+    for &(name, durability) in ours {
         let mut t = OurTable::start(durability, &data)?;
         rows.extend(put_get_rows(name, &w, &|op, c, d, n| Ok(t.measure(op, c, d, n, &w)), &|| {
             t.preload(&w);
@@ -71,17 +82,20 @@ fn main() -> anyhow::Result<()> {
             }
         }
     }
-    match Etcd::start(&data)? {
+    let peers = !args.ours_only;
+    match if peers { Etcd::start(&data)? } else { None } {
         Some(e) => rows
             .extend(put_get_rows("etcd 3 members", &w, &|op, c, d, n| e.measure(op, c, d, n, &w), &|| e.preload(&w))?),
-        None => skipped.push("etcd (not installed: apt-get install etcd-server)".to_string()),
+        None if peers => skipped.push("etcd (not installed: apt-get install etcd-server)".to_string()),
+        None => {}
     }
     for (name, aof) in [("redis appendfsync always", true), ("redis no persistence", false)] {
-        match Redis::start(&data, aof)? {
+        match if peers { Redis::start(&data, aof)? } else { None } {
             Some(r) => {
                 rows.extend(put_get_rows(name, &w, &|op, c, d, n| r.measure(op, c, d, n, &w), &|| r.preload(&w))?)
             }
-            None => skipped.push(format!("{name} (not installed: apt-get install redis-server)")),
+            None if peers => skipped.push(format!("{name} (not installed: apt-get install redis-server)")),
+            None => {}
         }
     }
 
