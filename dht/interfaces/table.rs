@@ -45,12 +45,48 @@ pub enum WriteAnswer {
     Refused(Refusal),
 }
 
+/// A change to a group's members.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(crate = multispace_rpc::rkyv, derive(Debug))]
+pub enum MemberChange {
+    /// Add `node` (serving at `addr`, `ip:port`) as a learner: it receives the group's state
+    /// (a snapshot, then the log) while writes go on, and does not vote.
+    AddLearner {
+        /// The new node's id.
+        node: u64,
+        /// Where it serves.
+        addr: String,
+    },
+    /// Make a learner a voting member.
+    Promote {
+        /// The learner.
+        node: u64,
+    },
+    /// Remove a member (voter or learner).
+    Remove {
+        /// The member.
+        node: u64,
+    },
+}
+
+/// The answer to a membership change.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(crate = multispace_rpc::rkyv, derive(Debug))]
+pub enum ChangeAnswer {
+    /// Applied: the group's new epoch.
+    Done(u64),
+    /// Not done.
+    Refused(Refusal),
+}
+
 /// One replica as its node sees it.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(crate = multispace_rpc::rkyv, derive(Debug))]
 pub struct ReplicaStatus {
     /// The group.
     pub group: u64,
+    /// The group's epoch as this replica has applied it.
+    pub epoch: u64,
     /// "leader", "follower", "candidate" or "pre-candidate".
     pub role: String,
     /// Current term.
@@ -96,6 +132,10 @@ pub trait Table {
     /// take effect once; `acked_below` lets replicas forget answers the client has.
     #[idempotent]
     async fn write(&self, group: u64, epoch: u64, client: u64, seq: u64, acked_below: u64, ops: Vec<Op>) -> WriteAnswer;
+
+    /// Changes the members of `group` (ask its leader). One change at a time: the answer comes
+    /// once it is applied.
+    async fn change_members(&self, group: u64, change: MemberChange) -> ChangeAnswer;
 
     /// The cluster as this node sees it.
     #[idempotent]

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use multispace_rpc::runtime::time::sleep;
 use multispace_rpc::CallOptions;
 
-use crate::api::table::{ClusterView, ReadAnswer, Refusal, TableClient, WriteAnswer};
+use crate::api::table::{ChangeAnswer, ClusterView, MemberChange, ReadAnswer, Refusal, TableClient, WriteAnswer};
 use crate::command::{check_key, check_ops, LimitError, Op, WriteResult};
 use crate::maps::{GroupId, Maps, NodeId};
 
@@ -83,6 +83,14 @@ impl std::fmt::Debug for DhtClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DhtClient").field("id", &self.inner.id).finish_non_exhaustive()
     }
+}
+
+/// One attempt's result.
+enum Outcome<T> {
+    Done(T),
+    Refused(Refusal),
+    /// The answer did not decode.
+    Broken(String),
 }
 
 enum Next {
@@ -195,12 +203,12 @@ impl DhtClient {
         let mut maps = self.inner.maps.borrow_mut();
         Ok(match refusal {
             Refusal::Redirect(g) => {
-                let hint = g.leader_hint;
-                if hint.is_some() && hint != Some(node) && maps.learn(&crate::maps::Redirect { group: g }) {
+                // Newer members or epoch, or a leader we did not know: go again at once.
+                if maps.learn(&crate::maps::Redirect { group: g }) {
                     Next::Now
                 } else {
                     maps.forget_leader(group);
-                    Next::Later(format!("node {node} does not lead group {group} and knows no leader"))
+                    Next::Later(format!("node {node} does not lead group {group} and knows no other leader"))
                 }
             }
             Refusal::NotHosted => {
@@ -232,21 +240,69 @@ impl DhtClient {
 
     async fn read(&self, key: &[u8], stale: bool) -> Result<Option<Vec<u8>>, DhtError> {
         check_key(key)?;
-        let started = Instant::now();
         let group = self.inner.maps.borrow().group_of(key).id;
+        self.route(group, |stub, epoch| {
+            let key = key.to_vec();
+            async move {
+                stub.get(group, epoch, key, stale).await.map(|m| match m.to_owned() {
+                    Ok(ReadAnswer::Value(v)) => Outcome::Done(v),
+                    Ok(ReadAnswer::Refused(r)) => Outcome::Refused(r),
+                    Err(e) => Outcome::Broken(e.to_string()),
+                })
+            }
+        })
+        .await
+    }
+
+    /// Sends a request for `group` to its leader (or, not knowing it, its members in turn),
+    /// following redirects and retrying until it is done or the deadline passes.
+    async fn route<T, F, Fut>(&self, group: GroupId, attempt_with: F) -> Result<T, DhtError>
+    where
+        F: Fn(TableClient, u64) -> Fut,
+        Fut: std::future::Future<Output = Result<Outcome<T>, multispace_rpc::CallError>>,
+    {
+        let started = Instant::now();
         let (mut attempt, mut pauses) = (0, 0);
         loop {
-            let (node, epoch) = self.target(group, attempt).ok_or(DhtError::Invalid("unknown group".into()))?;
-            let next = match self.stub(node) {
+            let (node, epoch) =
+                self.target(group, attempt).ok_or(DhtError::Invalid(format!("unknown group {group}")))?;
+            let stub = match self.stub(node) {
+                Some(stub) => Some(stub),
+                // A member this client has not heard of: ask the cluster for its address.
+                None => {
+                    self.refresh().await;
+                    self.stub(node)
+                }
+            };
+            let next = match stub {
                 None => Next::Other(format!("no address for node {node}")),
-                Some(stub) => match stub.get(group, epoch, key.to_vec(), stale).await.map(|m| m.to_owned()) {
-                    Ok(Ok(ReadAnswer::Value(v))) => return Ok(v),
-                    Ok(Ok(ReadAnswer::Refused(r))) => self.on_refusal(group, node, r)?,
-                    Ok(Err(e)) => self.transport_failed(group, node, e),
+                Some(stub) => match attempt_with(stub, epoch).await {
+                    Ok(Outcome::Done(v)) => return Ok(v),
+                    Ok(Outcome::Refused(r)) => self.on_refusal(group, node, r)?,
+                    Ok(Outcome::Broken(e)) => self.transport_failed(group, node, e),
                     Err(e) => self.transport_failed(group, node, e),
                 },
             };
             self.after(next, started, &mut attempt, &mut pauses).await?;
+        }
+    }
+
+    /// Learns node addresses and group members from whichever node answers first.
+    pub async fn refresh(&self) {
+        let nodes: Vec<SocketAddr> = self.inner.nodes.borrow().values().copied().collect();
+        for addr in nodes {
+            if let Ok(view) = Self::view_of(addr, self.inner.config.attempt_timeout).await {
+                for (id, a) in &view.nodes {
+                    if let Ok(a) = a.parse() {
+                        self.inner.nodes.borrow_mut().insert(*id, a);
+                    }
+                }
+                let mut maps = self.inner.maps.borrow_mut();
+                for g in view.maps.groups() {
+                    maps.learn(&crate::maps::Redirect { group: g.clone() });
+                }
+                return;
+            }
         }
     }
 
@@ -258,7 +314,17 @@ impl DhtClient {
         pauses: &mut usize,
     ) -> Result<(), DhtError> {
         let last = match next {
-            Next::Now => return Ok(()),
+            // Redirects may chase a leader that just moved; after a few, pause like any retry.
+            Next::Now if *attempt < 3 || *attempt % 4 != 0 => {
+                *attempt += 1;
+                return Ok(());
+            }
+            Next::Now => {
+                *attempt += 1;
+                Self::pause(*pauses).await;
+                *pauses += 1;
+                "redirected repeatedly".to_string()
+            }
             Next::Other(why) => {
                 *attempt += 1;
                 why
@@ -289,29 +355,44 @@ impl DhtClient {
     }
 
     async fn write(&self, group: GroupId, seq: u64, ops: Vec<Op>) -> Result<WriteResult, DhtError> {
-        let started = Instant::now();
-        let (mut attempt, mut pauses) = (0, 0);
-        loop {
-            // Every write of ours below the oldest still in flight has its answer.
-            let acked_below = self.inner.in_flight.borrow().first().copied().unwrap_or(seq);
-            let (node, epoch) = self.target(group, attempt).ok_or(DhtError::Invalid("unknown group".into()))?;
-            let next = match self.stub(node) {
-                None => Next::Other(format!("no address for node {node}")),
-                Some(stub) => {
-                    let call = stub.write(group, epoch, self.inner.id, seq, acked_below, ops.clone()).await;
-                    match call.map(|m| m.to_owned()) {
-                        Ok(Ok(WriteAnswer::Done(WriteResult::Rejected { reason }))) => {
-                            return Err(DhtError::Rejected(reason))
-                        }
-                        Ok(Ok(WriteAnswer::Done(r))) => return Ok(r),
-                        Ok(Ok(WriteAnswer::Refused(r))) => self.on_refusal(group, node, r)?,
-                        Ok(Err(e)) => self.transport_failed(group, node, e),
-                        Err(e) => self.transport_failed(group, node, e),
-                    }
+        let client = self.inner.id;
+        let result = self
+            .route(group, |stub, epoch| {
+                // Every write of ours below the oldest still in flight has its answer.
+                let acked_below = self.inner.in_flight.borrow().first().copied().unwrap_or(seq);
+                let ops = ops.clone();
+                async move {
+                    stub.write(group, epoch, client, seq, acked_below, ops).await.map(|m| match m.to_owned() {
+                        Ok(WriteAnswer::Done(r)) => Outcome::Done(r),
+                        Ok(WriteAnswer::Refused(r)) => Outcome::Refused(r),
+                        Err(e) => Outcome::Broken(e.to_string()),
+                    })
                 }
-            };
-            self.after(next, started, &mut attempt, &mut pauses).await?;
+            })
+            .await?;
+        match result {
+            WriteResult::Rejected { reason } => Err(DhtError::Rejected(reason)),
+            r => Ok(r),
         }
+    }
+
+    /// Changes the members of `group` through its leader; returns the group's new epoch once
+    /// the change is applied.
+    pub async fn change_members(&self, group: GroupId, change: MemberChange) -> Result<u64, DhtError> {
+        let epoch = self
+            .route(group, |stub, _| {
+                let change = change.clone();
+                async move {
+                    stub.change_members(group, change).await.map(|m| match m.to_owned() {
+                        Ok(ChangeAnswer::Done(e)) => Outcome::Done(e),
+                        Ok(ChangeAnswer::Refused(r)) => Outcome::Refused(r),
+                        Err(e) => Outcome::Broken(e.to_string()),
+                    })
+                }
+            })
+            .await?;
+        self.refresh().await;
+        Ok(epoch)
     }
 
     /// The value of `key`, linearizable: reflects every write acknowledged before the call.

@@ -110,6 +110,19 @@ pub struct ReplicaReady {
     pub local_snapshot: Option<Snapshot>,
     /// Records to write after `local_snapshot`.
     pub local_records: Vec<Record>,
+    /// Membership changes applied in this turn (their context carries a new member's address).
+    pub member_updates: Vec<MemberUpdate>,
+}
+
+/// A membership change as applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberUpdate {
+    /// The node added, promoted or removed.
+    pub node: NodeId,
+    /// What happened to it.
+    pub change: raft::eraftpb::ConfChangeType,
+    /// What the proposer attached (the node's address, for additions).
+    pub context: Vec<u8>,
 }
 
 impl ReplicaReady {
@@ -380,10 +393,16 @@ impl Replica {
         Ok(())
     }
 
-    /// Proposes a membership change (add a learner, promote it, remove a member).
+    /// Proposes a membership change (add a learner, promote it, remove a member); `cc.context`
+    /// travels with it to every replica.
     pub fn propose_conf_change(&mut self, cc: ConfChangeV2) -> Result<(), ProposeError> {
         self.check_leader()?;
         self.raw.propose_conf_change(Vec::new(), cc).map_err(|e| ProposeError::Dropped(e.to_string()))
+    }
+
+    /// The group's epoch: the log index of the last membership change applied (1 before any).
+    pub fn epoch(&self) -> u64 {
+        self.sm.conf_epoch()
     }
 
     /// A turn, if raft has anything to do: see the module docs.
@@ -395,7 +414,15 @@ impl Replica {
         let mut out = ReplicaReady { number: rd.number(), messages: rd.take_messages(), ..ReplicaReady::default() };
         if !rd.snapshot().is_empty() {
             let snap = rd.snapshot().clone();
-            match StateMachine::restore(snap.get_data()) {
+            // A group's initial snapshot carries no state: it starts empty.
+            let restored = if snap.get_data().is_empty() {
+                let mut sm = StateMachine::new();
+                sm.skip(snap.get_metadata().index);
+                Ok(sm)
+            } else {
+                StateMachine::restore(snap.get_data())
+            };
+            match restored {
                 Ok(sm) => {
                     self.sm = sm;
                     out.records.push(Record::Installed(snap.get_metadata().clone()));
@@ -487,15 +514,29 @@ impl Replica {
                 EntryType::EntryNormal => self.sm.skip(e.index),
                 EntryType::EntryConfChange => {
                     let mut cc = ConfChange::default();
-                    if cc.merge_from_bytes(&e.data).is_ok() {
-                        self.apply_conf_change(&cc);
+                    if cc.merge_from_bytes(&e.data).is_ok() && self.apply_conf_change(&cc) {
+                        let change = MemberUpdate {
+                            node: cc.node_id,
+                            change: cc.get_change_type(),
+                            context: cc.context.to_vec(),
+                        };
+                        out.member_updates.push(change);
+                        self.sm.conf_changed(e.index);
                     }
                     self.sm.skip(e.index);
                 }
                 EntryType::EntryConfChangeV2 => {
                     let mut cc = ConfChangeV2::default();
-                    if cc.merge_from_bytes(&e.data).is_ok() {
-                        self.apply_conf_change(&cc);
+                    if cc.merge_from_bytes(&e.data).is_ok() && self.apply_conf_change(&cc) {
+                        for c in cc.get_changes() {
+                            let change = MemberUpdate {
+                                node: c.node_id,
+                                change: c.get_change_type(),
+                                context: cc.context.to_vec(),
+                            };
+                            out.member_updates.push(change);
+                        }
+                        self.sm.conf_changed(e.index);
                     }
                     self.sm.skip(e.index);
                 }
@@ -503,10 +544,16 @@ impl Replica {
         }
     }
 
-    fn apply_conf_change(&mut self, cc: &impl raft_proto::ConfChangeI) {
+    fn apply_conf_change(&mut self, cc: &impl raft_proto::ConfChangeI) -> bool {
         match self.raw.apply_conf_change(cc) {
-            Ok(cs) => self.log.set_conf_state(cs),
-            Err(e) => tracing::warn!(group = self.group, error = %e, "membership change refused"),
+            Ok(cs) => {
+                self.log.set_conf_state(cs);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(group = self.group, error = %e, "membership change refused");
+                false
+            }
         }
     }
 

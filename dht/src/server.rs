@@ -30,7 +30,9 @@ use raft::eraftpb::{Message, MessageType};
 use raft::StateRole;
 
 use crate::api::peer::{self, RaftPeer, RaftPeerClient};
-use crate::api::table::{self, ClusterView, ReadAnswer, Refusal, ReplicaStatus, Table, WriteAnswer};
+use crate::api::table::{
+    self, ChangeAnswer, ClusterView, MemberChange, ReadAnswer, Refusal, ReplicaStatus, Table, WriteAnswer,
+};
 use crate::command::{check_key, check_ops, Command, Op};
 use crate::disk::{Disk, DiskError, DiskWorker};
 use crate::maps::{GroupId, Maps, NodeId};
@@ -76,6 +78,9 @@ pub struct DhtConfig {
     pub replica: ReplicaConfig,
     /// How long a request waits for its answer before the node says `Timeout`.
     pub request_timeout: Duration,
+    /// Start hosting no group of the partition map: this node is a replacement or an addition,
+    /// and takes on a group's replica when that group's leader adds it (membership change).
+    pub join: bool,
 }
 
 impl DhtConfig {
@@ -92,6 +97,7 @@ impl DhtConfig {
             tick: Duration::from_millis(20),
             replica: ReplicaConfig::default(),
             request_timeout: Duration::from_secs(2),
+            join: false,
         }
     }
 }
@@ -184,7 +190,13 @@ struct Inner {
     state: RefCell<State>,
     disk: Option<DiskWorker>,
     wake: Notify,
-    peers: BTreeMap<NodeId, PeerLink>,
+    /// Every node this one knows: the configured ones and members added since.
+    nodes: RefCell<BTreeMap<NodeId, SocketAddr>>,
+    peers: RefCell<BTreeMap<NodeId, Rc<PeerLink>>>,
+    /// Send loops of peers added at run time (cleared on drop: they hold the `Inner`).
+    extra_tasks: RefCell<Vec<JoinHandle<()>>>,
+    /// Membership changes waiting to be applied, per group: answered with the new epoch.
+    changes: RefCell<HashMap<GroupId, Vec<oneshot::Sender<u64>>>>,
 }
 
 /// A running table node. Dropping it stops its tasks and closes its sockets.
@@ -217,7 +229,7 @@ impl DhtServer {
         if !config.nodes.contains_key(&id) {
             return Err(ServerError::Config(format!("node {id} is not in the node list")));
         }
-        let (mut disk, mut recovered) = match (config.durability, &config.data_dir) {
+        let (mut disk, recovered) = match (config.durability, &config.data_dir) {
             (Durability::Durable, Some(dir)) => {
                 let (disk, rec) = Disk::open(dir)?;
                 if rec.torn_bytes > 0 {
@@ -231,23 +243,35 @@ impl DhtServer {
             (Durability::Memory, _) => (None, BTreeMap::new()),
         };
         let mut groups = BTreeMap::new();
-        for g in config.maps.groups().filter(|g| g.members.contains(&id)) {
-            let replica = match recovered.remove(&g.id) {
-                Some((snapshot, records)) => Replica::recover(id, g.id, snapshot, records, config.replica.clone()),
-                None => Replica::bootstrap(id, g.id, &g.members, config.replica.clone()).and_then(|(r, init)| {
-                    if let Some(disk) = disk.as_mut() {
-                        disk.append(g.id, &init).map_err(|e| StartError::Snapshot(e.to_string()))?;
-                    }
-                    Ok(r)
-                }),
+        let slot = |replica| GroupSlot { replica, writes: HashMap::new(), reads: HashMap::new() };
+        // Groups the map gives this node (unless it joins later), bootstrapped on first start.
+        let mine: Vec<_> = if config.join {
+            Vec::new()
+        } else {
+            config.maps.groups().filter(|g| g.members.contains(&id)).cloned().collect()
+        };
+        for g in mine {
+            if recovered.contains_key(&g.id) {
+                continue;
             }
-            .map_err(|source| ServerError::Replica { group: g.id, source })?;
-            groups.insert(g.id, GroupSlot { replica, writes: HashMap::new(), reads: HashMap::new() });
+            let (replica, init) = Replica::bootstrap(id, g.id, &g.members, config.replica.clone())
+                .map_err(|source| ServerError::Replica { group: g.id, source })?;
+            if let Some(disk) = disk.as_mut() {
+                disk.append(g.id, &init)?;
+            }
+            groups.insert(g.id, slot(replica));
+        }
+        // Every group the disk holds, including ones joined at run time.
+        for (gid, (snapshot, records)) in recovered {
+            let replica = Replica::recover(id, gid, snapshot, records, config.replica.clone())
+                .map_err(|source| ServerError::Replica { group: gid, source })?;
+            groups.insert(gid, slot(replica));
         }
         if let Some(disk) = disk.as_mut() {
             disk.sync()?;
         }
-        let peers = config.nodes.keys().filter(|n| **n != id).map(|n| (*n, PeerLink::default())).collect();
+        let peers: BTreeMap<NodeId, Rc<PeerLink>> =
+            config.nodes.keys().filter(|n| **n != id).map(|n| (*n, Rc::new(PeerLink::default()))).collect();
         let disk = match disk {
             Some(d) => Some(
                 DiskWorker::spawn(d, format!("dht-disk-{id}"))
@@ -256,11 +280,14 @@ impl DhtServer {
             None => None,
         };
         let inner = Rc::new(Inner {
-            config,
             state: RefCell::new(State { groups, next_read: 1, failed: None }),
             disk,
             wake: Notify::default(),
-            peers,
+            nodes: RefCell::new(config.nodes.clone()),
+            peers: RefCell::new(peers),
+            extra_tasks: RefCell::new(Vec::new()),
+            changes: RefCell::new(HashMap::new()),
+            config,
         });
         let server = Server::bind(
             inner.config.listen,
@@ -273,8 +300,8 @@ impl DhtServer {
             }
         })];
         tasks.push(spawn(drive(inner.clone())));
-        for (&to, &peer_addr) in inner.config.nodes.iter().filter(|(n, _)| **n != id) {
-            tasks.push(spawn(send_loop(inner.clone(), to, peer_addr)));
+        for (&to, link) in inner.peers.borrow().iter() {
+            tasks.push(spawn(send_loop(inner.clone(), link.clone(), to, inner.config.nodes[&to])));
         }
         tracing::info!(node = id, %addr, durability = inner.config.durability.name(), "table node up");
         Ok(DhtServer { inner, addr, _tasks: tasks })
@@ -296,7 +323,29 @@ impl DhtServer {
     }
 }
 
+impl Drop for DhtServer {
+    fn drop(&mut self) {
+        // The added peers' send loops hold the Inner; cancel them so it can go.
+        self.inner.extra_tasks.borrow_mut().clear();
+    }
+}
+
 impl Inner {
+    /// Learns a node's address (a member added at run time) and starts sending to it.
+    fn add_node(self: &Rc<Self>, node: NodeId, addr: SocketAddr) {
+        if node == self.config.id {
+            return;
+        }
+        self.nodes.borrow_mut().insert(node, addr);
+        if self.peers.borrow().contains_key(&node) {
+            return;
+        }
+        let link = Rc::new(PeerLink::default());
+        self.peers.borrow_mut().insert(node, link.clone());
+        self.extra_tasks.borrow_mut().push(spawn(send_loop(self.clone(), link, node, addr)));
+        tracing::info!(node = self.config.id, peer = node, %addr, "learned a new member");
+    }
+
     fn status(&self) -> Vec<ReplicaStatus> {
         let st = self.state.borrow();
         st.groups
@@ -306,6 +355,7 @@ impl Inner {
                 let (voters, learners) = r.members();
                 ReplicaStatus {
                     group: *g,
+                    epoch: r.epoch(),
                     role: role_name(r.role()).into(),
                     term: r.term(),
                     leader: r.leader(),
@@ -321,7 +371,8 @@ impl Inner {
 
     fn post(&self, group: GroupId, msgs: Vec<Message>) {
         for m in msgs {
-            let Some(link) = self.peers.get(&m.to) else { continue };
+            let peers = self.peers.borrow();
+            let Some(link) = peers.get(&m.to) else { continue };
             let mut q = link.queue.borrow_mut();
             if q.len() >= MAX_QUEUED_PER_PEER {
                 q.remove(0);
@@ -343,7 +394,7 @@ impl Inner {
     }
 
     /// One turn; a disk error stops the node (fail-stop).
-    async fn turn(&self) {
+    async fn turn(self: &Rc<Self>) {
         if let Err(e) = self.try_turn().await {
             tracing::error!(node = self.config.id, error = %e, "disk failed: this node stops serving the table");
             let mut st = self.state.borrow_mut();
@@ -371,11 +422,12 @@ impl Inner {
         })
     }
 
-    async fn try_turn(&self) -> Result<(), DiskError> {
+    async fn try_turn(self: &Rc<Self>) -> Result<(), DiskError> {
         // Phase 1: every group's ready. Messages go out now; so do answers (what a ready
         // applies is already durable on a majority).
         let mut pending = Vec::new();
         let mut writes: Vec<Write> = Vec::new();
+        let mut added = Vec::new();
         {
             let mut st = self.state.borrow_mut();
             if st.failed.is_some() {
@@ -394,9 +446,12 @@ impl Inner {
                         let _ = tx.send(ReadAnswer::Value(slot.replica.state().get(&key).map(<[u8]>::to_vec)));
                     }
                 }
+                for u in rd.member_updates.drain(..) {
+                    added.push((*gid, u));
+                }
                 if let Some((role, _)) = rd.role_changed {
                     if role != StateRole::Leader {
-                        let redirect = Refusal::Redirect(self.group_view(*gid, slot.replica.leader()));
+                        let redirect = Refusal::Redirect(group_view(&slot.replica));
                         for (_, tx) in slot.writes.drain() {
                             let _ = tx.send(WriteAnswer::Refused(redirect.clone()));
                         }
@@ -417,6 +472,7 @@ impl Inner {
                 pending.push((*gid, rd.number(), std::mem::take(&mut rd.persisted_messages)));
             }
         }
+        self.members_changed(added);
         if pending.is_empty() {
             return Ok(());
         }
@@ -474,15 +530,63 @@ impl Inner {
         Ok(())
     }
 
-    fn group_view(&self, gid: GroupId, leader: Option<NodeId>) -> crate::maps::Group {
-        let mut g = self.config.maps.group(gid).cloned().unwrap_or(crate::maps::Group {
-            id: gid,
-            epoch: 0,
-            members: Vec::new(),
-            leader_hint: None,
-        });
-        g.leader_hint = leader;
-        g
+    /// Applied membership changes: learn added members' addresses, answer who waited.
+    fn members_changed(self: &Rc<Self>, updates: Vec<(GroupId, crate::replica::MemberUpdate)>) {
+        use raft::eraftpb::ConfChangeType;
+        for (gid, u) in updates {
+            if matches!(u.change, ConfChangeType::AddNode | ConfChangeType::AddLearnerNode) {
+                match std::str::from_utf8(&u.context).ok().and_then(|a| a.parse().ok()) {
+                    Some(addr) => self.add_node(u.node, addr),
+                    None if self.nodes.borrow().contains_key(&u.node) => {}
+                    None => tracing::warn!(group = gid, node = u.node, "member added without a usable address"),
+                }
+            }
+            let epoch = self.state.borrow().groups.get(&gid).map_or(0, |s| s.replica.epoch());
+            for tx in self.changes.borrow_mut().remove(&gid).unwrap_or_default() {
+                let _ = tx.send(epoch);
+            }
+        }
+    }
+
+    async fn change_members(&self, group: GroupId, change: MemberChange) -> ChangeAnswer {
+        use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
+        // Any epoch: a membership change is not routed by the member list.
+        if let Err(r) = self.refuse_unless_ready(group, u64::MAX) {
+            return ChangeAnswer::Refused(r);
+        }
+        let (node, change_type, context) = match change {
+            MemberChange::AddLearner { node, addr } => {
+                if addr.parse::<SocketAddr>().is_err() {
+                    return ChangeAnswer::Refused(Refusal::Invalid(format!("`{addr}` is not ip:port")));
+                }
+                (node, ConfChangeType::AddLearnerNode, addr.into_bytes())
+            }
+            MemberChange::Promote { node } => (node, ConfChangeType::AddNode, Vec::new()),
+            MemberChange::Remove { node } => (node, ConfChangeType::RemoveNode, Vec::new()),
+        };
+        let mut single = ConfChangeSingle { node_id: node, ..Default::default() };
+        single.set_change_type(change_type);
+        let mut cc = ConfChangeV2 { context: context.into(), ..Default::default() };
+        cc.set_changes(vec![single].into());
+        let rx = {
+            let mut st = self.state.borrow_mut();
+            let slot = st.groups.get_mut(&group).expect("checked above");
+            match slot.replica.propose_conf_change(cc) {
+                Ok(()) => {}
+                Err(ProposeError::Dropped(why)) => return ChangeAnswer::Refused(Refusal::Invalid(format!(
+                    "refused ({why}): one membership change at a time, and a learner must exist before it is promoted"
+                ))),
+                Err(_) => return ChangeAnswer::Refused(Refusal::Redirect(group_view(&slot.replica))),
+            }
+            let (tx, rx) = oneshot::channel();
+            self.changes.borrow_mut().entry(group).or_default().push(tx);
+            rx
+        };
+        self.wake.notify();
+        match timeout_at(Instant::now() + self.config.request_timeout * 2, rx).await {
+            Ok(Ok(epoch)) => ChangeAnswer::Done(epoch),
+            _ => ChangeAnswer::Refused(Refusal::Timeout),
+        }
     }
 
     fn refuse_unless_ready(&self, group: GroupId, epoch: u64) -> Result<(), Refusal> {
@@ -491,9 +595,8 @@ impl Inner {
             return Err(Refusal::Unavailable(reason.clone()));
         }
         let Some(slot) = st.groups.get(&group) else { return Err(Refusal::NotHosted) };
-        let known = self.config.maps.group(group).map_or(0, |g| g.epoch);
-        if epoch < known {
-            return Err(Refusal::Redirect(self.group_view(group, slot.replica.leader())));
+        if epoch < slot.replica.epoch() {
+            return Err(Refusal::Redirect(group_view(&slot.replica)));
         }
         Ok(())
     }
@@ -513,13 +616,13 @@ impl Inner {
             let slot = st.groups.get_mut(&group).expect("checked above");
             match slot.replica.propose(&cmd) {
                 Ok(()) => {}
-                Err(ProposeError::NotLeader { leader }) => {
-                    return WriteAnswer::Refused(Refusal::Redirect(self.group_view(group, leader)));
+                Err(ProposeError::NotLeader { .. }) => {
+                    return WriteAnswer::Refused(Refusal::Redirect(group_view(&slot.replica)));
                 }
                 Err(ProposeError::Busy { .. }) => return WriteAnswer::Refused(Refusal::Busy),
                 Err(ProposeError::Dropped(why)) => {
                     tracing::debug!(group, %why, "proposal dropped");
-                    return WriteAnswer::Refused(Refusal::Redirect(self.group_view(group, slot.replica.leader())));
+                    return WriteAnswer::Refused(Refusal::Redirect(group_view(&slot.replica)));
                 }
             }
             let (tx, rx) = oneshot::channel();
@@ -553,12 +656,8 @@ impl Inner {
             }
             let id = st.next_read;
             st.next_read += 1;
-            if let Err(e) = slot.replica.read(id) {
-                let leader = match e {
-                    ProposeError::NotLeader { leader } => leader,
-                    _ => slot.replica.leader(),
-                };
-                return ReadAnswer::Refused(Refusal::Redirect(self.group_view(group, leader)));
+            if slot.replica.read(id).is_err() {
+                return ReadAnswer::Refused(Refusal::Redirect(group_view(&slot.replica)));
             }
             let (tx, rx) = oneshot::channel();
             slot.reads.insert(id, (key, tx));
@@ -585,6 +684,16 @@ impl Inner {
                 tracing::warn!(from, claimed = msg.from, "raft message with a forged sender dropped");
                 continue;
             }
+            if !st.groups.contains_key(&group) && self.config.join {
+                // A group whose leader added this node: start empty; its snapshot follows.
+                match Replica::joining(self.config.id, group, self.config.replica.clone()) {
+                    Ok(replica) => {
+                        tracing::info!(node = self.config.id, group, from, "joining a group");
+                        st.groups.insert(group, GroupSlot { replica, writes: HashMap::new(), reads: HashMap::new() });
+                    }
+                    Err(e) => tracing::error!(group, error = %e, "cannot start a joining replica"),
+                }
+            }
             if let Some(slot) = st.groups.get_mut(&group) {
                 slot.replica.step(msg);
             }
@@ -607,6 +716,16 @@ impl Inner {
     }
 }
 
+/// A hosted group as clients should see it: its voters, epoch and leader.
+fn group_view(replica: &Replica) -> crate::maps::Group {
+    crate::maps::Group {
+        id: replica.group(),
+        epoch: replica.epoch(),
+        members: replica.members().0,
+        leader_hint: replica.leader(),
+    }
+}
+
 /// The node's clock and turn loop.
 async fn drive(inner: Rc<Inner>) {
     let tick = inner.config.tick;
@@ -625,10 +744,9 @@ async fn drive(inner: Rc<Inner>) {
 }
 
 /// Moves one peer's queued raft messages, a batch per rpc.
-async fn send_loop(inner: Rc<Inner>, to: NodeId, addr: SocketAddr) {
+async fn send_loop(inner: Rc<Inner>, link: Rc<PeerLink>, to: NodeId, addr: SocketAddr) {
     let client = RaftPeerClient::new(addr).with_options(CallOptions::timeout(Duration::from_secs(1)));
     let me = inner.config.id;
-    let link = &inner.peers[&to];
     loop {
         link.notify.wait().await;
         loop {
@@ -697,12 +815,26 @@ impl Table for TableImpl {
         Ok(self.0.write(group.to_native(), epoch.to_native(), cmd).await)
     }
 
+    async fn change_members(
+        &self,
+        _ctx: &CallContext,
+        group: &Archived<u64>,
+        change: &Archived<MemberChange>,
+    ) -> Result<ChangeAnswer, Status> {
+        Ok(self.0.change_members(group.to_native(), owned::<MemberChange>(change)?).await)
+    }
+
     async fn cluster(&self, _ctx: &CallContext) -> Result<ClusterView, Status> {
         let c = &self.0.config;
+        // The configured map, updated with what the hosted replicas know (members, epochs).
+        let mut maps = c.maps.clone();
+        for slot in self.0.state.borrow().groups.values() {
+            maps.learn(&crate::maps::Redirect { group: group_view(&slot.replica) });
+        }
         Ok(ClusterView {
             node: c.id,
-            maps: c.maps.clone(),
-            nodes: c.nodes.iter().map(|(id, a)| (*id, a.to_string())).collect(),
+            maps,
+            nodes: self.0.nodes.borrow().iter().map(|(id, a)| (*id, a.to_string())).collect(),
             replicas: self.0.status(),
             durability: c.durability.name().into(),
         })
@@ -719,7 +851,7 @@ impl RaftPeer for PeerImpl {
         messages: &Archived<Vec<(u64, Vec<u8>)>>,
     ) -> Result<(), Status> {
         let from = from.to_native();
-        if !self.0.config.nodes.contains_key(&from) {
+        if !self.0.nodes.borrow().contains_key(&from) {
             return Err(Status::application(format!("unknown node {from}")));
         }
         self.0.deliver(from, owned::<Vec<(u64, Vec<u8>)>>(messages)?);

@@ -633,6 +633,15 @@ impl Sim {
                 wrong.push(format!("nodes {} and {} hold different tables", w[0].0, w[1].0));
             }
         }
+        // Every member agrees on who the members are.
+        let configs: Vec<(NodeId, (Vec<NodeId>, Vec<NodeId>))> =
+            live.iter().map(|(id, r)| (*id, r.members())).collect();
+        for w in configs.windows(2) {
+            if w[0].1 != w[1].1 {
+                wrong
+                    .push(format!("nodes {} and {} disagree on members: {:?} vs {:?}", w[0].0, w[1].0, w[0].1, w[1].1));
+            }
+        }
         for (id, r) in live {
             for c in &self.clients {
                 for (k, v) in &c.acked_puts {

@@ -32,11 +32,15 @@ pub struct StateMachine {
     data: BTreeMap<Vec<u8>, Vec<u8>>,
     sessions: HashMap<u64, Session>,
     applied: u64,
+    /// Index of the last membership change applied (1 for a group's first members): the
+    /// group's epoch, the same on every replica.
+    conf_epoch: u64,
 }
 
 #[derive(Archive, Serialize, Deserialize)]
 struct SnapshotData {
     applied: u64,
+    conf_epoch: u64,
     data: Vec<(Vec<u8>, Vec<u8>)>,
     sessions: Vec<(u64, Session)>,
 }
@@ -61,6 +65,17 @@ impl StateMachine {
     /// The index of the last log entry applied.
     pub fn applied(&self) -> u64 {
         self.applied
+    }
+
+    /// The group's epoch: the index of the last membership change applied, or 1.
+    pub fn conf_epoch(&self) -> u64 {
+        self.conf_epoch.max(1)
+    }
+
+    /// Records a membership change applied at `index`.
+    pub fn conf_changed(&mut self, index: u64) {
+        self.applied = self.applied.max(index);
+        self.conf_epoch = self.conf_epoch.max(index);
     }
 
     /// The value under `key`.
@@ -141,6 +156,7 @@ impl StateMachine {
         sessions.sort_by_key(|(c, _)| *c);
         let snap = SnapshotData {
             applied: self.applied,
+            conf_epoch: self.conf_epoch,
             data: self.data.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             sessions,
         };
@@ -157,6 +173,7 @@ impl StateMachine {
             data: snap.data.into_iter().collect(),
             sessions: snap.sessions.into_iter().collect(),
             applied: snap.applied,
+            conf_epoch: snap.conf_epoch,
         })
     }
 }

@@ -179,10 +179,15 @@ pub struct GroupLog {
 
 impl GroupLog {
     /// A new group's log with its first voters.
+    ///
+    /// A group starts from a snapshot at index 1 (term 1) that holds its first voters and an
+    /// empty state, so its log begins at index 2: a member added later can never replay the
+    /// log from nothing (it would miss the first voters, which no entry holds); it receives a
+    /// snapshot first, as every member's state then agrees.
     pub fn bootstrap(voters: &[u64]) -> (Self, Record) {
         let cs = ConfState::from((voters.to_vec(), Vec::<u64>::new()));
         let log = GroupLog::default();
-        log.inner.borrow_mut().conf_state = cs.clone();
+        log.install(initial_snapshot(cs.clone()));
         (log, Record::Init(cs))
     }
 
@@ -212,8 +217,13 @@ impl GroupLog {
             for record in records {
                 match record {
                     Record::Init(cs) => {
-                        if !has_snapshot {
-                            s.conf_state = cs;
+                        if !has_snapshot && s.snapshot.get_metadata().index == 0 {
+                            let snap = initial_snapshot(cs);
+                            s.conf_state = snap.get_metadata().get_conf_state().clone();
+                            s.hard_state.term = s.hard_state.term.max(1);
+                            s.hard_state.commit = s.hard_state.commit.max(1);
+                            s.dummy = (1, 1);
+                            s.snapshot = snap;
                         }
                     }
                     Record::HardState(hs) => s.hard_state = hs,
@@ -318,6 +328,16 @@ impl GroupLog {
     }
 }
 
+/// A new group's starting point: index 1, term 1, its first voters, an empty state.
+fn initial_snapshot(cs: ConfState) -> Snapshot {
+    let mut snap = Snapshot::default();
+    let meta = snap.mut_metadata();
+    meta.index = 1;
+    meta.term = 1;
+    meta.set_conf_state(cs);
+    snap
+}
+
 fn append(s: &mut Inner, entries: Vec<Entry>) -> Result<(), RecoverError> {
     let Some(first) = entries.first().map(|e| e.index) else { return Ok(()) };
     let last = s.last_index();
@@ -409,9 +429,14 @@ impl Storage for GroupLog {
         Ok(self.inner.borrow().last_index())
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         let mut s = self.inner.borrow_mut();
-        if s.snapshot.get_metadata().index >= request_index && s.snapshot.get_metadata().index > 0 {
+        let meta = s.snapshot.get_metadata();
+        // The receiver refuses a snapshot whose configuration does not name it (a member
+        // added after the snapshot was taken): it needs a newer one.
+        let cs = meta.get_conf_state();
+        let names_receiver = cs.voters.iter().chain(&cs.learners).chain(&cs.voters_outgoing).any(|id| *id == to);
+        if meta.index >= request_index && meta.index > 0 && names_receiver {
             return Ok(s.snapshot.clone());
         }
         // The replica takes a fresh one at its next turn; raft retries.
@@ -495,20 +520,28 @@ mod tests {
     #[test]
     fn storage_answers_ranges_terms_and_snapshots() {
         let (log, _) = GroupLog::bootstrap(&[1]);
-        log.append(&entries(1..=10, 1)).unwrap();
+        // A new group's log starts after its initial snapshot at index 1.
+        assert_eq!((log.first_index().unwrap(), log.last_index()), (2, 1));
+        assert_eq!(log.term(1).unwrap(), 1);
+        log.append(&entries(2..=10, 1)).unwrap();
         let ctx = GetEntriesContext::empty(false);
         assert_eq!(log.entries(3, 6, None, ctx).unwrap().len(), 3);
-        let one = entry(1, 1).compute_size() as u64;
-        assert_eq!(log.entries(1, 11, one * 2, GetEntriesContext::empty(false)).unwrap().len(), 2);
-        assert_eq!(log.entries(1, 11, 0, GetEntriesContext::empty(false)).unwrap().len(), 1);
-        assert!(log.entries(1, 12, None, GetEntriesContext::empty(false)).is_err());
-        // No snapshot yet: raft is told to come back, and the replica is told to take one.
+        let one = entry(2, 1).compute_size() as u64;
+        assert_eq!(log.entries(2, 11, one * 2, GetEntriesContext::empty(false)).unwrap().len(), 2);
+        assert_eq!(log.entries(2, 11, 0, GetEntriesContext::empty(false)).unwrap().len(), 1);
+        assert!(log.entries(2, 12, None, GetEntriesContext::empty(false)).is_err());
+        assert!(log.entries(1, 5, None, GetEntriesContext::empty(false)).is_err());
+        // The initial snapshot answers requests up to index 1 from its members; newer requests
+        // and nodes it does not name ask for a new one.
+        assert_eq!(log.snapshot(1, 1).unwrap().get_metadata().index, 1);
+        assert!(log.snapshot(1, 2).is_err());
+        // Nothing that new yet: raft is told to come back, and the replica to take one.
         assert!(log.snapshot(5, 2).is_err());
         assert!(log.snapshot_wanted());
         let snap = log.take_snapshot(8, b"state".to_vec(), 2);
         assert!(!log.snapshot_wanted());
         assert_eq!(snap.get_metadata().index, 8);
-        assert_eq!(log.snapshot(5, 2).unwrap().get_data(), b"state");
+        assert_eq!(log.snapshot(5, 1).unwrap().get_data(), b"state");
         // Entries from 7 on are kept as a tail; 6 and before are gone.
         assert_eq!(log.first_index().unwrap(), 7);
         assert!(log.entries(5, 8, None, GetEntriesContext::empty(false)).is_err());

@@ -197,3 +197,87 @@ fn many_clients_at_once_and_memory_mode() {
         }
     });
 }
+
+#[test]
+fn a_replacement_node_joins_is_promoted_and_the_old_one_removed_while_writes_continue() {
+    use multispace_dht::api::table::MemberChange;
+    use std::cell::{Cell, RefCell};
+    use std::rc::Rc;
+
+    let mut cluster = Cluster::start(3, 2, Durability::Durable);
+    let client = cluster.client();
+    let group = client.maps().group_of(b"w-0").id;
+    let rt = rt();
+    // Node 4: knows the cluster, hosts nothing until a leader adds it.
+    let addr4 = free_addrs(1)[0];
+    let dir4 = tempfile::tempdir().unwrap();
+    let mut nodes = cluster.configs[&1].nodes.clone();
+    nodes.insert(4, addr4);
+    let mut c4 = DhtConfig::new(4, nodes, cluster.configs[&1].maps.clone(), Durability::Durable);
+    c4.data_dir = Some(dir4.path().to_path_buf());
+    c4.join = true;
+    let node4 = DhtThread::start(c4).unwrap();
+    let acked: Rc<RefCell<Vec<u64>>> = Rc::default();
+    let stop = Rc::new(Cell::new(false));
+    rt.block_on(async {
+        // Writes go on throughout.
+        let writer = {
+            let (client, acked, stop) = (cluster.client(), acked.clone(), stop.clone());
+            multispace_rpc::spawn(async move {
+                let mut i = 0;
+                while !stop.get() {
+                    if client.put(format!("w-{i}").as_bytes(), &[7; 500]).await.is_ok() {
+                        acked.borrow_mut().push(i);
+                    }
+                    i += 1;
+                }
+            })
+        };
+        while acked.borrow().len() < 300 {
+            sleep(Duration::from_millis(10)).await;
+        }
+        let e1 = client
+            .change_members(group, MemberChange::AddLearner { node: 4, addr: addr4.to_string() })
+            .await
+            .expect("learner added");
+        // The learner catches up (by snapshot if the log was compacted) while writes go on.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let leader = cluster.leader_of(group).unwrap();
+            let target = cluster.nodes[&leader].status().into_iter().find(|s| s.group == group).unwrap();
+            if let Some(mine) = node4.status().into_iter().find(|s| s.group == group) {
+                if mine.applied + 50 >= target.applied && mine.keys > 0 {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "node 4 did not catch up");
+            sleep(Duration::from_millis(20)).await;
+        }
+        let e2 = client.change_members(group, MemberChange::Promote { node: 4 }).await.expect("promoted");
+        let e3 = client.change_members(group, MemberChange::Remove { node: 1 }).await.expect("node 1 removed");
+        assert!(e1 < e2 && e2 < e3, "epochs rise with each change: {e1} {e2} {e3}");
+        let before = acked.borrow().len();
+        while acked.borrow().len() < before + 300 {
+            sleep(Duration::from_millis(10)).await;
+        }
+        stop.set(true);
+        writer.await;
+    });
+    // Node 1 goes away for good; group `group` lives on nodes 2, 3 and 4.
+    cluster.nodes.get_mut(&1).unwrap().kill();
+    let status4 = node4.status().into_iter().find(|s| s.group == group).unwrap();
+    assert_eq!(status4.voters, vec![2, 3, 4]);
+    // A client that knows only the old members and epoch finds its way.
+    let fresh = cluster.client();
+    rt.block_on(async {
+        for &i in acked.borrow().iter().filter(|i| *i % 7 == 0) {
+            let k = format!("w-{i}");
+            if fresh.maps().group_of(k.as_bytes()).id != group {
+                continue;
+            }
+            assert_eq!(fresh.get(k.as_bytes()).await.unwrap(), Some(vec![7; 500]), "{k}");
+        }
+        fresh.put(b"w-0", b"after").await.unwrap();
+    });
+    assert!(fresh.maps().group(group).unwrap().members.contains(&4));
+}

@@ -5,6 +5,10 @@
 //! multispace dht put greeting hello --seeds 127.0.0.1:7101
 //! multispace dht get greeting --seeds 127.0.0.1:7101
 //! multispace dht stat --seeds 127.0.0.1:7101 -o json
+//! multispace dht serve --id 4 --nodes 1=127.0.0.1:7101,2=127.0.0.1:7102,3=127.0.0.1:7103,4=127.0.0.1:7104 --data-dir /tmp/n4 --join
+//! multispace dht member --group 1 add-learner 4 127.0.0.1:7104
+//! multispace dht member --group 1 promote 4
+//! multispace dht member --group 1 remove 1
 //! ```
 //! Exit codes: 0 done, 1 error, 3 key not found (`get`), 4 compare failed (`cas`).
 
@@ -14,6 +18,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
+use multispace_dht::api::table::MemberChange;
 use multispace_dht::client::{ClientConfig, DhtClient};
 use multispace_dht::maps::Maps;
 use multispace_dht::server::{DhtConfig, DhtServer, Durability};
@@ -59,6 +64,17 @@ enum DhtCommand {
         #[command(flatten)]
         conn: ConnArgs,
     },
+    /// Change a group's members through its leader: add a learner (it catches up by
+    /// snapshot while writes go on), promote it to a voter, or remove a member.
+    Member {
+        /// The group (partition) to change.
+        #[arg(long)]
+        group: u64,
+        #[command(subcommand)]
+        change: MemberCmd,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
     /// Every node's replicas: role, term, leader, applied index, keys.
     Stat {
         /// Output format.
@@ -67,6 +83,16 @@ enum DhtCommand {
         #[command(flatten)]
         conn: ConnArgs,
     },
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum MemberCmd {
+    /// Add NODE (serving at ADDR, started with `serve --join`) as a learner.
+    AddLearner { node: u64, addr: SocketAddr },
+    /// Make learner NODE a voter.
+    Promote { node: u64 },
+    /// Remove NODE from the group.
+    Remove { node: u64 },
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -106,6 +132,10 @@ pub struct ServeArgs {
     /// restarted in this mode has lost its state and must not rejoin under its old id.
     #[arg(long)]
     pub memory: bool,
+    /// Host no group at start: wait to be added to groups (`multispace dht member ...
+    /// add-learner`), as a replacement or an extra node.
+    #[arg(long)]
+    pub join: bool,
     /// Raft tick in milliseconds (elections after 10-20 ticks without a leader).
     #[arg(long, default_value_t = 20)]
     pub tick_ms: u64,
@@ -121,7 +151,10 @@ impl ServeArgs {
             nodes.insert(id, addr);
         }
         let ids: Vec<u64> = nodes.keys().copied().collect();
-        let maps = Maps::even(&ids, self.partitions, self.replicas)?;
+        // A joining node's map only routes keys to groups (slot ranges depend on the partition
+        // count alone); it learns each group's members from the group.
+        let replicas = if self.join { self.replicas.min(ids.len()) } else { self.replicas };
+        let maps = Maps::even(&ids, self.partitions, replicas)?;
         let durability = match (&self.data_dir, self.memory) {
             (Some(_), _) => Durability::Durable,
             (None, true) => Durability::Memory,
@@ -130,6 +163,7 @@ impl ServeArgs {
         let mut config = DhtConfig::new(self.id, nodes, maps, durability);
         config.data_dir = self.data_dir.clone();
         config.tick = Duration::from_millis(self.tick_ms);
+        config.join = self.join;
         Ok(config)
     }
 }
@@ -188,6 +222,16 @@ pub fn run(args: DhtArgs) -> anyhow::Result<()> {
                     std::process::exit(4);
                 }
             }
+        }),
+        DhtCommand::Member { group, change, conn } => rt()?.block_on(async move {
+            let change = match change {
+                MemberCmd::AddLearner { node, addr } => MemberChange::AddLearner { node, addr: addr.to_string() },
+                MemberCmd::Promote { node } => MemberChange::Promote { node },
+                MemberCmd::Remove { node } => MemberChange::Remove { node },
+            };
+            let epoch = client(&conn).await?.change_members(group, change).await?;
+            println!("group {group}: done, epoch {epoch}");
+            Ok(())
         }),
         DhtCommand::Stat { output, conn } => rt()?.block_on(stat(output, conn)),
     }
