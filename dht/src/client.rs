@@ -315,7 +315,7 @@ impl DhtClient {
     ) -> Result<(), DhtError> {
         let last = match next {
             // Redirects may chase a leader that just moved; after a few, pause like any retry.
-            Next::Now if *attempt < 3 || *attempt % 4 != 0 => {
+            Next::Now if *attempt < 3 || !(*attempt).is_multiple_of(4) => {
                 *attempt += 1;
                 return Ok(());
             }

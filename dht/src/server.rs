@@ -573,9 +573,11 @@ impl Inner {
             let slot = st.groups.get_mut(&group).expect("checked above");
             match slot.replica.propose_conf_change(cc) {
                 Ok(()) => {}
-                Err(ProposeError::Dropped(why)) => return ChangeAnswer::Refused(Refusal::Invalid(format!(
+                Err(ProposeError::Dropped(why)) => {
+                    return ChangeAnswer::Refused(Refusal::Invalid(format!(
                     "refused ({why}): one membership change at a time, and a learner must exist before it is promoted"
-                ))),
+                )))
+                }
                 Err(_) => return ChangeAnswer::Refused(Refusal::Redirect(group_view(&slot.replica))),
             }
             let (tx, rx) = oneshot::channel();

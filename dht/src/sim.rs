@@ -634,8 +634,8 @@ impl Sim {
             }
         }
         // Every member agrees on who the members are.
-        let configs: Vec<(NodeId, (Vec<NodeId>, Vec<NodeId>))> =
-            live.iter().map(|(id, r)| (*id, r.members())).collect();
+        type Members = (Vec<NodeId>, Vec<NodeId>);
+        let configs: Vec<(NodeId, Members)> = live.iter().map(|(id, r)| (*id, r.members())).collect();
         for w in configs.windows(2) {
             if w[0].1 != w[1].1 {
                 wrong
