@@ -270,7 +270,8 @@ fn a_replacement_node_joins_is_promoted_and_the_old_one_removed_while_writes_con
     // A client that knows only the old members and epoch finds its way.
     let fresh = cluster.client();
     rt.block_on(async {
-        for &i in acked.borrow().iter().filter(|i| *i % 7 == 0) {
+        let sample: Vec<u64> = acked.borrow().iter().copied().filter(|i| i.is_multiple_of(7)).collect();
+        for i in sample {
             let k = format!("w-{i}");
             if fresh.maps().group_of(k.as_bytes()).id != group {
                 continue;
