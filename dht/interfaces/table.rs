@@ -119,6 +119,8 @@ pub struct ClusterView {
     pub replicas: Vec<ReplicaStatus>,
     /// "durable" or "memory".
     pub durability: String,
+    /// Why the node stopped serving the table (its disk failed), if it did.
+    pub failed: Option<String>,
 }
 
 /// The table, as clients call it.

@@ -839,6 +839,7 @@ impl Table for TableImpl {
             nodes: self.0.nodes.borrow().iter().map(|(id, a)| (*id, a.to_string())).collect(),
             replicas: self.0.status(),
             durability: c.durability.name().into(),
+            failed: self.0.state.borrow().failed.clone(),
         })
     }
 }

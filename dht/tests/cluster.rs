@@ -282,3 +282,91 @@ fn a_replacement_node_joins_is_promoted_and_the_old_one_removed_while_writes_con
     });
     assert!(fresh.maps().group(group).unwrap().members.contains(&4));
 }
+
+/// A tmpfs of `size` mounted on a new temporary directory, unmounted on drop.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "this test mounts a small tmpfs to fill a node's disk and needs root: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(dir)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(self.0.path()).status();
+    }
+}
+
+#[test]
+fn a_full_disk_stops_one_node_cleanly_and_it_recovers_once_space_is_back() {
+    use multispace_dht::client::DhtClient;
+    let mut cluster = Cluster::start(3, 1, Durability::Durable);
+    // Node 3 moves to a disk with little room.
+    let tmpfs = Tmpfs::mount("8m");
+    cluster.nodes.get_mut(&3).unwrap().kill();
+    let data3 = tmpfs.0.path().join("n3");
+    cluster.configs.get_mut(&3).unwrap().data_dir = Some(data3.clone());
+    cluster.restart(3);
+    let client = cluster.client();
+    let rt = rt();
+    let addr3 = cluster.configs[&3].listen;
+    let filler = tmpfs.0.path().join("filler");
+    rt.block_on(async {
+        client.put(b"first", b"1").await.unwrap();
+        // Leave about 300 KiB free.
+        let free = {
+            let out =
+                std::process::Command::new("df").args(["-B1", "--output=avail"]).arg(tmpfs.0.path()).output().unwrap();
+            String::from_utf8_lossy(&out.stdout).lines().nth(1).unwrap().trim().parse::<u64>().unwrap()
+        };
+        std::fs::write(&filler, vec![0u8; free.saturating_sub(300 * 1024) as usize]).unwrap();
+        // Writes go on (two of three replicas suffice) until node 3's disk is full and it stops.
+        let mut i = 0;
+        let failed = loop {
+            client.put(format!("k{i}").as_bytes(), &[1; 500]).await.expect("the majority keeps writing");
+            i += 1;
+            if i % 50 == 0 {
+                if let Ok(view) = DhtClient::view_of(addr3, Duration::from_secs(1)).await {
+                    if let Some(f) = view.failed {
+                        break f;
+                    }
+                }
+            }
+            assert!(i < 20_000, "node 3 never ran out of disk");
+        };
+        assert!(failed.contains("disk full") || failed.contains("No space"), "{failed}");
+        for j in 0..100 {
+            client.put(format!("after-{j}").as_bytes(), b"x").await.unwrap();
+        }
+    });
+    // Space comes back; node 3 restarts from its log, intact, and catches up.
+    std::fs::remove_file(&filler).unwrap();
+    cluster.nodes.get_mut(&3).unwrap().kill();
+    cluster.restart(3);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    rt.block_on(async {
+        loop {
+            let leader = cluster.leader_of(1).unwrap();
+            let target = cluster.nodes[&leader].status().into_iter().next().unwrap();
+            let mine = cluster.nodes[&3].status().into_iter().next().unwrap();
+            if mine.applied >= target.applied && mine.keys == target.keys {
+                break;
+            }
+            assert!(Instant::now() < deadline, "node 3 did not catch up: {mine:?} vs {target:?}");
+            sleep(Duration::from_millis(20)).await;
+        }
+    });
+    drop(cluster);
+}

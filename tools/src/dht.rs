@@ -255,6 +255,14 @@ async fn stat(output: Output, conn: ConnArgs) -> anyhow::Result<()> {
             for (id, addr, view) in &rows {
                 match view {
                     None => println!("{id:<6} {:<22} {:<6} {:<14}", addr.to_string(), "-", "unreachable"),
+                    Some(v) if v.failed.is_some() => {
+                        println!(
+                            "{id:<6} {:<22} {:<6} {}",
+                            addr.to_string(),
+                            "-",
+                            v.failed.as_deref().unwrap_or_default()
+                        );
+                    }
                     Some(v) => {
                         for r in &v.replicas {
                             let leader = r.leader.map_or("-".to_string(), |l| l.to_string());
@@ -298,8 +306,9 @@ async fn stat(output: Output, conn: ConnArgs) -> anyhow::Result<()> {
                             })
                             .collect();
                         format!(
-                            r#"{{"node":{id},"address":"{addr}","reachable":true,"durability":"{}","replicas":[{}]}}"#,
+                            r#"{{"node":{id},"address":"{addr}","reachable":true,"durability":"{}","failed":{},"replicas":[{}]}}"#,
                             v.durability,
+                            v.failed.as_ref().map_or("null".to_string(), |f| format!("{f:?}")),
                             replicas.join(",")
                         )
                     }
