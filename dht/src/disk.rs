@@ -285,17 +285,73 @@ mod tests {
     }
 }
 
-/// A disk job: runs on the disk thread with the disk.
-type Job = Box<dyn FnOnce(&mut Disk) + Send>;
+/// One group's share of a turn's write.
+#[derive(Debug, Default)]
+pub struct GroupWrite {
+    /// The group.
+    pub group: GroupId,
+    /// A snapshot received from the leader: saved before `records`, which refer to it.
+    pub snapshot: Option<Snapshot>,
+    /// Records to log.
+    pub records: Vec<Record>,
+    /// A snapshot the replica took of its own state: saved after the sync, then
+    /// `local_records` (the hard state) are logged and the log releases what it covers.
+    pub local_snapshot: Option<Snapshot>,
+    /// Records to log after `local_snapshot`.
+    pub local_records: Vec<Record>,
+}
 
-/// The node's disk on a thread of its own, so a core never blocks in fdatasync: while one
-/// batch syncs, the core keeps sending (a leader's appends go out before its own write
-/// completes, as raft allows), receiving and queueing the next batch.
+struct Job {
+    writes: Vec<GroupWrite>,
+    done: futures_channel::oneshot::Sender<Result<(), String>>,
+}
+
+/// The node's disk on a thread of its own, so a core never blocks in fdatasync. Writes are
+/// queued without waiting; the thread takes every write queued while it was busy, appends
+/// them all and syncs once (group commit across turns as well as across groups), then
+/// answers each in order.
 #[derive(Debug)]
 pub struct DiskWorker {
     tx: Option<std::sync::mpsc::Sender<Job>>,
     thread: Option<std::thread::JoinHandle<()>>,
     fsyncs: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job").field("groups", &self.writes.len()).finish()
+    }
+}
+
+/// Appends a batch of jobs, syncs once, then saves the local snapshots they carry.
+fn write_jobs(disk: &mut Disk, jobs: &[Job]) -> Result<(), DiskError> {
+    for w in jobs.iter().flat_map(|j| &j.writes) {
+        if let Some(snap) = &w.snapshot {
+            disk.save_snapshot(w.group, snap)?;
+        }
+        for r in &w.records {
+            disk.append(w.group, r)?;
+        }
+    }
+    disk.sync()?;
+    let mut released = Vec::new();
+    for w in jobs.iter().flat_map(|j| &j.writes) {
+        if let Some(snap) = &w.local_snapshot {
+            disk.save_snapshot(w.group, snap)?;
+            let mut last = 0;
+            for r in &w.local_records {
+                last = disk.append(w.group, r)?;
+            }
+            released.push((w.group, snap.get_metadata().index, last));
+        }
+    }
+    if !released.is_empty() {
+        disk.sync()?;
+        for (group, index, lsn) in released {
+            disk.release(group, index, lsn)?;
+        }
+    }
+    Ok(())
 }
 
 impl DiskWorker {
@@ -305,23 +361,36 @@ impl DiskWorker {
         let fsyncs = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(disk.fsyncs()));
         let counter = fsyncs.clone();
         let thread = std::thread::Builder::new().name(name).spawn(move || {
-            for job in rx {
-                job(&mut disk);
+            let mut failed: Option<String> = None;
+            while let Ok(first) = rx.recv() {
+                let mut jobs = vec![first];
+                jobs.extend(rx.try_iter());
+                // After a failure nothing more is written: the node is stopping.
+                let result = match &failed {
+                    Some(e) => Err(e.clone()),
+                    None => write_jobs(&mut disk, &jobs).map_err(|e| e.to_string()),
+                };
+                if let Err(e) = &result {
+                    failed = Some(e.clone());
+                }
                 counter.store(disk.fsyncs(), std::sync::atomic::Ordering::Relaxed);
+                for job in jobs {
+                    let _ = job.done.send(result.clone());
+                }
             }
         })?;
         Ok(DiskWorker { tx: Some(tx), thread: Some(thread), fsyncs })
     }
 
-    /// Runs `f` with the disk on its thread and waits (without blocking the core) for its
-    /// result; `None` if the disk thread is gone.
-    pub async fn run<R: Send + 'static>(&self, f: impl FnOnce(&mut Disk) -> R + Send + 'static) -> Option<R> {
-        let (tx, rx) = futures_channel::oneshot::channel();
-        let job: Job = Box::new(move |d| {
-            let _ = tx.send(f(d));
-        });
-        self.tx.as_ref()?.send(job).ok()?;
-        rx.await.ok()
+    /// Queues `writes`; the answer arrives once they are durable (or failed). Answers come in
+    /// the order writes were queued.
+    pub fn write(&self, writes: Vec<GroupWrite>) -> futures_channel::oneshot::Receiver<Result<(), String>> {
+        let (done, rx) = futures_channel::oneshot::channel();
+        if let Some(tx) = &self.tx {
+            // If the thread is gone, `done` is dropped and the receiver reports cancellation.
+            let _ = tx.send(Job { writes, done });
+        }
+        rx
     }
 
     /// fdatasyncs done so far.

@@ -3,16 +3,20 @@
 //! [`Replica`]s: it moves raft messages over our rpc, keeps the tick, makes records durable
 //! (group commit: one fdatasync per turn for every group), and answers clients.
 //!
-//! A turn: every group's ready is collected (its messages posted, its records appended to the
-//! log), the log is synced once, then every group advances (answers go out). Clients wait on
-//! their write's `(client, seq)` or their read's id; a leader change fails the waiters with a
-//! redirect, and the client library retries elsewhere with the same sequence number.
+//! A turn: every group's ready is collected (its messages posted, its answers sent, its
+//! records queued for the disk thread). In durable mode the turn does not wait for the disk:
+//! the disk thread takes every write queued while it was busy and syncs once, and a persist
+//! loop finishes turns in order as their writes complete (raft hears its entries are durable,
+//! votes and acknowledgements go out) — raft-rs's asynchronous ready protocol, with several
+//! turns in flight. Clients wait on their write's `(client, seq)` or their read's id; a
+//! leader change fails the waiters with a redirect, and the client library retries elsewhere
+//! with the same sequence number.
 //!
 //! Disk failure is fail-stop: the node stops taking part and answers `Unavailable`; the other
 //! replicas carry on, and nothing half-written is acknowledged.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -34,7 +38,7 @@ use crate::api::table::{
     self, ChangeAnswer, ClusterView, MemberChange, ReadAnswer, Refusal, ReplicaStatus, Table, WriteAnswer,
 };
 use crate::command::{check_key, check_ops, Command, Op};
-use crate::disk::{Disk, DiskError, DiskWorker};
+use crate::disk::{Disk, DiskError, DiskWorker, GroupWrite};
 use crate::maps::{GroupId, Maps, NodeId};
 use crate::replica::{ProposeError, Replica, ReplicaConfig, StartError};
 
@@ -152,15 +156,6 @@ impl Notify {
     }
 }
 
-/// One group's share of a turn's disk write.
-struct Write {
-    group: GroupId,
-    snapshot: Option<raft::eraftpb::Snapshot>,
-    records: Vec<crate::storage::Record>,
-    local_snapshot: Option<raft::eraftpb::Snapshot>,
-    local_records: Vec<crate::storage::Record>,
-}
-
 /// Raft messages waiting to go to one peer.
 #[derive(Debug, Default)]
 struct PeerLink {
@@ -197,7 +192,15 @@ struct Inner {
     extra_tasks: RefCell<Vec<JoinHandle<()>>>,
     /// Membership changes waiting to be applied, per group: answered with the new epoch.
     changes: RefCell<HashMap<GroupId, Vec<oneshot::Sender<u64>>>>,
+    /// Turns whose writes are on their way to disk, oldest first, with what waits on each.
+    persisting: RefCell<VecDeque<(Option<DiskDone>, Vec<Persisted>)>>,
+    persist_notify: Notify,
 }
+
+/// A ready whose records must be durable before raft hears so and its messages go out.
+type Persisted = (GroupId, u64, Vec<Message>);
+/// The disk thread's word on a queued write.
+type DiskDone = oneshot::Receiver<Result<(), String>>;
 
 /// A running table node. Dropping it stops its tasks and closes its sockets.
 pub struct DhtServer {
@@ -287,6 +290,8 @@ impl DhtServer {
             peers: RefCell::new(peers),
             extra_tasks: RefCell::new(Vec::new()),
             changes: RefCell::new(HashMap::new()),
+            persisting: RefCell::new(VecDeque::new()),
+            persist_notify: Notify::default(),
             config,
         });
         let server = Server::bind(
@@ -300,6 +305,9 @@ impl DhtServer {
             }
         })];
         tasks.push(spawn(drive(inner.clone())));
+        if inner.disk.is_some() {
+            tasks.push(spawn(persist_loop(inner.clone())));
+        }
         for (&to, link) in inner.peers.borrow().iter() {
             tasks.push(spawn(send_loop(inner.clone(), link.clone(), to, inner.config.nodes[&to])));
         }
@@ -393,45 +401,17 @@ impl Inner {
         }
     }
 
-    /// One turn; a disk error stops the node (fail-stop).
-    async fn turn(self: &Rc<Self>) {
-        if let Err(e) = self.try_turn().await {
-            tracing::error!(node = self.config.id, error = %e, "disk failed: this node stops serving the table");
-            let mut st = self.state.borrow_mut();
-            let reason = format!("disk failed: {e}");
-            for slot in st.groups.values_mut() {
-                for (_, tx) in slot.writes.drain() {
-                    let _ = tx.send(WriteAnswer::Refused(Refusal::Unavailable(reason.clone())));
-                }
-                for (_, (_, tx)) in slot.reads.drain() {
-                    let _ = tx.send(ReadAnswer::Refused(Refusal::Unavailable(reason.clone())));
-                }
-            }
-            st.failed = Some(reason);
-        }
-    }
-
-    /// Runs `f` on the disk thread; a vanished disk thread is a disk failure.
-    async fn on_disk<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Disk) -> Result<R, DiskError> + Send + 'static,
-    ) -> Result<R, DiskError> {
-        let disk = self.disk.as_ref().expect("durable node");
-        disk.run(f).await.unwrap_or_else(|| {
-            Err(DiskError::Io { path: "disk thread".into(), source: std::io::Error::other("disk thread gone") })
-        })
-    }
-
-    async fn try_turn(self: &Rc<Self>) -> Result<(), DiskError> {
+    /// One turn: see the module docs.
+    fn turn(self: &Rc<Self>) {
         // Phase 1: every group's ready. Messages go out now; so do answers (what a ready
         // applies is already durable on a majority).
-        let mut pending = Vec::new();
-        let mut writes: Vec<Write> = Vec::new();
+        let mut pending: Vec<Persisted> = Vec::new();
+        let mut writes: Vec<GroupWrite> = Vec::new();
         let mut added = Vec::new();
         {
             let mut st = self.state.borrow_mut();
             if st.failed.is_some() {
-                return Ok(());
+                return;
             }
             for (gid, slot) in st.groups.iter_mut() {
                 let Some(mut rd) = slot.replica.ready() else { continue };
@@ -446,9 +426,7 @@ impl Inner {
                         let _ = tx.send(ReadAnswer::Value(slot.replica.state().get(&key).map(<[u8]>::to_vec)));
                     }
                 }
-                for u in rd.member_updates.drain(..) {
-                    added.push((*gid, u));
-                }
+                added.extend(rd.member_updates.drain(..).map(|u| (*gid, u)));
                 if let Some((role, _)) = rd.role_changed {
                     if role != StateRole::Leader {
                         let redirect = Refusal::Redirect(group_view(&slot.replica));
@@ -460,59 +438,40 @@ impl Inner {
                         }
                     }
                 }
-                if self.disk.is_some() {
-                    writes.push(Write {
-                        group: *gid,
-                        snapshot: rd.snapshot_to_save.take(),
-                        records: std::mem::take(&mut rd.records),
-                        local_snapshot: rd.local_snapshot.take(),
-                        local_records: std::mem::take(&mut rd.local_records),
-                    });
+                let write = GroupWrite {
+                    group: *gid,
+                    snapshot: rd.snapshot_to_save.take(),
+                    records: std::mem::take(&mut rd.records),
+                    local_snapshot: rd.local_snapshot.take(),
+                    local_records: std::mem::take(&mut rd.local_records),
+                };
+                if write.snapshot.is_some() || !write.records.is_empty() || write.local_snapshot.is_some() {
+                    writes.push(write);
                 }
                 pending.push((*gid, rd.number(), std::mem::take(&mut rd.persisted_messages)));
             }
         }
         self.members_changed(added);
         if pending.is_empty() {
-            return Ok(());
+            return;
         }
-        // Phase 2: one write and one fdatasync for every group, on the disk thread; the core
-        // meanwhile sends what was posted and takes in new requests.
-        if !writes.is_empty() {
-            self.on_disk(move |disk| {
-                for w in &writes {
-                    if let Some(snap) = &w.snapshot {
-                        disk.save_snapshot(w.group, snap)?;
-                    }
-                    for r in &w.records {
-                        disk.append(w.group, r)?;
-                    }
-                }
-                disk.sync()?;
-                // Snapshots this node took: save, log the hard state after each, and let the
-                // log forget what they cover.
-                let mut released = Vec::new();
-                for w in &writes {
-                    if let Some(snap) = &w.local_snapshot {
-                        disk.save_snapshot(w.group, snap)?;
-                        let mut last = 0;
-                        for r in &w.local_records {
-                            last = disk.append(w.group, r)?;
-                        }
-                        released.push((w.group, snap.get_metadata().index, last));
-                    }
-                }
-                if !released.is_empty() {
-                    disk.sync()?;
-                    for (group, index, lsn) in released {
-                        disk.release(group, index, lsn)?;
-                    }
-                }
-                Ok(())
-            })
-            .await?;
+        match &self.disk {
+            // Phase 2, durable: queue the writes (one fdatasync covers every group's, and every
+            // turn's queued while the disk was busy) and go on; the persist loop finishes the
+            // turn when they are durable. Readies without records queue too: raft must hear
+            // of persistence in order.
+            Some(disk) => {
+                let done = (!writes.is_empty()).then(|| disk.write(writes));
+                self.persisting.borrow_mut().push_back((done, pending));
+                self.persist_notify.notify();
+            }
+            // In memory, "persisted" is now.
+            None => self.persisted(pending),
         }
-        // Phase 3: durable; what waited on that goes out.
+    }
+
+    /// Phase 3: a turn's records are durable; what waited on that goes out.
+    fn persisted(&self, pending: Vec<Persisted>) {
         let mut again = false;
         {
             let mut st = self.state.borrow_mut();
@@ -527,7 +486,22 @@ impl Inner {
         if again {
             self.wake.notify();
         }
-        Ok(())
+    }
+
+    /// A disk error stops the node (fail-stop): nothing more is written or acknowledged.
+    fn fail(&self, reason: String) {
+        tracing::error!(node = self.config.id, %reason, "disk failed: this node stops serving the table");
+        let mut st = self.state.borrow_mut();
+        let reason = format!("disk failed: {reason}");
+        for slot in st.groups.values_mut() {
+            for (_, tx) in slot.writes.drain() {
+                let _ = tx.send(WriteAnswer::Refused(Refusal::Unavailable(reason.clone())));
+            }
+            for (_, (_, tx)) in slot.reads.drain() {
+                let _ = tx.send(ReadAnswer::Refused(Refusal::Unavailable(reason.clone())));
+            }
+        }
+        st.failed = Some(reason);
     }
 
     /// Applied membership changes: learn added members' addresses, answer who waited.
@@ -741,7 +715,25 @@ async fn drive(inner: Rc<Inner>) {
             // (a burst would start elections everywhere at once).
             next_tick = (next_tick + tick).max(now + tick / 2);
         }
-        inner.turn().await;
+        inner.turn();
+    }
+}
+
+/// Finishes durable turns in order as their writes complete.
+async fn persist_loop(inner: Rc<Inner>) {
+    loop {
+        inner.persist_notify.wait().await;
+        loop {
+            let Some((done, pending)) = inner.persisting.borrow_mut().pop_front() else { break };
+            if let Some(done) = done {
+                match done.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return inner.fail(e),
+                    Err(_) => return inner.fail("the disk thread is gone".into()),
+                }
+            }
+            inner.persisted(pending);
+        }
     }
 }
 

@@ -62,6 +62,9 @@ pub struct Faults {
     pub duplicate: u32,
     /// Each message is delayed by a uniform 0..=`max_delay` turns (so messages reorder).
     pub max_delay: u64,
+    /// Each write takes a uniform 0..=`max_disk_delay` turns to become durable, in order; the
+    /// replica goes on meanwhile (raft's asynchronous persistence, several readies in flight).
+    pub max_disk_delay: u64,
     /// Per turn, per mille: crash a live node (never more than a minority at once).
     pub crash: u32,
     /// Per ready, per mille: crash the node after it sent its messages but before its write.
@@ -81,6 +84,7 @@ impl Faults {
             drop: 50,
             duplicate: 20,
             max_delay: 3,
+            max_disk_delay: 2,
             crash: 4,
             crash_mid_write: 2,
             restart: 30,
@@ -129,6 +133,9 @@ struct Disk {
 struct Slot {
     replica: Option<Replica>,
     disk: Disk,
+    /// Readies whose writes are still on their way to disk, oldest first, with the turn each
+    /// completes: a crash loses them.
+    writing: std::collections::VecDeque<(u64, crate::replica::ReplicaReady)>,
 }
 
 #[derive(Debug)]
@@ -197,7 +204,14 @@ impl Sim {
         let mut nodes = BTreeMap::new();
         for &id in voters {
             let (replica, init) = Replica::bootstrap(id, group, voters, config.clone()).expect("valid config");
-            nodes.insert(id, Slot { replica: Some(replica), disk: Disk { snapshot: None, records: vec![init] } });
+            nodes.insert(
+                id,
+                Slot {
+                    replica: Some(replica),
+                    disk: Disk { snapshot: None, records: vec![init] },
+                    writing: Default::default(),
+                },
+            );
         }
         let clients = (1..=clients)
             .map(|id| Client {
@@ -269,6 +283,7 @@ impl Sim {
             if slot.replica.take().is_some() {
                 self.stats.crashes += 1;
             }
+            slot.writing.clear();
         }
     }
 
@@ -309,7 +324,7 @@ impl Sim {
     /// as a voter through [`Sim::promote`]. Returns whether the leader took the change.
     pub fn add_learner(&mut self, id: NodeId) -> bool {
         let replica = Replica::joining(id, self.group, self.config.clone()).expect("valid config");
-        self.nodes.insert(id, Slot { replica: Some(replica), disk: Disk::default() });
+        self.nodes.insert(id, Slot { replica: Some(replica), disk: Disk::default(), writing: Default::default() });
         self.conf_change(id, ConfChangeType::AddLearnerNode)
     }
 
@@ -556,7 +571,25 @@ impl Sim {
                 self.crash(id);
                 continue;
             }
+            let done_at = self.now + self.rng.below(self.faults.max_disk_delay + 1);
             let slot = self.nodes.get_mut(&id).expect("live node");
+            // Writes complete in order: one never overtakes an earlier one.
+            let done_at = slot.writing.back().map_or(done_at, |(t, _)| done_at.max(*t));
+            slot.writing.push_back((done_at, rd));
+        }
+        for id in self.live() {
+            self.complete_writes(id);
+        }
+    }
+
+    /// Makes durable, in order, the writes of `id` due by now.
+    fn complete_writes(&mut self, id: NodeId) {
+        loop {
+            let slot = self.nodes.get_mut(&id).expect("live node");
+            if slot.writing.front().is_none_or(|(t, _)| *t > self.now) {
+                return;
+            }
+            let (_, mut rd) = slot.writing.pop_front().expect("checked");
             if let Some(snap) = rd.snapshot_to_save.take() {
                 slot.disk.snapshot = Some(snap);
             }
