@@ -289,6 +289,24 @@ fn have(binary: &str) -> bool {
     Command::new(binary).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
 }
 
+/// Polls `probe` until it says the server answers, or fails after `within`.
+fn wait_ready<F, Fut>(what: &str, within: Duration, probe: F) -> anyhow::Result<()>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    tokio_rt().block_on(async {
+        while !probe().await {
+            if Instant::now() > deadline {
+                bail!("{what} did not start serving within {within:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    })
+}
+
 fn tokio_rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime")
 }
@@ -399,25 +417,15 @@ impl Etcd {
             procs.0.push(child);
         }
         let etcd = Etcd { _procs: procs, endpoints: (0..3).map(client).collect() };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let ready = tokio_rt().block_on(async {
-            loop {
-                if let Ok(conn) = (EtcdSetup { endpoints: etcd.endpoints.clone() }).connect(0).await {
-                    let req = etcdpb::PutRequest { key: b"ready".to_vec(), value: b"1".to_vec(), ..Default::default() };
-                    let mut c = conn.into_inner();
-                    if c.put(req).await.is_ok() {
-                        return true;
-                    }
-                }
-                if Instant::now() > deadline {
-                    return false;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+        let endpoints = etcd.endpoints.clone();
+        wait_ready("etcd", Duration::from_secs(30), || {
+            let setup = EtcdSetup { endpoints: endpoints.clone() };
+            async move {
+                let Ok(conn) = setup.connect(0).await else { return false };
+                let req = etcdpb::PutRequest { key: b"ready".to_vec(), value: b"1".to_vec(), ..Default::default() };
+                conn.into_inner().put(req).await.is_ok()
             }
-        });
-        if !ready {
-            bail!("etcd did not start serving within 30 s");
-        }
+        })?;
         Ok(Some(etcd))
     }
 
@@ -537,24 +545,11 @@ impl Redis {
         let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().context("starting redis-server")?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let redis = Redis { _procs: Procs(vec![child]), addr };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let ready = tokio_rt().block_on(async {
-            loop {
-                if let Ok(conn) = (RedisSetup { addr }).connect(0).await {
-                    let mut s = conn.borrow_mut().take().expect("fresh connection");
-                    if resp(&mut s, &[b"PING"]).await.is_ok() {
-                        return true;
-                    }
-                }
-                if Instant::now() > deadline {
-                    return false;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        });
-        if !ready {
-            bail!("redis did not start within 20 s");
-        }
+        wait_ready("redis", Duration::from_secs(20), || async move {
+            let Ok(conn) = (RedisSetup { addr }).connect(0).await else { return false };
+            let mut s = conn.borrow_mut().take().expect("fresh connection");
+            resp(&mut s, &[b"PING"]).await.is_ok()
+        })?;
         Ok(Some(redis))
     }
 

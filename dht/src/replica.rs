@@ -512,22 +512,15 @@ impl Replica {
                     }
                 }
                 EntryType::EntryNormal => self.sm.skip(e.index),
-                EntryType::EntryConfChange => {
-                    let mut cc = ConfChange::default();
-                    if cc.merge_from_bytes(&e.data).is_ok() && self.apply_conf_change(&cc) {
-                        let change = MemberUpdate {
-                            node: cc.node_id,
-                            change: cc.get_change_type(),
-                            context: cc.context.to_vec(),
-                        };
-                        out.member_updates.push(change);
-                        self.sm.conf_changed(e.index);
-                    }
-                    self.sm.skip(e.index);
-                }
-                EntryType::EntryConfChangeV2 => {
-                    let mut cc = ConfChangeV2::default();
-                    if cc.merge_from_bytes(&e.data).is_ok() && self.apply_conf_change(&cc) {
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    let cc = if e.get_entry_type() == EntryType::EntryConfChange {
+                        let mut v1 = ConfChange::default();
+                        v1.merge_from_bytes(&e.data).ok().map(|_| raft_proto::ConfChangeI::into_v2(v1))
+                    } else {
+                        let mut v2 = ConfChangeV2::default();
+                        v2.merge_from_bytes(&e.data).ok().map(|_| v2)
+                    };
+                    if let Some(cc) = cc.filter(|cc| self.apply_conf_change(cc)) {
                         for c in cc.get_changes() {
                             let change = MemberUpdate {
                                 node: c.node_id,
@@ -544,7 +537,7 @@ impl Replica {
         }
     }
 
-    fn apply_conf_change(&mut self, cc: &impl raft_proto::ConfChangeI) -> bool {
+    fn apply_conf_change(&mut self, cc: &ConfChangeV2) -> bool {
         match self.raw.apply_conf_change(cc) {
             Ok(cs) => {
                 self.log.set_conf_state(cs);
