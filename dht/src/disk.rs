@@ -192,11 +192,6 @@ impl Disk {
         Ok(())
     }
 
-    /// Log segments on disk (for metrics and tests).
-    pub fn segments(&self) -> usize {
-        self.wal.segments()
-    }
-
     /// fdatasyncs done by the log so far.
     pub fn fsyncs(&self) -> u64 {
         self.wal.fsyncs()

@@ -174,6 +174,22 @@ struct GroupSlot {
     reads: HashMap<u64, (Vec<u8>, oneshot::Sender<ReadAnswer>)>,
 }
 
+impl GroupSlot {
+    fn new(replica: Replica) -> Self {
+        GroupSlot { replica, writes: HashMap::new(), reads: HashMap::new() }
+    }
+
+    /// Answers every waiting write and read with `refusal`.
+    fn refuse_all(&mut self, refusal: &Refusal) {
+        for (_, tx) in self.writes.drain() {
+            let _ = tx.send(WriteAnswer::Refused(refusal.clone()));
+        }
+        for (_, (_, tx)) in self.reads.drain() {
+            let _ = tx.send(ReadAnswer::Refused(refusal.clone()));
+        }
+    }
+}
+
 struct State {
     groups: BTreeMap<GroupId, GroupSlot>,
     next_read: u64,
@@ -246,7 +262,6 @@ impl DhtServer {
             (Durability::Memory, _) => (None, BTreeMap::new()),
         };
         let mut groups = BTreeMap::new();
-        let slot = |replica| GroupSlot { replica, writes: HashMap::new(), reads: HashMap::new() };
         // Groups the map gives this node (unless it joins later), bootstrapped on first start.
         let mine: Vec<_> = if config.join {
             Vec::new()
@@ -262,13 +277,13 @@ impl DhtServer {
             if let Some(disk) = disk.as_mut() {
                 disk.append(g.id, &init)?;
             }
-            groups.insert(g.id, slot(replica));
+            groups.insert(g.id, GroupSlot::new(replica));
         }
         // Every group the disk holds, including ones joined at run time.
         for (gid, (snapshot, records)) in recovered {
             let replica = Replica::recover(id, gid, snapshot, records, config.replica.clone())
                 .map_err(|source| ServerError::Replica { group: gid, source })?;
-            groups.insert(gid, slot(replica));
+            groups.insert(gid, GroupSlot::new(replica));
         }
         if let Some(disk) = disk.as_mut() {
             disk.sync()?;
@@ -429,13 +444,7 @@ impl Inner {
                 added.extend(rd.member_updates.drain(..).map(|u| (*gid, u)));
                 if let Some((role, _)) = rd.role_changed {
                     if role != StateRole::Leader {
-                        let redirect = Refusal::Redirect(group_view(&slot.replica));
-                        for (_, tx) in slot.writes.drain() {
-                            let _ = tx.send(WriteAnswer::Refused(redirect.clone()));
-                        }
-                        for (_, (_, tx)) in slot.reads.drain() {
-                            let _ = tx.send(ReadAnswer::Refused(redirect.clone()));
-                        }
+                        slot.refuse_all(&Refusal::Redirect(group_view(&slot.replica)));
                     }
                 }
                 let write = GroupWrite {
@@ -493,13 +502,9 @@ impl Inner {
         tracing::error!(node = self.config.id, %reason, "disk failed: this node stops serving the table");
         let mut st = self.state.borrow_mut();
         let reason = format!("disk failed: {reason}");
+        let refusal = Refusal::Unavailable(reason.clone());
         for slot in st.groups.values_mut() {
-            for (_, tx) in slot.writes.drain() {
-                let _ = tx.send(WriteAnswer::Refused(Refusal::Unavailable(reason.clone())));
-            }
-            for (_, (_, tx)) in slot.reads.drain() {
-                let _ = tx.send(ReadAnswer::Refused(Refusal::Unavailable(reason.clone())));
-            }
+            slot.refuse_all(&refusal);
         }
         st.failed = Some(reason);
     }
@@ -665,7 +670,7 @@ impl Inner {
                 match Replica::joining(self.config.id, group, self.config.replica.clone()) {
                     Ok(replica) => {
                         tracing::info!(node = self.config.id, group, from, "joining a group");
-                        st.groups.insert(group, GroupSlot { replica, writes: HashMap::new(), reads: HashMap::new() });
+                        st.groups.insert(group, GroupSlot::new(replica));
                     }
                     Err(e) => tracing::error!(group, error = %e, "cannot start a joining replica"),
                 }
@@ -678,11 +683,11 @@ impl Inner {
         self.wake.notify();
     }
 
-    fn report_delivery(&self, to: NodeId, batch: &[(GroupId, Message)], delivered: bool) {
+    fn report_delivery(&self, to: NodeId, batch: &[(GroupId, MessageType)], delivered: bool) {
         let mut st = self.state.borrow_mut();
-        for (group, m) in batch {
+        for (group, kind) in batch {
             let Some(slot) = st.groups.get_mut(group) else { continue };
-            if m.get_msg_type() == MessageType::MsgSnapshot {
+            if *kind == MessageType::MsgSnapshot {
                 slot.replica.report_snapshot(to, delivered);
             }
             if !delivered {
@@ -744,24 +749,27 @@ async fn send_loop(inner: Rc<Inner>, link: Rc<PeerLink>, to: NodeId, addr: Socke
     loop {
         link.notify.wait().await;
         loop {
-            let batch: Vec<(GroupId, Message)> = {
+            // Encode each message once; a batch stops at the message that crosses the limit.
+            let (batch, encoded) = {
                 let mut q = link.queue.borrow_mut();
                 if q.is_empty() {
                     break;
                 }
                 let mut bytes = 0;
-                let n = q
-                    .iter()
-                    .take_while(|(_, m)| {
-                        bytes += m.compute_size() as usize;
-                        bytes <= MAX_BATCH_BYTES
-                    })
-                    .count()
-                    .max(1);
-                q.drain(..n).collect()
+                let mut kinds: Vec<(GroupId, MessageType)> = Vec::new();
+                let mut encoded: Vec<(u64, Vec<u8>)> = Vec::new();
+                for (g, m) in q.iter() {
+                    let b = m.write_to_bytes().unwrap_or_default();
+                    bytes += b.len();
+                    kinds.push((*g, m.get_msg_type()));
+                    encoded.push((*g, b));
+                    if bytes > MAX_BATCH_BYTES {
+                        break;
+                    }
+                }
+                q.drain(..kinds.len());
+                (kinds, encoded)
             };
-            let encoded: Vec<(u64, Vec<u8>)> =
-                batch.iter().map(|(g, m)| (*g, m.write_to_bytes().unwrap_or_default())).collect();
             let delivered = client.deliver(me, encoded).await.is_ok();
             inner.report_delivery(to, &batch, delivered);
         }

@@ -253,11 +253,6 @@ impl GroupLog {
         self.inner.borrow_mut().hard_state = hs;
     }
 
-    /// Records the commit index (raft's light ready reports it without a full hard state).
-    pub fn set_commit(&self, commit: u64) {
-        self.inner.borrow_mut().hard_state.commit = commit;
-    }
-
     /// The hard state now.
     pub fn hard_state(&self) -> HardState {
         self.inner.borrow().hard_state.clone()
@@ -320,11 +315,6 @@ impl GroupLog {
     /// Index of the last entry.
     pub fn last_index(&self) -> u64 {
         self.inner.borrow().last_index()
-    }
-
-    /// Number of entries held in memory.
-    pub fn entries_held(&self) -> usize {
-        self.inner.borrow().entries.len()
     }
 }
 
