@@ -395,8 +395,22 @@ impl Replica {
 
     /// Proposes a membership change (add a learner, promote it, remove a member); `cc.context`
     /// travels with it to every replica.
+    ///
+    /// A leader asked to remove itself hands leadership to its most caught-up voter and
+    /// answers [`ProposeError::NotLeader`]: the caller retries at the new leader.
     pub fn propose_conf_change(&mut self, cc: ConfChangeV2) -> Result<(), ProposeError> {
         self.check_leader()?;
+        let me = self.raw.raft.id;
+        let removes_me = |c: &raft::eraftpb::ConfChangeSingle| {
+            c.node_id == me && c.get_change_type() == raft::eraftpb::ConfChangeType::RemoveNode
+        };
+        if cc.get_changes().iter().any(removes_me) {
+            let to = self.successor();
+            if let Some(to) = to {
+                self.raw.transfer_leader(to);
+            }
+            return Err(ProposeError::NotLeader { leader: to });
+        }
         self.raw.propose_conf_change(Vec::new(), cc).map_err(|e| ProposeError::Dropped(e.to_string()))
     }
 
@@ -540,6 +554,19 @@ impl Replica {
     fn apply_conf_change(&mut self, cc: &ConfChangeV2) -> bool {
         match self.raw.apply_conf_change(cc) {
             Ok(cs) => {
+                // raft-rs keeps a leader that was removed in charge, and then panics on its
+                // own missing progress entry (its `post_conf_change` marks this untested).
+                // `propose_conf_change` never removes a leader, but a leader elected with
+                // such an entry still in its log applies it: hand over and step down.
+                if self.raw.raft.state == StateRole::Leader && !cs.voters.contains(&self.raw.raft.id) {
+                    let to = self.successor();
+                    tracing::info!(group = self.group, ?to, "removed from the group while leading; stepping down");
+                    if let Some(to) = to {
+                        self.raw.transfer_leader(to);
+                    }
+                    let term = self.raw.raft.term;
+                    self.raw.raft.become_follower(term, raft::INVALID_ID);
+                }
                 self.log.set_conf_state(cs);
                 true
             }
@@ -548,6 +575,20 @@ impl Replica {
                 false
             }
         }
+    }
+
+    /// The voter other than this one that holds the most of the log, to lead after it.
+    fn successor(&self) -> Option<NodeId> {
+        let me = self.raw.raft.id;
+        let prs = self.raw.raft.prs();
+        prs.conf()
+            .voters()
+            .ids()
+            .iter()
+            .filter(|v| *v != me)
+            .filter_map(|v| prs.get(v).map(|p| (p.matched, v)))
+            .max()
+            .map(|(_, v)| v)
     }
 
     fn maybe_snapshot(&mut self) {

@@ -100,3 +100,31 @@ fn a_replacement_joins_as_learner_catches_up_by_snapshot_and_is_promoted_while_w
     let wrong = sim.check();
     assert!(wrong.is_empty(), "{wrong:#?}");
 }
+
+#[test]
+fn a_leader_asked_to_remove_itself_hands_over_first_and_writes_go_on() {
+    // raft-rs leaves a leader that removed itself in charge and then fails on its own missing
+    // progress entry; the replica must hand over instead of proposing its own removal.
+    let mut sim = Sim::new(7, &[1, 2, 3], 4, config());
+    sim.run(300);
+    let old = sim.leader().expect("a leader");
+    assert!(!sim.remove(old), "the leader proposed its own removal");
+    let mut removed = false;
+    for _ in 0..100 {
+        sim.run(5);
+        if sim.leader().is_some_and(|l| l != old) && sim.remove(old) {
+            removed = true;
+            break;
+        }
+    }
+    assert!(removed, "no new leader took the removal of node {old}");
+    let before = sim.acked_writes();
+    sim.run(300);
+    assert!(sim.acked_writes() > before, "writes stopped after the removal");
+    let leader = sim.leader().expect("a leader");
+    let (voters, _) = sim.replica(leader).unwrap().members();
+    assert!(!voters.contains(&old) && voters.len() == 2, "members after the removal: {voters:?}");
+    assert!(sim.settle(3000));
+    let wrong = sim.check();
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}

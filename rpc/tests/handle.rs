@@ -72,3 +72,23 @@ fn client_handle_is_send_and_sync() {
     assert_send_sync::<ClientHandle>();
     assert_send_sync::<multispace_rpc::runtime::CoreHandle>();
 }
+
+#[test]
+fn work_sent_to_a_core_whose_thread_panicked_fails_instead_of_hanging() {
+    for kind in common::drivers() {
+        let rt = runtime(kind, 1);
+        // A task panics: the core's thread unwinds and its loop is gone.
+        let first = rt.core(0).run(|| async { panic!("a handler bug (expected by this test)") });
+        assert!(first.is_err(), "{kind:?}: the panicking task has no result");
+        // Later work must report the dead core; run it on a helper thread so a regression
+        // fails the test at a bounded deadline instead of hanging it.
+        let core = rt.core(0).clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(core.run(|| async { 7 }));
+        });
+        let later = rx.recv_timeout(Duration::from_secs(30)).expect("run() on a dead core returned");
+        assert_eq!(later, Err(multispace_rpc::runtime::CoreGone), "{kind:?}");
+        drop(rt);
+    }
+}

@@ -65,12 +65,36 @@ pub(crate) struct Shared {
     eventfd: OwnedFd,
     notified: AtomicBool,
     pub(crate) shutdown: AtomicBool,
+    /// Set once the core's loop is gone (stopped, or its thread panicked): nothing pushed
+    /// after that would ever run, so it is dropped at once and waiters see `CoreGone`.
+    closed: AtomicBool,
 }
 
 impl Shared {
     pub(crate) fn push(&self, item: Remote) {
         self.queue.push(item);
+        // Pushed before `close` drained: it drained this too. Pushed after: drop it here.
+        if self.closed.load(Ordering::SeqCst) {
+            while let Some(item) = self.queue.pop() {
+                match item {
+                    Remote::Job(job) => drop(job),
+                    // A task woken after its core died: its future may be `!Send`, so it
+                    // must not be dropped on this thread; leak it.
+                    Remote::Task(r) => std::mem::forget(r),
+                }
+            }
+            return;
+        }
         self.notify();
+    }
+
+    /// Marks the core gone and drops what waits in its queue. Runs on the core's thread
+    /// after its tasks were cancelled, so no task future is dropped on a foreign thread.
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        while let Some(item) = self.queue.pop() {
+            drop(item);
+        }
     }
 
     pub(crate) fn notify(&self) {
@@ -165,6 +189,7 @@ impl Core {
             eventfd,
             notified: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
         });
         Ok(Core {
             shared,
@@ -382,6 +407,7 @@ impl Drop for LocalRuntime {
     fn drop(&mut self) {
         let _enter = Enter::new(self.core.clone());
         self.core.cancel_all();
+        self.core.shared.close();
     }
 }
 
