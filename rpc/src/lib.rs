@@ -14,6 +14,8 @@
 //! - Reliable request/response over TCP ([`Server`], [`Client`]), best-effort one-way calls
 //!   over UDP and multicast ([`OneWaySender`], [`OneWayServer`]), and [`ClientHandle`] for
 //!   callers outside the runtime.
+//! - [`tls`]: mutual TLS 1.3 (rustls) on reliable connections, driven by the same drivers;
+//!   the peer's certificate names the [`Principal`] that access lists check.
 //! - [`Redirector`]: one client over many instances of a service, with a pluggable
 //!   [`Policy`] and failover that never repeats a non-idempotent call that may have run
 //!   (generated redirector stubs wrap it).
@@ -48,6 +50,7 @@ mod rpc;
 pub mod runtime;
 #[allow(unsafe_code)]
 mod sys;
+pub mod tls;
 
 /// The rkyv this crate archives with (generated stubs derive through it, so a service crate
 /// needs no rkyv dependency of its own unless it defines its own types).
@@ -64,6 +67,7 @@ pub use rpc::handle::ClientHandle;
 pub use rpc::oneway::{MulticastGroup, OneWaySender, OneWayServer, OneWayStats, SendError, MAX_DATAGRAM};
 pub use rpc::redirect::{RedirectConfig, RedirectError, Redirector, WeakRedirector};
 pub use rpc::server::{Server, ServerConfig, ServerLoad};
-pub use rpc::service::{current_deadline, CallContext, Service, ServiceBuilder};
+pub use rpc::service::{current_deadline, AccessList, CallContext, Service, ServiceBuilder};
 pub use rpc::stub;
 pub use runtime::{spawn, Config, LocalRuntime, Runtime, RuntimeBuilder, WaitMode};
+pub use tls::{Principal, TlsConfig, TlsError};

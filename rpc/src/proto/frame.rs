@@ -306,6 +306,9 @@ pub enum ErrorCode {
     /// 9: the server is shutting down and did not run the call (safe to retry elsewhere).
     /// Reserved: not sent by the server yet.
     ShuttingDown,
+    /// 10: the caller's principal (its verified certificate identity, or none on plain TCP)
+    /// is not on the service's access list for this method. The call did not run.
+    PermissionDenied,
     /// 16: the handler reported an application-level failure.
     Application,
     /// 17: the server failed internally (e.g. a handler panicked, or the response could not
@@ -330,6 +333,7 @@ impl ErrorCode {
             ErrorCode::ShuttingDown => 9,
             ErrorCode::Application => 16,
             ErrorCode::Internal => 17,
+            ErrorCode::PermissionDenied => 10,
             ErrorCode::Unknown(v) => v,
         }
     }
@@ -349,6 +353,7 @@ impl ErrorCode {
             9 => ErrorCode::ShuttingDown,
             16 => ErrorCode::Application,
             17 => ErrorCode::Internal,
+            10 => ErrorCode::PermissionDenied,
             v => ErrorCode::Unknown(v),
         }
     }
@@ -670,6 +675,7 @@ mod tests {
             (ErrorCode::Malformed, 7),
             (ErrorCode::Cancelled, 8),
             (ErrorCode::ShuttingDown, 9),
+            (ErrorCode::PermissionDenied, 10),
             (ErrorCode::Application, 16),
             (ErrorCode::Internal, 17),
         ];
@@ -677,7 +683,7 @@ mod tests {
             assert_eq!(code.to_u16(), v);
             assert_eq!(ErrorCode::from_u16(v), code);
         }
-        for v in [0, 10, 15, 18, u16::MAX] {
+        for v in [0, 11, 15, 18, u16::MAX] {
             assert_eq!(ErrorCode::from_u16(v), ErrorCode::Unknown(v));
         }
     }

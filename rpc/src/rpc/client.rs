@@ -117,15 +117,29 @@ impl Client {
             }
         }
         let config = &self.inner.config;
+        let session = match &config.tls {
+            None => None,
+            Some(tls) => {
+                let deadline = Instant::now() + config.frame_timeout;
+                let side = crate::tls::Side::Client(tls);
+                let s =
+                    crate::tls::handshake(&stream, side, self.inner.addr, deadline).await.map_err(CallError::Tls)?;
+                Some(Rc::new(s))
+            }
+        };
         let outbox = Outbox::new(config);
         let conn = Rc::new_cyclic(|weak: &std::rc::Weak<Conn>| {
             let writer = spawn({
-                let (outbox, stream) = (outbox.clone(), stream.clone());
+                let (outbox, stream, session) = (outbox.clone(), stream.clone(), session.clone());
                 async move {
-                    let _ = outbox.run_writer(stream).await;
+                    let _ = outbox.run_writer(stream, session).await;
                 }
             });
-            let reader = spawn(read_responses(weak.clone(), stream.clone(), FrameReader::new(config)));
+            let reader = match session {
+                Some(s) => FrameReader::with_tls(config, s, outbox.clone()),
+                None => FrameReader::new(config),
+            };
+            let reader = spawn(read_responses(weak.clone(), stream.clone(), reader));
             Conn {
                 outbox,
                 calls: RefCell::new(CallTable::new(config.max_in_flight)),
@@ -241,6 +255,7 @@ async fn read_responses(conn: std::rc::Weak<Conn>, stream: Rc<TcpStream>, mut re
                 kind => break CallError::Protocol(FrameError::UnexpectedKind { kind, receiver: "client" }),
             },
             Ok(None) | Err(ReadError::Truncated) | Err(ReadError::Io(_)) => break CallError::ConnectionLost,
+            Err(ReadError::Tls(e)) => break CallError::Tls(e),
             Err(ReadError::Protocol(e)) => break CallError::Protocol(e),
         }
     };

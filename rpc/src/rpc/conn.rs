@@ -16,6 +16,7 @@ use crate::driver::multishot::MultiReceiver;
 use crate::net::TcpStream;
 use crate::proto::frame::{decode_frame, Decoded, ErrorCode, FrameError, Header, DEFAULT_MAX_PAYLOAD};
 use crate::runtime::time::timeout_at;
+use crate::tls::{Session, TlsConfig, TlsError};
 
 /// Limits and timeouts of reliable connections, shared by clients and servers.
 #[derive(Debug, Clone)]
@@ -33,6 +34,11 @@ pub struct ConnConfig {
     pub frame_timeout: Duration,
     /// Bytes read per receive, and the initial buffer size (default 64 KiB).
     pub read_chunk: usize,
+    /// Mutual TLS for every connection made or accepted with this configuration; `None`
+    /// (the default) is plain TCP. Never a fallback: with TLS configured, a connection
+    /// whose handshake fails carries no calls. The handshake must finish within
+    /// `frame_timeout`.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for ConnConfig {
@@ -43,6 +49,7 @@ impl Default for ConnConfig {
             max_outbox: 4 << 20,
             frame_timeout: Duration::from_secs(10),
             read_chunk: 64 << 10,
+            tls: None,
         }
     }
 }
@@ -54,6 +61,8 @@ pub(crate) enum ReadError {
     Protocol(FrameError),
     /// End of stream in the middle of a frame, or a frame that stalled.
     Truncated,
+    /// The TLS session failed (a bad record, or the peer's alert).
+    Tls(TlsError),
 }
 
 /// Retired read buffers kept for reuse per connection.
@@ -76,6 +85,11 @@ pub(crate) struct FrameReader {
     frame_timeout: Duration,
     /// When the frame now partly read must be complete.
     frame_deadline: Option<Instant>,
+    /// With TLS: the session, ciphertext received but not yet decrypted into `buf`, and the
+    /// outbox whose writer sends what rustls queues while reading (alerts, key updates).
+    tls: Option<(Rc<Session>, BytesMut, Rc<Outbox>)>,
+    /// The peer closed its TLS side (close_notify).
+    peer_closed: bool,
 }
 
 impl FrameReader {
@@ -89,7 +103,16 @@ impl FrameReader {
             chunk: config.read_chunk,
             frame_timeout: config.frame_timeout,
             frame_deadline: None,
+            tls: None,
+            peer_closed: false,
         }
+    }
+
+    /// A reader of frames decrypted by `session`.
+    pub(crate) fn with_tls(config: &ConnConfig, session: Rc<Session>, outbox: Rc<Outbox>) -> Self {
+        let mut r = FrameReader::new(config);
+        r.tls = Some((session, BytesMut::with_capacity(config.read_chunk), outbox));
+        r
     }
 
     /// Ensure room for the rest of this frame (it may be large) and at least a quarter chunk.
@@ -131,26 +154,58 @@ impl FrameReader {
                 Err(e) => return Err(ReadError::Protocol(e)),
             };
             self.make_room(need);
+            if self.peer_closed {
+                return if self.buf.is_empty() { Ok(None) } else { Err(ReadError::Truncated) };
+            }
+            if let Some((session, _, _)) = &self.tls {
+                if session.has_early() {
+                    let session = session.clone();
+                    self.peer_closed = session.decrypt(&[], &mut self.buf).map_err(ReadError::Tls)?;
+                    continue;
+                }
+            }
             let partial = !self.buf.is_empty();
-            let buf = std::mem::take(&mut self.buf);
+            // Plain TCP receives straight into the frame buffer; TLS into its ciphertext buffer.
+            let target = match &mut self.tls {
+                None => std::mem::take(&mut self.buf),
+                Some((_, cipher, _)) => {
+                    let mut c = std::mem::take(cipher);
+                    c.clear();
+                    c.reserve(self.chunk);
+                    c
+                }
+            };
             let rx = self.rx.as_mut().expect("set above");
-            let (res, buf) = if partial {
+            let (res, received) = if partial {
                 // One deadline per frame, set when its first bytes arrive. The receive is
                 // cancel-safe, so the timeout loses no bytes (it ends the connection anyway).
                 let deadline = *self.frame_deadline.get_or_insert_with(|| Instant::now() + self.frame_timeout);
-                match timeout_at(deadline, rx.recv(buf)).await {
+                match timeout_at(deadline, rx.recv(target)).await {
                     Ok(r) => r,
                     Err(_) => return Err(ReadError::Truncated),
                 }
             } else {
-                rx.recv(buf).await
+                rx.recv(target).await
             };
-            self.buf = buf;
+            let Some((session, cipher, outbox)) = &mut self.tls else {
+                self.buf = received;
+                match res {
+                    Ok(0) if self.buf.is_empty() => return Ok(None),
+                    Ok(0) => return Err(ReadError::Truncated),
+                    Ok(_) => continue,
+                    Err(e) => return Err(ReadError::Io(e)),
+                }
+            };
+            *cipher = received;
             match res {
                 Ok(0) if self.buf.is_empty() => return Ok(None),
                 Ok(0) => return Err(ReadError::Truncated),
                 Ok(_) => {}
                 Err(e) => return Err(ReadError::Io(e)),
+            }
+            self.peer_closed = session.decrypt(cipher, &mut self.buf).map_err(ReadError::Tls)?;
+            if session.wants_write() {
+                outbox.wake_writer();
             }
         }
     }
@@ -183,7 +238,7 @@ impl Outbox {
         self.closed.get()
     }
 
-    fn wake_writer(&self) {
+    pub(crate) fn wake_writer(&self) {
         if let Some(w) = self.writer.borrow_mut().take() {
             w.wake();
         }
@@ -232,12 +287,14 @@ impl Outbox {
 
     /// The writer task's body: send whatever is queued, batching every frame queued since
     /// the last send into one syscall, until closed (then flush and stop) or a send fails.
-    pub(crate) async fn run_writer(self: Rc<Self>, stream: Rc<TcpStream>) -> io::Result<()> {
+    pub(crate) async fn run_writer(self: Rc<Self>, stream: Rc<TcpStream>, tls: Option<Rc<Session>>) -> io::Result<()> {
         let mut spare = BytesMut::with_capacity(self.pending.borrow().capacity());
+        let mut cipher = BytesMut::new();
         loop {
             let batch = poll_fn(|cx| {
                 let mut pending = self.pending.borrow_mut();
-                if !pending.is_empty() {
+                // With TLS, records rustls queued while reading (alerts, key updates) go too.
+                if !pending.is_empty() || tls.as_ref().is_some_and(|t| t.wants_write()) {
                     // Double-buffer: new frames go into `spare` while this batch is in flight.
                     std::mem::swap(&mut *pending, &mut spare);
                     return Poll::Ready(Some(std::mem::take(&mut spare)));
@@ -249,14 +306,31 @@ impl Outbox {
                 Poll::Pending
             })
             .await;
-            let Some(batch) = batch else { return Ok(()) };
-            let (res, mut buf) = stream.send_all(batch).await;
+            let Some(mut batch) = batch else { return Ok(()) };
+            let res = match &tls {
+                None => {
+                    let (res, buf) = stream.send_all(batch).await;
+                    batch = buf;
+                    res
+                }
+                Some(session) => {
+                    cipher.clear();
+                    match session.encrypt(&batch, &mut cipher) {
+                        Ok(()) => {
+                            let (res, buf) = stream.send_all(std::mem::take(&mut cipher)).await;
+                            cipher = buf;
+                            res
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+            };
             if let Err(e) = res {
                 self.close();
                 return Err(e);
             }
-            buf.clear();
-            spare = buf;
+            batch.clear();
+            spare = batch;
             if self.pending.borrow().len() < self.max_outbox {
                 self.drained.borrow_mut().drain(..).for_each(Waker::wake);
             }

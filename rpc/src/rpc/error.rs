@@ -44,6 +44,13 @@ pub enum CallError {
     /// A protocol violation by the server (connection closed).
     #[error("protocol error from server")]
     Protocol(#[source] FrameError),
+    /// The TLS handshake failed, or the session broke (e.g. the server refused this
+    /// client's certificate).
+    #[error("{0}")]
+    Tls(#[source] crate::tls::TlsError),
+    /// The caller's principal may not call this method (not run).
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
     /// The handler failed with this status.
     #[error("{0}")]
     Status(#[from] Status),
@@ -58,7 +65,10 @@ impl CallError {
             | CallError::Overloaded { .. }
             | CallError::Encode(_)
             | CallError::UnknownMethod { .. }
-            | CallError::InvalidRequest => true,
+            | CallError::InvalidRequest
+            | CallError::PermissionDenied(_) => true,
+            // A server that refused our certificate read none of our requests.
+            CallError::Tls(e) => e.is_rejection() || matches!(e, crate::tls::TlsError::Handshake { .. }),
             CallError::Status(s) => matches!(s.code(), ErrorCode::Overloaded | ErrorCode::ShuttingDown),
             _ => false,
         }
@@ -80,6 +90,10 @@ impl CallError {
             ErrorCode::InvalidPayload => CallError::InvalidRequest,
             ErrorCode::DeadlineExceeded => CallError::DeadlineExceeded,
             ErrorCode::Overloaded => CallError::Overloaded { remote: true },
+            ErrorCode::PermissionDenied => {
+                let detail = String::from_utf8_lossy(&detail[..detail.len().min(crate::proto::frame::MAX_DETAIL_LEN)]);
+                CallError::PermissionDenied(detail.into_owned())
+            }
             code => {
                 let detail = String::from_utf8_lossy(&detail[..detail.len().min(crate::proto::frame::MAX_DETAIL_LEN)]);
                 CallError::Status(Status::new(code, detail.into_owned()))

@@ -203,9 +203,20 @@ impl OneWayServer {
             let datagram = buf.split_to(buf.len()).freeze();
             match decode_datagram(&datagram[..n], MAX_DATAGRAM as u32) {
                 Ok(h) if h.kind == FrameKind::OneWay => {
-                    let ctx = CallContext { method_id: h.method_id, request_id: 0, deadline: None, peer: Some(peer) };
+                    let ctx = CallContext {
+                        method_id: h.method_id,
+                        request_id: 0,
+                        deadline: None,
+                        peer: Some(peer),
+                        principal: None,
+                    };
                     let payload = datagram.slice(HEADER_LEN..HEADER_LEN + h.payload_len as usize);
                     match self.services.iter().find(|s| s.has_method(h.method_id)) {
+                        // Datagrams carry no identity: a service with an access list refuses them.
+                        Some(svc) if svc.check_access(h.method_id, None).is_err() => {
+                            tracing::debug!(method_id = h.method_id, %peer, "one-way datagram to a restricted service dropped");
+                            self.stats.borrow_mut().dropped += 1;
+                        }
                         Some(svc) => {
                             if let Dispatched::Running(task) = svc.dispatch(ctx, payload, None) {
                                 task.detach();

@@ -192,12 +192,32 @@ fn is_transient_accept_error(e: &std::io::Error) -> bool {
 async fn serve_conn(stream: TcpStream, services: Rc<[Service]>, config: ConnConfig, load: Rc<Cell<u32>>) {
     let peer = stream.peer_addr().ok();
     let stream = Rc::new(stream);
+    let session = match &config.tls {
+        None => None,
+        Some(tls) => {
+            let deadline = Instant::now() + config.frame_timeout;
+            let addr = peer.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+            match crate::tls::handshake(&stream, crate::tls::Side::Server(tls), addr, deadline).await {
+                Ok(s) => Some(Rc::new(s)),
+                Err(e) => {
+                    // Clients that cannot prove who they are get nothing but the alert.
+                    tracing::info!(?peer, error = %e, "TLS handshake refused");
+                    let _ = stream.shutdown(std::net::Shutdown::Both);
+                    return;
+                }
+            }
+        }
+    };
+    let principal = session.as_ref().and_then(|s| s.principal());
     let outbox = Outbox::new(&config);
-    let writer = spawn(outbox.clone().run_writer(stream.clone()));
+    let writer = spawn(outbox.clone().run_writer(stream.clone(), session.clone()));
     let conn = Rc::new(ServerConn { outbox: outbox.clone(), inflight: RefCell::new(HashMap::new()), load });
     // If this task is cancelled (the server stopped), its running handlers go with it.
     let _handlers = CancelHandlers(conn.clone());
-    let mut reader = FrameReader::new(&config);
+    let mut reader = match &session {
+        Some(s) => FrameReader::with_tls(&config, s.clone(), outbox.clone()),
+        None => FrameReader::new(&config),
+    };
     let clean = loop {
         // Back-pressure: a peer that does not read its responses stops being read.
         outbox.ready().await;
@@ -220,10 +240,15 @@ async fn serve_conn(stream: TcpStream, services: Rc<[Service]>, config: ConnConf
                 tracing::debug!(?peer, error = %e, "connection read failed");
                 break false;
             }
+            Err(ReadError::Tls(e)) => {
+                // rustls queued an alert saying why; the writer sends it before closing.
+                tracing::debug!(?peer, error = %e, "TLS session failed");
+                break false;
+            }
         };
         match header.kind {
             FrameKind::Request => {
-                if let Err(e) = on_request(&conn, &services, &config, header, payload, peer) {
+                if let Err(e) = on_request(&conn, &services, &config, header, payload, peer, &principal) {
                     // A client that breaks the id rules would mismatch replies: stop it.
                     tracing::debug!(?peer, error = %e, "protocol violation; closing connection");
                     outbox.push_error(0, 0, e.code(), &e.to_string());
@@ -231,8 +256,20 @@ async fn serve_conn(stream: TcpStream, services: Rc<[Service]>, config: ConnConf
                 }
             }
             FrameKind::OneWay => {
-                let ctx = CallContext { method_id: header.method_id, request_id: 0, deadline: None, peer };
-                match find(&services, header.method_id).map(|svc| svc.dispatch(ctx, payload, None)) {
+                let ctx = CallContext {
+                    method_id: header.method_id,
+                    request_id: 0,
+                    deadline: None,
+                    peer,
+                    principal: principal.clone(),
+                };
+                let svc = find(&services, header.method_id);
+                let allowed = svc.map(|s| s.check_access(header.method_id, principal.as_deref()));
+                if let Some(Err(why)) = allowed {
+                    tracing::debug!(?peer, %why, "one-way call refused");
+                    continue;
+                }
+                match svc.map(|svc| svc.dispatch(ctx, payload, None)) {
                     Some(Dispatched::Running(task)) => task.detach(),
                     Some(Dispatched::Done) => {}
                     Some(Dispatched::Unknown) | None => {
@@ -278,6 +315,7 @@ fn on_request(
     header: Header,
     payload: Bytes,
     peer: Option<SocketAddr>,
+    principal: &Option<crate::tls::Principal>,
 ) -> Result<(), FrameError> {
     let (id, method_id) = (header.request_id, header.method_id);
     if id == 0 {
@@ -294,9 +332,13 @@ fn on_request(
         conn.outbox.push_error(id, method_id, ErrorCode::UnknownMethod, "no such method");
         return Ok(());
     };
+    if let Err(why) = svc.check_access(method_id, principal.as_deref()) {
+        conn.outbox.push_error(id, method_id, ErrorCode::PermissionDenied, &why);
+        return Ok(());
+    }
     // The budget is relative: convert on arrival so clock skew between hosts cannot matter.
     let deadline = (header.deadline_us > 0).then(|| Instant::now() + Duration::from_micros(header.deadline_us.into()));
-    let ctx = CallContext { method_id, request_id: id, deadline, peer };
+    let ctx = CallContext { method_id, request_id: id, deadline, peer, principal: principal.clone() };
     match svc.dispatch(ctx, payload, Some(Reply { conn: conn.clone(), request_id: id })) {
         Dispatched::Running(task) => {
             conn.with_inflight(|m| m.insert(id, task));

@@ -33,6 +33,8 @@ pub struct CallContext {
     pub deadline: Option<Instant>,
     /// The caller's address.
     pub peer: Option<SocketAddr>,
+    /// The caller's verified identity (mutual TLS); `None` on plain TCP and one-way UDP.
+    pub principal: Option<crate::tls::Principal>,
 }
 
 thread_local! {
@@ -117,11 +119,52 @@ fn recycle<F>(pool: &Pool<F>, mut slot: Pin<Box<Option<F>>>) {
     }
 }
 
+/// Who may call which methods of a service, by [principal](crate::Principal). A pattern is
+/// a principal's exact name, a prefix ending in `*` (`node-*`), or `*` (any authenticated
+/// caller). Callers without a principal (plain TCP, one-way UDP) match nothing, so a service
+/// with an access list is closed to them.
+#[derive(Debug, Clone, Default)]
+pub struct AccessList {
+    every_method: Vec<Box<str>>,
+    per_method: HashMap<u32, Vec<Box<str>>>,
+}
+
+impl AccessList {
+    /// A list that allows no one until rules are added.
+    pub fn new() -> AccessList {
+        AccessList::default()
+    }
+
+    /// Allow `pattern` to call every method.
+    pub fn allow(mut self, pattern: &str) -> AccessList {
+        self.every_method.push(pattern.into());
+        self
+    }
+
+    /// Allow `pattern` to call `method_id`.
+    pub fn allow_method(mut self, method_id: u32, pattern: &str) -> AccessList {
+        self.per_method.entry(method_id).or_default().push(pattern.into());
+        self
+    }
+
+    /// Whether `principal` may call `method_id`.
+    pub fn permits(&self, method_id: u32, principal: Option<&str>) -> bool {
+        let Some(who) = principal else { return false };
+        let matches = |p: &str| match p.strip_suffix('*') {
+            Some(prefix) => who.starts_with(prefix),
+            None => p == who,
+        };
+        self.every_method.iter().any(|p| matches(p))
+            || self.per_method.get(&method_id).is_some_and(|ps| ps.iter().any(|p| matches(p)))
+    }
+}
+
 /// A set of methods served under one name.
 #[derive(Clone)]
 pub struct Service {
     name: Rc<str>,
     methods: Rc<HashMap<u32, Rc<Dispatch>>>,
+    access: Option<Rc<AccessList>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -149,6 +192,27 @@ impl Service {
     /// True if `method_id` is served.
     pub fn has_method(&self, method_id: u32) -> bool {
         self.methods.contains_key(&method_id)
+    }
+
+    /// This service restricted to the callers `access` allows; checked before a request is
+    /// validated or its handler runs. Without one, every caller may call every method.
+    pub fn with_access(mut self, access: AccessList) -> Service {
+        self.access = Some(Rc::new(access));
+        self
+    }
+
+    /// `Err` with the reason if `principal` may not call `method_id`.
+    pub(crate) fn check_access(&self, method_id: u32, principal: Option<&str>) -> Result<(), String> {
+        match &self.access {
+            Some(acl) if !acl.permits(method_id, principal) => Err(match principal {
+                Some(p) => format!("`{p}` may not call method {method_id:#010x} of service `{}`", self.name),
+                None => format!(
+                    "service `{}` requires an authenticated caller (mutual TLS); this connection has none",
+                    self.name
+                ),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Run method `ctx.method_id` on `payload`. `reply` is `None` for one-way calls.
@@ -250,7 +314,7 @@ impl ServiceBuilder {
 
     /// Finish.
     pub fn build(self) -> Service {
-        Service { name: self.name, methods: Rc::new(self.methods) }
+        Service { name: self.name, methods: Rc::new(self.methods), access: None }
     }
 }
 

@@ -1,0 +1,420 @@
+//! Mutual TLS 1.3 for reliable connections (rustls).
+//!
+//! rustls does no I/O of its own, so a session is driven here by the same drivers as plain
+//! TCP: ciphertext is received into a buffer and fed to rustls, plaintext frames are written
+//! to rustls and the records it produces are sent. Both ends present certificates from the
+//! cluster CA; the peer's verified certificate gives the [`Principal`] handlers see and access
+//! lists check. Plain TCP is what a [`ConnConfig`](crate::ConnConfig) without a
+//! [`TlsConfig`] means: chosen in configuration, never a fallback.
+
+use std::cell::RefCell;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{BufMut, BytesMut};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, ClientConnection, Connection, RootCertStore, ServerConfig, ServerConnection};
+
+use crate::net::TcpStream;
+use crate::runtime::time::timeout_at;
+
+#[cfg(feature = "certgen")]
+pub mod certs;
+
+/// Why TLS could not be set up or a session failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// A PEM file or buffer could not be read.
+    #[error("cannot read {what}: {detail}")]
+    Pem {
+        /// Which input (CA, certificate, key).
+        what: &'static str,
+        /// What went wrong.
+        detail: String,
+    },
+    /// rustls refused the certificates or key as a configuration.
+    #[error("TLS configuration refused: {0}")]
+    Config(#[source] rustls::Error),
+    /// The handshake failed; `source` says why (e.g. `invalid peer certificate: UnknownIssuer`,
+    /// `... Expired`, `... NotValidForName`, `peer sent no certificates`, or an alert the peer
+    /// sent: `received fatal alert: CertificateRequired`).
+    #[error("TLS handshake with {peer} failed: {source}")]
+    Handshake {
+        /// The other end.
+        peer: SocketAddr,
+        /// The rustls error.
+        #[source]
+        source: rustls::Error,
+    },
+    /// The peer closed or stalled during the handshake.
+    #[error("TLS handshake with {peer} did not finish: {detail}")]
+    Incomplete {
+        /// The other end.
+        peer: SocketAddr,
+        /// What happened.
+        detail: String,
+    },
+    /// The established session failed (a bad record, or an alert from the peer).
+    #[error("TLS session failed: {0}")]
+    Session(#[source] rustls::Error),
+}
+
+impl TlsError {
+    /// True if the peer refused this side's certificate or identity, so nothing was run there.
+    pub fn is_rejection(&self) -> bool {
+        use rustls::AlertDescription as A;
+        let e = match self {
+            TlsError::Handshake { source, .. } | TlsError::Session(source) => source,
+            _ => return false,
+        };
+        matches!(
+            e,
+            rustls::Error::AlertReceived(
+                A::BadCertificate
+                    | A::UnsupportedCertificate
+                    | A::CertificateRevoked
+                    | A::CertificateExpired
+                    | A::CertificateUnknown
+                    | A::UnknownCA
+                    | A::AccessDenied
+                    | A::CertificateRequired
+                    | A::HandshakeFailure
+            )
+        )
+    }
+}
+
+/// Who is on the other end of a connection: the first DNS name (else URI) in the subject
+/// alternative names of the certificate it proved it holds.
+pub type Principal = Arc<str>;
+
+/// A node's or client's TLS identity and trust: its certificate chain and key, and the
+/// cluster CA whose certificates it accepts from peers. Cheap to clone.
+#[derive(Clone)]
+pub struct TlsConfig {
+    client: Arc<ClientConfig>,
+    server: Option<Arc<ServerConfig>>,
+    server_name: Option<ServerName<'static>>,
+}
+
+impl std::fmt::Debug for TlsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsConfig").field("server_name", &self.server_name).finish_non_exhaustive()
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+impl TlsConfig {
+    /// From PEM: the cluster CA certificate(s), this end's certificate chain, its private key.
+    pub fn from_pem(ca: &[u8], cert_chain: &[u8], key: &[u8]) -> Result<TlsConfig, TlsError> {
+        let pem =
+            |what: &'static str| move |e: rustls::pki_types::pem::Error| TlsError::Pem { what, detail: e.to_string() };
+        let cas: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(ca).collect::<Result<_, _>>().map_err(pem("CA certificate"))?;
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(cert_chain).collect::<Result<_, _>>().map_err(pem("certificate"))?;
+        let key = PrivateKeyDer::from_pem_slice(key).map_err(pem("private key"))?;
+        TlsConfig::from_der(cas, chain, key)
+    }
+
+    /// [`TlsConfig::from_pem`] reading three files.
+    pub fn from_files(ca: &Path, cert_chain: &Path, key: &Path) -> Result<TlsConfig, TlsError> {
+        let read = |what: &'static str, p: &Path| {
+            std::fs::read(p).map_err(|e| TlsError::Pem { what, detail: format!("{}: {e}", p.display()) })
+        };
+        TlsConfig::from_pem(&read("CA certificate", ca)?, &read("certificate", cert_chain)?, &read("private key", key)?)
+    }
+
+    /// From DER certificates and key.
+    pub fn from_der(
+        cas: Vec<CertificateDer<'static>>,
+        cert_chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<TlsConfig, TlsError> {
+        if cas.is_empty() {
+            return Err(TlsError::Pem { what: "CA certificate", detail: "no certificate found".into() });
+        }
+        if cert_chain.is_empty() {
+            return Err(TlsError::Pem { what: "certificate", detail: "no certificate found".into() });
+        }
+        let mut roots = RootCertStore::empty();
+        for ca in cas {
+            roots.add(ca).map_err(TlsError::Config)?;
+        }
+        let roots = Arc::new(roots);
+        let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
+            .build()
+            .map_err(|e| TlsError::Config(rustls::Error::General(e.to_string())))?;
+        let mut server = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(TlsError::Config)?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(cert_chain.clone(), key.clone_key())
+            .map_err(TlsError::Config)?;
+        // Session tickets for resumed handshakes would be sent unasked after every handshake;
+        // connections here are long-lived, so none are sent.
+        server.send_tls13_tickets = 0;
+        let client = ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(TlsError::Config)?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(cert_chain, key)
+            .map_err(TlsError::Config)?;
+        Ok(TlsConfig { client: Arc::new(client), server: Some(Arc::new(server)), server_name: None })
+    }
+
+    /// A client that checks servers against `ca` (PEM) but has no certificate of its own.
+    /// Servers of this crate refuse it — they require mutual TLS — so this is for probes and
+    /// for testing that refusal; it cannot serve.
+    pub fn client_without_certificate(ca: &[u8]) -> Result<TlsConfig, TlsError> {
+        let mut roots = RootCertStore::empty();
+        for ca in CertificateDer::pem_slice_iter(ca) {
+            let ca = ca.map_err(|e| TlsError::Pem { what: "CA certificate", detail: e.to_string() })?;
+            roots.add(ca).map_err(TlsError::Config)?;
+        }
+        let client = ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(TlsError::Config)?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(TlsConfig { client: Arc::new(client), server: None, server_name: None })
+    }
+
+    /// The name a server must have when this end connects to it. Without one, the server's
+    /// certificate must name the IP address connected to.
+    pub fn with_server_name(mut self, name: &str) -> Result<TlsConfig, TlsError> {
+        let name = ServerName::try_from(name.to_string())
+            .map_err(|e| TlsError::Config(rustls::Error::General(format!("server name `{name}`: {e}"))))?;
+        self.server_name = Some(name);
+        Ok(self)
+    }
+}
+
+/// One established TLS session over a connection, shared by its reader and writer tasks
+/// (both on the connection's core; neither holds the borrow across an await).
+pub(crate) struct Session {
+    conn: RefCell<Connection>,
+    peer: Option<Principal>,
+    early: RefCell<BytesMut>,
+    /// Set by the first `decrypt`: until then rustls may hold plaintext that arrived in the
+    /// same read as the peer's last handshake message.
+    started: std::cell::Cell<bool>,
+}
+
+impl Session {
+    /// The verified identity of the other end.
+    pub(crate) fn principal(&self) -> Option<Principal> {
+        self.peer.clone()
+    }
+
+    /// Whether rustls has records to send (e.g. an alert) that no frame will carry.
+    pub(crate) fn wants_write(&self) -> bool {
+        self.conn.borrow().wants_write()
+    }
+
+    /// Decrypts `ciphertext` and appends the plaintext to `dst`; returns whether the peer
+    /// has closed its side (close_notify). Plaintext is taken out as each chunk is processed,
+    /// so rustls' own buffer never fills whatever the amount fed.
+    pub(crate) fn decrypt(&self, ciphertext: &[u8], dst: &mut BytesMut) -> Result<bool, TlsError> {
+        self.started.set(true);
+        let early = std::mem::take(&mut *self.early.borrow_mut());
+        if !early.is_empty() {
+            self.decrypt_one(&early, dst)?;
+        }
+        self.decrypt_one(ciphertext, dst)
+    }
+
+    /// Whether data from the handshake's last read waits to be decrypted or taken.
+    pub(crate) fn has_early(&self) -> bool {
+        !self.started.get() || !self.early.borrow().is_empty()
+    }
+
+    fn decrypt_one(&self, mut ciphertext: &[u8], dst: &mut BytesMut) -> Result<bool, TlsError> {
+        let mut conn = self.conn.borrow_mut();
+        let session = |e: rustls::Error| TlsError::Session(e);
+        let mut closed = false;
+        loop {
+            let state = conn.process_new_packets().map_err(session)?;
+            let n = state.plaintext_bytes_to_read();
+            if n > 0 {
+                let start = dst.len();
+                dst.resize(start + n, 0);
+                if let Err(e) = conn.reader().read_exact(&mut dst[start..]) {
+                    dst.truncate(start);
+                    return Err(session(rustls::Error::General(e.to_string())));
+                }
+            }
+            closed |= state.peer_has_closed();
+            if ciphertext.is_empty() {
+                return Ok(closed);
+            }
+            conn.read_tls(&mut ciphertext).map_err(|e| session(rustls::Error::General(format!("receive: {e}"))))?;
+        }
+    }
+
+    /// Encrypts `plain` and appends the records to `out`.
+    pub(crate) fn encrypt(&self, mut plain: &[u8], out: &mut BytesMut) -> io::Result<()> {
+        let mut conn = self.conn.borrow_mut();
+        loop {
+            let n = conn.writer().write(plain)?;
+            plain = &plain[n..];
+            drain_records(&mut conn, out)?;
+            if plain.is_empty() {
+                return Ok(());
+            }
+            if n == 0 {
+                return Err(io::Error::new(io::ErrorKind::WriteZero, "TLS session accepts no more data"));
+            }
+        }
+    }
+}
+
+fn drain_records(conn: &mut Connection, out: &mut BytesMut) -> io::Result<()> {
+    let mut w = out.writer();
+    while conn.wants_write() {
+        conn.write_tls(&mut w)?;
+    }
+    Ok(())
+}
+
+/// Feeds `src` to rustls until the handshake is done; what is left (records sent after the
+/// peer's last handshake message) stays in `src` for the session to decrypt.
+fn feed_handshake(conn: &mut Connection, src: &mut &[u8]) -> Result<(), rustls::Error> {
+    while !src.is_empty() && conn.is_handshaking() {
+        conn.read_tls(src).map_err(|e| rustls::Error::General(format!("receive: {e}")))?;
+        conn.process_new_packets()?;
+    }
+    Ok(())
+}
+
+/// Which end of the handshake this is.
+pub(crate) enum Side<'a> {
+    Client(&'a TlsConfig),
+    Server(&'a TlsConfig),
+}
+
+/// Runs the handshake on a connected stream; by `deadline` it must be done.
+pub(crate) async fn handshake(
+    stream: &TcpStream,
+    side: Side<'_>,
+    peer: SocketAddr,
+    deadline: Instant,
+) -> Result<Session, TlsError> {
+    let conn: Connection = match side {
+        Side::Client(cfg) => {
+            let name = cfg.server_name.clone().unwrap_or_else(|| ServerName::IpAddress(peer.ip().into()));
+            ClientConnection::new(cfg.client.clone(), name).map_err(TlsError::Config)?.into()
+        }
+        Side::Server(cfg) => {
+            let server = cfg.server.clone().ok_or_else(|| {
+                TlsError::Config(rustls::Error::General(
+                    "this TLS configuration has no certificate to serve with".into(),
+                ))
+            })?;
+            ServerConnection::new(server).map_err(TlsError::Config)?.into()
+        }
+    };
+    let conn = RefCell::new(conn);
+    let incomplete = |detail: &str| TlsError::Incomplete { peer, detail: detail.to_string() };
+    let work = async {
+        let mut inbuf = BytesMut::with_capacity(16 << 10);
+        loop {
+            flush(stream, &conn).await.map_err(|e| incomplete(&format!("send failed: {e}")))?;
+            if !conn.borrow().is_handshaking() {
+                return Ok(inbuf);
+            }
+            inbuf.reserve(16 << 10);
+            let (res, buf) = stream.recv(inbuf).await;
+            inbuf = buf;
+            match res {
+                Ok(0) => return Err(incomplete("the peer closed the connection")),
+                Ok(_) => {}
+                Err(e) => return Err(incomplete(&format!("receive failed: {e}"))),
+            }
+            let mut src = &inbuf[..];
+            let fed = feed_handshake(&mut conn.borrow_mut(), &mut src);
+            let used = inbuf.len() - src.len();
+            let _ = inbuf.split_to(used);
+            if let Err(source) = fed {
+                // Tell the peer why (the alert rustls queued), then give up.
+                let _ = flush(stream, &conn).await;
+                return Err(TlsError::Handshake { peer, source });
+            }
+        }
+    };
+    let leftover: BytesMut = match timeout_at(deadline, work).await {
+        Ok(r) => r?,
+        Err(_) => return Err(incomplete("timed out")),
+    };
+    let conn = conn.into_inner();
+    let principal = conn.peer_certificates().and_then(|c| c.first()).and_then(principal_of);
+    // Records that came with the peer's last handshake message wait for the first `decrypt`.
+    Ok(Session {
+        conn: RefCell::new(conn),
+        peer: principal,
+        early: RefCell::new(leftover),
+        started: Default::default(),
+    })
+}
+
+async fn flush(stream: &TcpStream, conn: &RefCell<Connection>) -> io::Result<()> {
+    let mut out = BytesMut::new();
+    drain_records(&mut conn.borrow_mut(), &mut out)?;
+    if out.is_empty() {
+        return Ok(());
+    }
+    stream.send_all(out).await.0
+}
+
+/// The identity a verified certificate names.
+fn principal_of(der: &CertificateDer<'_>) -> Option<Principal> {
+    let cert = webpki::EndEntityCert::try_from(der).ok()?;
+    let name = cert.valid_dns_names().next().or_else(|| cert.valid_uri_names().next())?;
+    Some(Arc::from(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ca_and(name: &str) -> (String, String, String) {
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let leaf = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = leaf.signed_by(&key, &ca_cert, &ca_key).unwrap();
+        (ca_cert.pem(), cert.pem(), key.serialize_pem())
+    }
+
+    #[test]
+    fn configs_load_from_pem_and_bad_inputs_say_what_is_wrong() {
+        let (ca, cert, key) = ca_and("node-1");
+        TlsConfig::from_pem(ca.as_bytes(), cert.as_bytes(), key.as_bytes()).unwrap();
+        let e = TlsConfig::from_pem(b"", cert.as_bytes(), key.as_bytes()).unwrap_err();
+        assert!(e.to_string().contains("CA certificate"), "{e}");
+        let e = TlsConfig::from_pem(ca.as_bytes(), cert.as_bytes(), b"not a key").unwrap_err();
+        assert!(e.to_string().contains("private key"), "{e}");
+        // A key that is not the certificate's.
+        let (_, _, other_key) = ca_and("node-2");
+        let e = TlsConfig::from_pem(ca.as_bytes(), cert.as_bytes(), other_key.as_bytes()).unwrap_err();
+        assert!(matches!(e, TlsError::Config(_)), "{e}");
+    }
+
+    #[test]
+    fn the_principal_is_the_first_dns_name() {
+        let (_, cert, _) = ca_and("alice.clients");
+        let der = CertificateDer::from_pem_slice(cert.as_bytes()).unwrap();
+        assert_eq!(principal_of(&der).as_deref(), Some("alice.clients"));
+    }
+}
