@@ -100,6 +100,8 @@ pub enum System {
     RpcUring,
     /// Multispace reliable call on the epoll driver.
     RpcEpoll,
+    /// Multispace reliable call with mutual TLS 1.3, io_uring driver.
+    RpcTlsUring,
     /// Multispace one-way UDP call plus one-way acknowledgement, io_uring driver.
     OneWayUring,
     /// The same on the epoll driver.
@@ -115,11 +117,12 @@ pub enum System {
 }
 
 /// Every system, floors first.
-pub const SYSTEMS: [System; 11] = [
+pub const SYSTEMS: [System; 12] = [
     System::RawUdp,
     System::RawUringUdp,
     System::RawTcp,
     System::RpcUring,
+    System::RpcTlsUring,
     System::RpcEpoll,
     System::OneWayUring,
     System::OneWayEpoll,
@@ -138,6 +141,7 @@ impl System {
             System::RawTcp => "raw TCP",
             System::RpcUring => "multispace rpc (io_uring)",
             System::RpcEpoll => "multispace rpc (epoll)",
+            System::RpcTlsUring => "multispace rpc mTLS (io_uring)",
             System::OneWayUring => "multispace one-way+ack (io_uring)",
             System::OneWayEpoll => "multispace one-way+ack (epoll)",
             System::StubUring => "multispace generated stub (io_uring)",
@@ -155,6 +159,7 @@ impl System {
             System::RawTcp => "raw_tcp",
             System::RpcUring => "rpc_uring",
             System::RpcEpoll => "rpc_epoll",
+            System::RpcTlsUring => "rpc_tls_uring",
             System::OneWayUring => "oneway_uring",
             System::OneWayEpoll => "oneway_epoll",
             System::StubUring => "stub_uring",
@@ -187,6 +192,9 @@ impl System {
             System::RawTcp => Box::new(raw::RawTcp::new(req, resp, waiting)?),
             System::RpcUring => Box::new(ours::Rpc::new(DriverKind::Uring, waiting, shape)?),
             System::RpcEpoll => Box::new(ours::Rpc::new(DriverKind::Epoll, waiting, shape)?),
+            System::RpcTlsUring => {
+                Box::new(ours::Rpc::with_tls(DriverKind::Uring, waiting, shape, Some(ours::tls_pair()?))?)
+            }
             System::OneWayUring => Box::new(ours::OneWayPair::new(DriverKind::Uring, waiting, shape)?),
             System::OneWayEpoll => Box::new(ours::OneWayPair::new(DriverKind::Epoll, waiting, shape)?),
             System::StubUring => Box::new(ours::Stub::new(DriverKind::Uring, waiting)?),

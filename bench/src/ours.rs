@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use multispace_rpc::runtime::time::timeout;
+use multispace_rpc::tls::certs::{Authority, Leaf};
 use multispace_rpc::{
-    spawn, CallOptions, Client, DriverChoice, DriverKind, Message, OneWaySender, OneWayServer, Payload, Runtime,
-    RuntimeBuilder, Server, Service, Status, Validate, WaitMode,
+    spawn, CallOptions, Client, ConnConfig, DriverChoice, DriverKind, Message, OneWaySender, OneWayServer, Payload,
+    Runtime, RuntimeBuilder, Server, ServerConfig, Service, Status, TlsConfig, Validate, WaitMode,
 };
 
 use multispace_services::calc::{self, CalcClient};
@@ -58,28 +59,73 @@ fn table1_service() -> Service {
         .build()
 }
 
-/// Reliable calls of one shape over TCP.
+/// Reliable calls of one shape over TCP, plain or with mutual TLS.
 pub struct Rpc {
     // Field order: the client runtime goes first, so its connection closes before the server.
     client_rt: Runtime,
     _server_rt: Runtime,
     addr: SocketAddr,
     shape: Shape,
+    conn: ConnConfig,
+}
+
+/// Server and client TLS configurations from a throwaway cluster CA.
+pub fn tls_pair() -> anyhow::Result<(TlsConfig, TlsConfig)> {
+    let ca = Authority::create("bench CA", 1)?;
+    let make = |name: &str| -> anyhow::Result<TlsConfig> {
+        let issued = ca.issue(&Leaf::new(name, 1))?;
+        Ok(TlsConfig::from_pem(ca.cert_pem().as_bytes(), issued.cert_pem.as_bytes(), issued.key_pem.as_bytes())?)
+    };
+    Ok((make("bench-server")?, make("bench-client")?))
 }
 
 impl Rpc {
     /// Start both runtimes and the server, connect and warm up.
     pub fn new(driver: DriverKind, waiting: Waiting, shape: Shape) -> anyhow::Result<Self> {
+        Self::with_tls(driver, waiting, shape, None)
+    }
+
+    /// [`Rpc::new`], with mutual TLS when `tls` is (server, client) configurations.
+    pub fn with_tls(
+        driver: DriverKind,
+        waiting: Waiting,
+        shape: Shape,
+        tls: Option<(TlsConfig, TlsConfig)>,
+    ) -> anyhow::Result<Self> {
         let (server_rt, client_rt) = runtimes(driver, waiting)?;
-        let addr = server_rt.core(0).run(|| async {
-            let server = Server::bind("127.0.0.1:0".parse().expect("address"), [table1_service()])?;
+        let (server_tls, client_tls) = tls.map_or((None, None), |(s, c)| (Some(s), Some(c)));
+        let addr = server_rt.core(0).run(move || async move {
+            let config = ServerConfig { conn: ConnConfig { tls: server_tls, ..ConnConfig::default() }, ..ServerConfig::default() };
+            let server = Server::bind_with("127.0.0.1:0".parse().expect("address"), [table1_service()], config)?;
             let addr = server.local_addr();
             spawn(server.serve()).detach();
             Ok::<_, multispace_rpc::ServeError>(addr)
         })??;
-        let mut me = Rpc { client_rt, _server_rt: server_rt, addr, shape };
+        let conn = ConnConfig { tls: client_tls, ..ConnConfig::default() };
+        let mut me = Rpc { client_rt, _server_rt: server_rt, addr, shape, conn };
         me.run(1000, None);
         Ok(me)
+    }
+
+    /// Opens `n` fresh connections one after another (each with its handshake when TLS is
+    /// on) and records how long each took until it was ready for calls.
+    pub fn connects(&mut self, n: u64, hist: &mut Histogram<u64>) {
+        let (addr, conn) = (self.addr, self.conn.clone());
+        let h = self
+            .client_rt
+            .core(0)
+            .run(move || async move {
+                let mut h = Histogram::<u64>::new(3).expect("histogram");
+                for _ in 0..n {
+                    let t = Instant::now();
+                    let client = Client::with_config(addr, conn.clone());
+                    client.connect_now().await.expect("benchmark connect");
+                    let _ = h.record(t.elapsed().as_nanos() as u64);
+                }
+                h
+            })
+            .expect("client core alive");
+        hist.add(h).expect("same histogram bounds");
     }
 }
 
@@ -98,12 +144,12 @@ async fn timed<Req: Payload, Resp: Validate>(client: &Client, method: u32, req: 
 
 impl PingPong for Rpc {
     fn run(&mut self, n: u64, hist: Option<&mut Histogram<u64>>) -> Duration {
-        let (addr, shape) = (self.addr, self.shape);
+        let (addr, shape, conn) = (self.addr, self.shape, self.conn.clone());
         let (elapsed, h) = self
             .client_rt
             .core(0)
             .run(move || async move {
-                let client = CLIENT.with(|c| c.borrow_mut().get_or_insert_with(|| Client::new(addr)).clone());
+                let client = CLIENT.with(|c| c.borrow_mut().get_or_insert_with(|| Client::with_config(addr, conn)).clone());
                 let mut h = Histogram::<u64>::new(3).expect("histogram");
                 let m = shape.method_id();
                 let start = Instant::now();
@@ -146,11 +192,11 @@ pub(crate) async fn windowed_null_calls(client: &Client, method: u32, n: u64, wi
 
 impl crate::Windowed for Rpc {
     fn run_window(&mut self, n: u64, window: usize) -> Duration {
-        let (addr, m) = (self.addr, Shape::Void.method_id());
+        let (addr, m, conn) = (self.addr, Shape::Void.method_id(), self.conn.clone());
         self.client_rt
             .core(0)
             .run(move || async move {
-                let client = CLIENT.with(|c| c.borrow_mut().get_or_insert_with(|| Client::new(addr)).clone());
+                let client = CLIENT.with(|c| c.borrow_mut().get_or_insert_with(|| Client::with_config(addr, conn)).clone());
                 let start = Instant::now();
                 windowed_null_calls(&client, m, n, window).await;
                 start.elapsed()

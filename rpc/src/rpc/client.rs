@@ -93,6 +93,12 @@ impl Client {
         Ok(c)
     }
 
+    /// Connect (and with TLS, run the handshake) now instead of on the first call; a no-op
+    /// while a connection is up.
+    pub async fn connect_now(&self) -> Result<(), CallError> {
+        self.connection().await.map(drop)
+    }
+
     /// The server address.
     pub fn addr(&self) -> SocketAddr {
         self.inner.addr

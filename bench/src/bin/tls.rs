@@ -1,0 +1,163 @@
+//! What mutual TLS costs, side by side with plain TCP in one run (io_uring driver): the
+//! handshake (connect until ready for calls), the null call's latency in both waiting
+//! styles, and null calls per second with 16 and 256 in flight on one connection.
+//!
+//! `cargo run --release -p multispace-bench --bin tls -- [--quick] [--json PATH]`
+
+use std::time::Duration;
+
+use clap::Parser;
+use hdrhistogram::Histogram;
+use multispace_bench::ours::{tls_pair, Rpc};
+use multispace_bench::shapes::Shape;
+use multispace_bench::{measure, pin_caller, PingPong, Waiting, Windowed};
+use multispace_rpc::DriverKind;
+use serde::Serialize;
+
+#[derive(Parser)]
+struct Args {
+    /// Fewer calls and connections: a smoke run of a few seconds.
+    #[arg(long)]
+    quick: bool,
+    /// Interleaved rounds; each figure is the median over rounds.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Write the figures as JSON here.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+#[derive(Serialize, Clone, Debug)]
+struct Figure {
+    /// What was measured.
+    what: String,
+    /// `plain` or `mtls`.
+    transport: &'static str,
+    /// Waiting style of both runtimes.
+    waiting: String,
+    p50_us: Option<f64>,
+    p99_us: Option<f64>,
+    calls_per_s: Option<f64>,
+    /// TLS figure over plain TCP's (latency: p50 ratio; throughput: rate ratio).
+    ratio_to_plain: Option<f64>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn build(tls: bool, waiting: Waiting) -> anyhow::Result<Rpc> {
+    Rpc::with_tls(DriverKind::Uring, waiting, Shape::Void, if tls { Some(tls_pair()?) } else { None })
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    pin_caller();
+    let (calls, conns, window_calls) = if args.quick { (3_000, 100, 30_000) } else { (20_000, 500, 300_000) };
+    let mut figures = Vec::new();
+    let name = |tls: bool| if tls { "mtls" } else { "plain" };
+
+    // Handshakes: fresh connections one after another.
+    let mut p50 = [Vec::new(), Vec::new()];
+    let mut p99 = [Vec::new(), Vec::new()];
+    for _ in 0..args.rounds {
+        for tls in [false, true] {
+            let mut rpc = build(tls, Waiting::Sleep)?;
+            let mut h = Histogram::<u64>::new(3)?;
+            rpc.connects(conns, &mut h);
+            p50[tls as usize].push(h.value_at_quantile(0.5) as f64 / 1000.0);
+            p99[tls as usize].push(h.value_at_quantile(0.99) as f64 / 1000.0);
+        }
+    }
+    for tls in [false, true] {
+        figures.push(Figure {
+            what: "connect until ready (TCP + handshake)".into(),
+            transport: name(tls),
+            waiting: "sleep".into(),
+            p50_us: Some(median(p50[tls as usize].clone())),
+            p99_us: Some(median(p99[tls as usize].clone())),
+            calls_per_s: None,
+            ratio_to_plain: None,
+        });
+    }
+
+    // Null call latency, one at a time.
+    for waiting in [Waiting::Sleep, Waiting::Spin] {
+        let mut rows = [Vec::new(), Vec::new()];
+        for _ in 0..args.rounds {
+            for tls in [false, true] {
+                let mut rpc = build(tls, waiting)?;
+                rpc.run(2000, None);
+                let (row, _) = measure("f()", name(tls), waiting, &mut rpc, calls);
+                rows[tls as usize].push(row);
+            }
+        }
+        for tls in [false, true] {
+            figures.push(Figure {
+                what: "null call f()".into(),
+                transport: name(tls),
+                waiting: waiting.to_string(),
+                p50_us: Some(median(rows[tls as usize].iter().map(|r| r.p50_us).collect())),
+                p99_us: Some(median(rows[tls as usize].iter().map(|r| r.p99_us).collect())),
+                calls_per_s: None,
+                ratio_to_plain: None,
+            });
+        }
+    }
+
+    // Throughput on one connection, one client core.
+    for window in [16usize, 256] {
+        let mut rates = [Vec::new(), Vec::new()];
+        for _ in 0..args.rounds {
+            for tls in [false, true] {
+                let mut rpc = build(tls, Waiting::Sleep)?;
+                rpc.run_window(window_calls / 10, window);
+                let t: Duration = rpc.run_window(window_calls, window);
+                rates[tls as usize].push(window_calls as f64 / t.as_secs_f64());
+            }
+        }
+        for tls in [false, true] {
+            figures.push(Figure {
+                what: format!("null calls, {window} in flight"),
+                transport: name(tls),
+                waiting: "sleep".into(),
+                p50_us: None,
+                p99_us: None,
+                calls_per_s: Some(median(rates[tls as usize].clone())),
+                ratio_to_plain: None,
+            });
+        }
+    }
+
+    // Ratios: each TLS figure against the plain figure just before it.
+    for i in (1..figures.len()).step_by(2) {
+        let (plain, tls) = (figures[i - 1].clone(), &mut figures[i]);
+        tls.ratio_to_plain = match (plain.p50_us, tls.p50_us, plain.calls_per_s, tls.calls_per_s) {
+            (Some(a), Some(b), _, _) => Some(b / a),
+            (_, _, Some(a), Some(b)) => Some(b / a),
+            _ => None,
+        };
+    }
+
+    println!("| measurement | transport | waiting | p50 µs | p99 µs | calls/s | TLS vs plain |");
+    println!("|---|---|---|---:|---:|---:|---:|");
+    let opt = |v: Option<f64>, d: usize| v.map_or("".to_string(), |v| format!("{v:.d$}"));
+    for f in &figures {
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            f.what,
+            f.transport,
+            f.waiting,
+            opt(f.p50_us, 1),
+            opt(f.p99_us, 1),
+            opt(f.calls_per_s, 0),
+            f.ratio_to_plain.map_or(String::new(), |r| format!("{r:.2}x")),
+        );
+    }
+    if let Some(path) = args.json {
+        std::fs::write(&path, serde_json::to_string_pretty(&figures)?)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
