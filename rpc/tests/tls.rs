@@ -208,3 +208,26 @@ fn an_access_list_refuses_principals_before_the_handler_runs() {
         assert_eq!(ran.get(), 2);
     });
 }
+
+#[test]
+fn a_runtime_configured_with_tls_uses_it_for_every_client_and_server_it_makes() {
+    let pki = Pki::new();
+    for kind in common::drivers() {
+        let conn = ConnConfig { tls: Some(pki.named("node-5")), ..ConnConfig::default() };
+        let config =
+            multispace_rpc::Config { driver: multispace_rpc::DriverChoice::Force(kind), conn, ..Default::default() };
+        let rt = multispace_rpc::LocalRuntime::new(config).unwrap();
+        rt.block_on(async {
+            // Plain constructors: the core's settings apply.
+            let server = Server::bind("127.0.0.1:0".parse().unwrap(), [service(Rc::default())]).unwrap();
+            let addr = server.local_addr();
+            spawn(server.serve()).detach();
+            let client = Client::new(addr);
+            let r = client.call::<(), String>(WHO, &(), CallOptions::default()).await.unwrap();
+            assert_eq!(r.as_str(), "node-5", "{kind:?}");
+            // Plain TCP only when asked for explicitly — and this server refuses it.
+            let e = who(addr, None).await.unwrap_err();
+            assert!(matches!(e, CallError::ConnectionLost), "{e:?}");
+        });
+    }
+}

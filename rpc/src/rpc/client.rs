@@ -76,9 +76,11 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    /// A client for `addr`; connects on first use.
+    /// A client for `addr` with this core's connection settings
+    /// ([`ConnConfig::for_this_core`]: TLS if the runtime was configured with it); connects on
+    /// first use.
     pub fn new(addr: SocketAddr) -> Client {
-        Client::with_config(addr, ConnConfig::default())
+        Client::with_config(addr, ConnConfig::for_this_core())
     }
 
     /// [`Client::new`] with explicit limits.

@@ -41,6 +41,23 @@ pub struct ConnConfig {
     pub tls: Option<TlsConfig>,
 }
 
+thread_local! {
+    static CORE_DEFAULT: std::cell::RefCell<Option<ConnConfig>> = const { std::cell::RefCell::new(None) };
+}
+
+pub(crate) fn set_core_default(config: ConnConfig) {
+    CORE_DEFAULT.with(|c| *c.borrow_mut() = Some(config));
+}
+
+impl ConnConfig {
+    /// The settings this core was started with ([`crate::Config::conn`]): what
+    /// [`Client::new`](crate::Client::new) and [`Server::bind`](crate::Server::bind) use.
+    /// Outside a runtime, the defaults (plain TCP).
+    pub fn for_this_core() -> ConnConfig {
+        CORE_DEFAULT.with(|c| c.borrow().clone()).unwrap_or_default()
+    }
+}
+
 impl Default for ConnConfig {
     fn default() -> Self {
         ConnConfig {

@@ -55,7 +55,17 @@ impl ClientHandle {
             .core
             .spawn(move || async move {
                 let client = CLIENTS.with(|c| {
-                    c.borrow_mut().entry((core_id, addr)).or_insert_with(|| Client::with_config(addr, config)).clone()
+                    // The target core's own settings (TLS if it runs with it); the handle's
+                    // limits only bound what it archives here.
+                    c.borrow_mut()
+                        .entry((core_id, addr))
+                        .or_insert_with(|| {
+                            Client::with_config(
+                                addr,
+                                ConnConfig { max_payload: config.max_payload, ..ConnConfig::for_this_core() },
+                            )
+                        })
+                        .clone()
                 });
                 client.call_bytes(method_id, &payload, opts).await
             })

@@ -31,7 +31,7 @@ pub struct RedirectConfig {
     pub timeout: Option<Duration>,
     /// How long an instance that failed is avoided (default 1 s).
     pub down_for: Duration,
-    /// Connection limits for every instance.
+    /// Connection settings for every instance (default: the core's, [`ConnConfig::for_this_core`]).
     pub conn: ConnConfig,
 }
 
@@ -43,7 +43,7 @@ impl Default for RedirectConfig {
             attempt_timeout: None,
             timeout: None,
             down_for: Duration::from_secs(1),
-            conn: ConnConfig::default(),
+            conn: ConnConfig::for_this_core(),
         }
     }
 }

@@ -28,8 +28,10 @@ pub struct ServerConfig {
 }
 
 impl Default for ServerConfig {
+    /// This core's connection settings ([`ConnConfig::for_this_core`]), 10 000 connections,
+    /// `SO_REUSEPORT`.
     fn default() -> Self {
-        ServerConfig { conn: ConnConfig::default(), max_connections: 10_000, reuse_port: true }
+        ServerConfig { conn: ConnConfig::for_this_core(), max_connections: 10_000, reuse_port: true }
     }
 }
 
@@ -83,7 +85,8 @@ impl ServerConn {
 }
 
 impl Server {
-    /// Bind `addr` and serve `services` (method ids must not collide across them).
+    /// Bind `addr` and serve `services` (method ids must not collide across them), with this
+    /// core's connection settings (TLS if the runtime was configured with it).
     pub fn bind(addr: SocketAddr, services: impl IntoIterator<Item = Service>) -> Result<Server, ServeError> {
         Self::bind_with(addr, services, ServerConfig::default())
     }

@@ -42,11 +42,19 @@ pub struct Config {
     pub wait: WaitMode,
     /// Tasks run per loop turn before the driver is polled again (fairness for I/O).
     pub tasks_per_turn: usize,
+    /// What `Client::new` and `Server::bind` on this core use (limits, and TLS or plain
+    /// TCP): a process configures security once per core instead of in every stub.
+    pub conn: crate::ConnConfig,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { driver: DriverChoice::Auto, wait: WaitMode::Sleep, tasks_per_turn: 128 }
+        Config {
+            driver: DriverChoice::Auto,
+            wait: WaitMode::Sleep,
+            tasks_per_turn: 128,
+            conn: crate::ConnConfig::default(),
+        }
     }
 }
 
@@ -348,6 +356,7 @@ impl std::fmt::Debug for LocalRuntime {
 impl LocalRuntime {
     /// Set up a core (its driver, eventfd and timers) on this thread.
     pub fn new(config: Config) -> io::Result<LocalRuntime> {
+        crate::rpc::conn::set_core_default(config.conn.clone());
         Ok(LocalRuntime { core: Rc::new(Core::new(config)?) })
     }
 

@@ -56,6 +56,12 @@ impl RuntimeBuilder {
         self.config.wait = wait;
         self
     }
+    /// The connection settings (limits, TLS or plain TCP) `Client::new` and `Server::bind`
+    /// use on every core.
+    pub fn conn(mut self, conn: crate::ConnConfig) -> Self {
+        self.config.conn = conn;
+        self
+    }
     /// Thread name prefix.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
