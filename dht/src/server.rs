@@ -309,10 +309,13 @@ impl DhtServer {
             persist_notify: Notify::default(),
             config,
         });
-        let server = Server::bind(
-            inner.config.listen,
-            [table::service(TableImpl(inner.clone())), peer::service(PeerImpl(inner.clone()))],
-        )?;
+        let mut peer_service = peer::service(PeerImpl(inner.clone()));
+        if multispace_rpc::ConnConfig::for_this_core().tls.is_some() {
+            // With mutual TLS, only nodes (certificates named node-*) may speak raft to us;
+            // any authenticated client may use the table.
+            peer_service = peer_service.with_access(multispace_rpc::AccessList::new().allow("node-*"));
+        }
+        let server = Server::bind(inner.config.listen, [table::service(TableImpl(inner.clone())), peer_service])?;
         let addr = server.local_addr();
         let mut tasks = vec![spawn(async move {
             if let Err(e) = server.serve().await {

@@ -24,6 +24,8 @@ use multispace_dht::maps::Maps;
 use multispace_dht::server::{DhtConfig, DhtServer, Durability};
 use multispace_rpc::{Config, LocalRuntime};
 
+use crate::security::TlsArgs;
+
 #[derive(clap::Args, Debug)]
 pub struct DhtArgs {
     #[command(subcommand)]
@@ -109,6 +111,8 @@ struct ConnArgs {
     /// Give up after this many milliseconds.
     #[arg(long, default_value_t = 10_000)]
     timeout_ms: u64,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -139,6 +143,8 @@ pub struct ServeArgs {
     /// Raft tick in milliseconds (elections after 10-20 ticks without a leader).
     #[arg(long, default_value_t = 20)]
     pub tick_ms: u64,
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 impl ServeArgs {
@@ -168,8 +174,10 @@ impl ServeArgs {
     }
 }
 
-fn rt() -> anyhow::Result<LocalRuntime> {
-    LocalRuntime::new(Config::default()).context("starting the runtime")
+/// A runtime whose connections are secured as `tls` says, presenting `name` by default.
+fn rt(tls: &TlsArgs, name: &str) -> anyhow::Result<LocalRuntime> {
+    let conn = tls.conn(name)?;
+    LocalRuntime::new(Config { conn, ..Config::default() }).context("starting the runtime")
 }
 
 async fn client(conn: &ConnArgs) -> anyhow::Result<DhtClient> {
@@ -190,7 +198,7 @@ fn print_value(v: &[u8]) {
 pub fn run(args: DhtArgs) -> anyhow::Result<()> {
     match args.command {
         DhtCommand::Serve(s) => serve(s),
-        DhtCommand::Get { key, stale, conn } => rt()?.block_on(async move {
+        DhtCommand::Get { key, stale, conn } => rt(&conn.tls, "admin")?.block_on(async move {
             let c = client(&conn).await?;
             let v = if stale { c.get_stale(key.as_bytes()).await? } else { c.get(key.as_bytes()).await? };
             match v {
@@ -202,15 +210,15 @@ pub fn run(args: DhtArgs) -> anyhow::Result<()> {
             }
             Ok(())
         }),
-        DhtCommand::Put { key, value, conn } => rt()?.block_on(async move {
+        DhtCommand::Put { key, value, conn } => rt(&conn.tls, "admin")?.block_on(async move {
             client(&conn).await?.put(key.as_bytes(), value.as_bytes()).await?;
             Ok(())
         }),
-        DhtCommand::Del { key, conn } => rt()?.block_on(async move {
+        DhtCommand::Del { key, conn } => rt(&conn.tls, "admin")?.block_on(async move {
             client(&conn).await?.delete(key.as_bytes()).await?;
             Ok(())
         }),
-        DhtCommand::Cas { key, expected, new, conn } => rt()?.block_on(async move {
+        DhtCommand::Cas { key, expected, new, conn } => rt(&conn.tls, "admin")?.block_on(async move {
             let expected = (!expected.is_empty()).then_some(expected.as_bytes());
             match client(&conn).await?.cas(key.as_bytes(), expected, Some(new.as_bytes())).await? {
                 Ok(()) => Ok(()),
@@ -223,7 +231,7 @@ pub fn run(args: DhtArgs) -> anyhow::Result<()> {
                 }
             }
         }),
-        DhtCommand::Member { group, change, conn } => rt()?.block_on(async move {
+        DhtCommand::Member { group, change, conn } => rt(&conn.tls, "admin")?.block_on(async move {
             let change = match change {
                 MemberCmd::AddLearner { node, addr } => MemberChange::AddLearner { node, addr: addr.to_string() },
                 MemberCmd::Promote { node } => MemberChange::Promote { node },
@@ -233,7 +241,7 @@ pub fn run(args: DhtArgs) -> anyhow::Result<()> {
             println!("group {group}: done, epoch {epoch}");
             Ok(())
         }),
-        DhtCommand::Stat { output, conn } => rt()?.block_on(stat(output, conn)),
+        DhtCommand::Stat { output, conn } => rt(&conn.tls, "admin")?.block_on(stat(output, conn)),
     }
 }
 
@@ -322,7 +330,7 @@ async fn stat(output: Output, conn: ConnArgs) -> anyhow::Result<()> {
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.config()?;
-    let rt = rt()?;
+    let rt = rt(&args.tls, &format!("node-{}", args.id))?;
     rt.block_on(async move {
         let server = DhtServer::start(config).context("starting the table node")?;
         println!("dht node {}: serving at {}", args.id, server.local_addr());

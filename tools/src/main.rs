@@ -5,6 +5,7 @@ mod cluster;
 mod demo;
 mod dht;
 mod node;
+mod security;
 
 use clap::{Parser, Subcommand};
 
@@ -26,6 +27,8 @@ enum Command {
     Dht(dht::DhtArgs),
     /// Ping-pong null calls between two cores on loopback and print their latency.
     Demo(demo::DemoArgs),
+    /// A cluster CA and node/client certificates for mutual TLS.
+    Cert(security::CertArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,5 +41,6 @@ fn main() -> anyhow::Result<()> {
         Command::Node(args) => node::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Dht(args) => dht::run(args),
+        Command::Cert(args) => security::run(args),
     }
 }

@@ -70,7 +70,21 @@ fn free_addrs(n: usize) -> Vec<SocketAddr> {
     ls.iter().map(|l| l.local_addr().unwrap()).collect()
 }
 
+/// Certificates for the three nodes and the test's client (`admin`), made by the CLI itself:
+/// the fault test runs the secure default, mutual TLS.
+fn certs(dir: &Path) -> std::path::PathBuf {
+    let certs = dir.join("certs");
+    let out = Command::new(env!("CARGO_BIN_EXE_multispace"))
+        .args(["cert", "init", "--nodes", "3", "--clients", "admin", "--dir"])
+        .arg(&certs)
+        .output()
+        .expect("run multispace cert init");
+    assert!(out.status.success(), "cert init: {}", String::from_utf8_lossy(&out.stderr));
+    certs
+}
+
 fn cluster(dir: &Path) -> Vec<Node> {
+    let certs = certs(dir);
     let addrs = free_addrs(3);
     let list: Vec<String> = addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect();
     (1..=3u64)
@@ -87,6 +101,8 @@ fn cluster(dir: &Path) -> Vec<Node> {
                 "3".into(),
                 "--data-dir".into(),
                 data.display().to_string(),
+                "--tls-dir".into(),
+                certs.display().to_string(),
             ];
             let mut n = Node {
                 id,
@@ -197,7 +213,15 @@ fn leaders_killed_and_nodes_paused_lose_no_acknowledged_write_and_stay_lineariza
     let dir = tempfile::tempdir().unwrap();
     let mut nodes = cluster(dir.path());
     let addrs: BTreeMap<u64, SocketAddr> = nodes.iter().map(|n| (n.id, n.addr)).collect();
-    let rt = LocalRuntime::new(Default::default()).unwrap();
+    let certs = dir.path().join("certs");
+    let tls = multispace_rpc::TlsConfig::from_files(
+        &certs.join("ca.pem"),
+        &certs.join("admin.pem"),
+        &certs.join("admin.key"),
+    )
+    .unwrap();
+    let conn = multispace_rpc::ConnConfig { tls: Some(tls), ..Default::default() };
+    let rt = LocalRuntime::new(multispace_rpc::Config { conn, ..Default::default() }).unwrap();
     let config = ClientConfig { deadline: Duration::from_secs(15), attempt_timeout: Duration::from_secs(2) };
     let seeds: Vec<SocketAddr> = addrs.values().copied().collect();
     let t0 = Instant::now();
