@@ -130,12 +130,20 @@ impl DhtClient {
         for addr in seeds {
             match Self::view_of(*addr, config.attempt_timeout).await {
                 Ok(view) => {
+                    // The maps came off the wire: route with them only if they are whole.
+                    let maps = match view.maps.checked() {
+                        Ok(maps) => maps,
+                        Err(e) => {
+                            last = format!("{addr}: {e}");
+                            continue;
+                        }
+                    };
                     let mut nodes = BTreeMap::new();
                     for (id, a) in &view.nodes {
                         let a = a.parse().map_err(|e| DhtError::Connect(format!("node {id} address {a}: {e}")))?;
                         nodes.insert(*id, a);
                     }
-                    return Ok(Self::new(view.maps, nodes, config));
+                    return Ok(Self::new(maps, nodes, config));
                 }
                 Err(e) => last = format!("{addr}: {e}"),
             }

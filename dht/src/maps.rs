@@ -95,6 +95,12 @@ impl Maps {
         Ok(Maps { ranges, groups })
     }
 
+    /// The same maps, if they pass [`Maps::new`]'s checks. Maps deserialized from a peer (a
+    /// node's `ClusterView`) skip those checks, and routing with broken maps would panic.
+    pub fn checked(self) -> Result<Self, MapError> {
+        Maps::new(self.ranges, self.groups.into_values().collect())
+    }
+
     /// `partitions` groups over equal slot ranges, each replicated on `replicas` consecutive
     /// nodes of `nodes` (round-robin), all at epoch 1.
     pub fn even(nodes: &[NodeId], partitions: u32, replicas: usize) -> Result<Self, MapError> {
@@ -145,9 +151,13 @@ impl Maps {
     }
 
     /// Takes in what a server said: a newer epoch replaces the group; the same epoch only
-    /// updates the leader hint. Returns whether anything changed.
+    /// updates the leader hint. Returns whether anything changed. A group with no members is
+    /// ignored: no node sends one, and clients pick among a group's members.
     pub fn learn(&mut self, redirect: &Redirect) -> bool {
         let new = &redirect.group;
+        if new.members.is_empty() {
+            return false;
+        }
         match self.groups.get_mut(&new.id) {
             Some(g) if new.epoch > g.epoch => {
                 *g = new.clone();
@@ -237,6 +247,19 @@ mod tests {
         assert!(maps.learn(&Redirect { group: newer.clone() }));
         assert_eq!(maps.group(1), Some(&newer));
         assert!(!maps.learn(&Redirect { group: Group { id: 77, ..newer } }), "unknown groups are ignored");
+    }
+
+    #[test]
+    fn maps_from_a_peer_are_checked_and_groups_without_members_not_learned() {
+        let good = Maps::even(&[1, 2, 3], 2, 3).unwrap();
+        assert_eq!(good.clone().checked(), Ok(good.clone()));
+        // What deserializing builds without `Maps::new`: no ranges, a range to a missing group.
+        assert!(Maps { ranges: vec![], groups: good.groups.clone() }.checked().is_err());
+        assert!(Maps { ranges: vec![(0, 9)], groups: good.groups.clone() }.checked().is_err());
+        let mut maps = good;
+        let empty = Group { id: 1, epoch: 9, members: vec![], leader_hint: None };
+        assert!(!maps.learn(&Redirect { group: empty }));
+        assert!(maps.checked().is_ok());
     }
 
     #[test]

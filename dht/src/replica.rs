@@ -434,7 +434,12 @@ impl Replica {
                 sm.skip(snap.get_metadata().index);
                 Ok(sm)
             } else {
-                StateMachine::restore(snap.get_data())
+                // The state must be the one the metadata names: raft applies up to the state's
+                // index next, and raft-rs panics on an index past its log (fuzz target raft_step).
+                StateMachine::restore(snap.get_data()).and_then(|sm| match sm.applied() {
+                    a if a == snap.get_metadata().index => Ok(sm),
+                    a => Err(format!("state applied to {a}, metadata says {}", snap.get_metadata().index)),
+                })
             };
             match restored {
                 Ok(sm) => {

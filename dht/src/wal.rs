@@ -880,12 +880,6 @@ fn scan_log(dir: &Path, opts: &WalOptions) -> Result<Scan, WalError> {
     let mut min_lsn = 1;
     for (i, (first_lsn, path)) in files.into_iter().enumerate() {
         let is_last = i + 1 == count;
-        // A batch continues into this segment only if rollover created it for the batch's next record. If not,
-        // the segment that continued it was deleted, which happens only once a newer segment exists, i.e. once
-        // the batch committed.
-        if batch.last().is_some_and(|r| r.lsn.saturating_add(1) != first_lsn) {
-            scan.commit(&mut batch)?;
-        }
         let corrupt =
             |offset: usize, reason: String| WalError::Corrupt { segment: path.clone(), offset: offset as u64, reason };
         let data = fs::read(&path).map_err(|e| io_err(&path, e))?;
@@ -898,6 +892,13 @@ fn scan_log(dir: &Path, opts: &WalOptions) -> Result<Scan, WalError> {
         });
         if !check_header(&path, first_lsn, &data, is_last)? {
             continue;
+        }
+        // A batch continues into this segment only if rollover created it for the batch's next record. If not,
+        // the segment that continued it was deleted, which happens only once a newer segment exists, i.e. once
+        // the batch committed. Checked only past the header: a last segment that died while being created is
+        // removed by this replay, so it cannot vouch for a batch (the next replay would call the batch torn).
+        if batch.last().is_some_and(|r| r.lsn.saturating_add(1) != first_lsn) {
+            scan.commit(&mut batch)?;
         }
 
         min_lsn = min_lsn.max(first_lsn);
@@ -1211,6 +1212,31 @@ mod tests {
             assert_eq!(wal.segments(), 1);
             assert!(!next_name.exists());
         }
+    }
+
+    #[test]
+    fn a_segment_that_died_while_being_created_does_not_commit_the_batch_before_it() {
+        // Found by fuzzing (fuzz/ target `wal`): a committed batch, then a segment whose batch has no commit
+        // record, then a dead segment with a non-contiguous name. The first replay took the dead segment as proof
+        // that the batch before it committed, returned its record, and removed the dead segment; the second
+        // replay then cut the same record off as torn.
+        let dir = tempfile::tempdir().unwrap();
+        let mut seg = segment_header(1).to_vec();
+        encode_record(&mut seg, 1, 1, b"committed");
+        encode_record(&mut seg, 2, COMMIT_GROUP, &1u64.to_le_bytes());
+        fs::write(segment_path(dir.path(), 1), &seg).unwrap();
+        let mut seg = segment_header(3).to_vec();
+        encode_record(&mut seg, 3, 1, b"never committed");
+        fs::write(segment_path(dir.path(), 3), &seg).unwrap();
+        fs::write(segment_path(dir.path(), 255), &segment_header(255)[..10]).unwrap();
+        let o = WalOptions::default();
+        let committed = [Record { lsn: 1, group: 1, payload: b"committed".to_vec() }];
+        let (wal, first) = open(dir.path(), &o);
+        assert_eq!(first.records, committed);
+        drop(wal);
+        let (_, second) = open(dir.path(), &o);
+        assert_eq!(second.records, committed);
+        assert_eq!(second.torn_bytes, 0);
     }
 
     #[test]
