@@ -32,6 +32,34 @@ pub struct NodeTable {
     pub instances: Vec<InstanceRecord>,
 }
 
+/// What a node made of the beacons it received, and how it signs its own.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(crate = multispace_rpc::rkyv)]
+pub struct BeaconCounters {
+    /// Beacons sent.
+    pub sent: u64,
+    /// Beacons accepted.
+    pub accepted: u64,
+    /// Dropped: seen before (replays and duplicates).
+    pub replayed: u64,
+    /// Dropped: signed with a key id not in the keyring (never installed, or retired).
+    pub unknown_key: u64,
+    /// Dropped: the MAC did not verify (forged, altered, or another cluster's).
+    pub bad_mac: u64,
+    /// Dropped: the signed body did not parse.
+    pub malformed: u64,
+    /// Dropped: sent too far from this node's clock.
+    pub stale: u64,
+    /// Nodes that said goodbye.
+    pub goodbyes: u64,
+    /// Nodes dropped because their beacons stopped.
+    pub expired: u64,
+    /// The key id this node signs with.
+    pub primary_key: u8,
+    /// Every key id this node accepts.
+    pub key_ids: Vec<u8>,
+}
+
 /// Control of one node.
 pub trait NodeControl {
     /// The node's table of local instances.
@@ -41,6 +69,10 @@ pub trait NodeControl {
     /// Every instance of `service` the node's registry knows, across the cluster.
     #[idempotent]
     async fn lookup(&self, service: String) -> Vec<InstanceRecord>;
+
+    /// Beacon counters (authentication failures, replays, goodbyes) and key ids.
+    #[idempotent]
+    async fn beacon_counters(&self) -> BeaconCounters;
 
     /// The service types this node can start.
     #[idempotent]

@@ -1,13 +1,15 @@
 //! The node's I/O: the control server, the beacon sender and receiver, catching up by
 //! pulling tables, expiry, the instance host, and redirectors fed from the registry. All of
-//! it runs as tasks on the core that started the node.
+//! it runs as tasks on the core that started the node. The decisions — what a beacon says,
+//! whether a received one is authentic, fresh and new, when to send — are the sans-IO
+//! [`LocalTable`], [`BeaconAuth`], [`Registry`] and [`Pacer`].
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use multispace_rpc::rkyv::Archived;
 use multispace_rpc::runtime::time::sleep;
@@ -17,8 +19,9 @@ use multispace_rpc::{
     Server, Service, Status, WeakRedirector,
 };
 
-use crate::beacon::{ClusterKey, LocalTable, SignedBeacon};
-use crate::control::{self, InstanceRecord, NodeControlClient, NodeTable};
+use crate::beacon::{unix_ms, BeaconAuth, ClusterKey, KeyId, Keyring, KeyringError, LocalTable, SignedBeacon};
+use crate::control::{self, BeaconCounters, InstanceRecord, NodeControlClient, NodeTable};
+use crate::pacer::Pacer;
 use crate::registry::{BeaconOutcome, Registry};
 
 /// How beacons travel.
@@ -46,25 +49,42 @@ pub struct NodeConfig {
     pub control_port: u16,
     /// How beacons travel.
     pub beacons: BeaconTransport,
-    /// The cluster's shared key.
-    pub key: ClusterKey,
+    /// The cluster's name, signed into every beacon: clusters that share a key or a network
+    /// do not take in each other's beacons.
+    pub cluster: String,
+    /// The keys beacons are signed (primary) and accepted (any) with; change them while the
+    /// node runs with [`Node::keyring`].
+    pub keys: Keyring,
     /// Time between beacons.
     pub beacon_period: Duration,
+    /// Random deviation of each period, in per cent of it either way (at most 50), so nodes
+    /// do not beacon in lockstep.
+    pub beacon_jitter_percent: u32,
+    /// Most beacons sent in any interval of one period, early ones for changes included;
+    /// changes coming faster go out together in the next beacon allowed.
+    pub max_beacons_per_period: u32,
+    /// A beacon sent further than this from the receiver's clock is dropped as stale.
+    pub beacon_window: Duration,
     /// A node silent this long is dropped from the registry.
     pub expiry: Duration,
 }
 
 impl NodeConfig {
-    /// Loopback defaults: multicast group 239.255.77.1 on `port`, 200 ms beacons, expiry after
-    /// five missed beacons.
-    pub fn loopback(port: u16, key: ClusterKey) -> Self {
+    /// Loopback defaults: multicast group 239.255.77.1 on `port`, cluster `multispace`, 200 ms
+    /// beacons ±10%, at most two a period, a 30 s freshness window, expiry after five missed
+    /// beacons. `keys` is a [`Keyring`] or a single [`ClusterKey`] (id 0).
+    pub fn loopback(port: u16, keys: impl Into<Keyring>) -> Self {
         NodeConfig {
             id: random_u64(),
             ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             control_port: 0,
             beacons: BeaconTransport::Multicast(MulticastGroup::loopback(Ipv4Addr::new(239, 255, 77, 1), port)),
-            key,
+            cluster: "multispace".into(),
+            keys: keys.into(),
             beacon_period: Duration::from_millis(200),
+            beacon_jitter_percent: 10,
+            max_beacons_per_period: 2,
+            beacon_window: crate::beacon::DEFAULT_WINDOW,
             expiry: Duration::from_millis(1000),
         }
     }
@@ -131,9 +151,12 @@ struct ServiceType {
 /// Counters a node keeps.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeStats {
-    /// Beacons sent.
+    /// Beacons sent (the goodbye not counted).
     pub beacons_sent: u64,
-    /// Beacons dropped because their MAC did not verify or they did not parse.
+    /// Changes that wanted an early beacon but had to wait for the rate limit.
+    pub beacons_deferred: u64,
+    /// Beacons dropped because they failed authentication or were stale (the registry
+    /// counts each reason apart: [`Node::registry_stats`]).
     pub beacons_rejected: u64,
     /// Tables pulled to catch up.
     pub pulls: u64,
@@ -165,7 +188,7 @@ impl HealthState {
     }
 }
 
-/// Wakes the beacon loop early (a change that must go out at once).
+/// Wakes the beacon loop early (a change that must go out at once, or the node stopping).
 #[derive(Default)]
 struct Kick {
     kicked: Cell<bool>,
@@ -194,27 +217,102 @@ impl Kick {
     }
 }
 
+/// Opens once; any number of tasks can wait for it.
+#[derive(Default)]
+struct Latch {
+    open: Cell<bool>,
+    wakers: RefCell<Vec<std::task::Waker>>,
+}
+
+impl Latch {
+    fn open(&self) {
+        self.open.set(true);
+        for w in self.wakers.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+
+    async fn wait(&self) {
+        std::future::poll_fn(|cx| {
+            if self.open.get() {
+                return std::task::Poll::Ready(());
+            }
+            self.wakers.borrow_mut().push(cx.waker().clone());
+            std::task::Poll::Pending
+        })
+        .await
+    }
+}
+
+/// What the beacon task shares with the node. The task holds it itself (not through the
+/// node), so it can still send the goodbye after the node is gone.
+struct BeaconLink {
+    sender: OneWaySender,
+    targets: Vec<SocketAddr>,
+    kick: Kick,
+    /// The node stopped: the task sends `goodbye`, if any, and ends.
+    closing: Cell<bool>,
+    goodbye: RefCell<Option<SignedBeacon>>,
+    /// The task has ended.
+    ended: Latch,
+}
+
+impl BeaconLink {
+    async fn send(&self, signed: &SignedBeacon) {
+        for &to in &self.targets {
+            if let Err(e) = self.sender.send(to, BEACON_METHOD, signed).await {
+                tracing::debug!(%to, error = %e, "beacon send failed");
+            }
+        }
+    }
+}
+
 struct Inner {
     config: NodeConfig,
     incarnation: u64,
     control_addr: SocketAddr,
     table: RefCell<LocalTable>,
     registry: RefCell<Registry>,
+    auth: RefCell<BeaconAuth>,
+    pacer: RefCell<Pacer>,
+    link: Rc<BeaconLink>,
+    stopped: Cell<bool>,
     factories: RefCell<BTreeMap<String, ServiceType>>,
-    kick: Kick,
     running: RefCell<HashMap<u64, Running>>,
     next_instance: Cell<u32>,
     watchers: RefCell<Vec<(String, WeakRedirector)>>,
     watched_generation: Cell<u64>,
-    sender: OneWaySender,
     stats: RefCell<NodeStats>,
     /// Pulls in flight, by node (one at a time per node).
     pulling: RefCell<Vec<u64>>,
     tasks: RefCell<Vec<JoinHandle<()>>>,
 }
 
+impl Inner {
+    /// End the beacon task, after a goodbye if `goodbye`.
+    fn close_beacons(&self, goodbye: bool) {
+        if goodbye {
+            let bye = self.table.borrow_mut().goodbye(unix_ms(SystemTime::now()));
+            *self.link.goodbye.borrow_mut() = Some(self.auth.borrow().seal(&bye));
+            tracing::info!(id = self.config.id, "node stopping; saying goodbye");
+        }
+        self.link.closing.set(true);
+        self.link.kick.kick();
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Dropped without `stop`: still a clean end, so the cluster hears goodbye.
+        if !self.stopped.get() {
+            self.close_beacons(true);
+        }
+    }
+}
+
 /// A Base node on the current core: hosts instances, beacons them, and keeps the registry of
-/// the whole cluster. Cheap to clone; stops when [`Node::stop`] is called or the core ends.
+/// the whole cluster. Cheap to clone; stops when [`Node::stop`] is called, the last clone is
+/// dropped (both say goodbye to the cluster), or the core ends (which does not).
 #[derive(Clone)]
 pub struct Node {
     inner: Rc<Inner>,
@@ -261,13 +359,34 @@ impl Node {
             [control::service(ControlImpl(slot.clone()))],
         )?;
         let control_addr = server.local_addr();
-        let sender = match &config.beacons {
-            BeaconTransport::Multicast(g) => OneWaySender::multicast(g)?,
-            BeaconTransport::Unicast { .. } => OneWaySender::bind(SocketAddr::new(config.ip, 0))?,
+        let (sender, targets) = match &config.beacons {
+            BeaconTransport::Multicast(g) => (OneWaySender::multicast(g)?, vec![g.addr()]),
+            BeaconTransport::Unicast { peers, .. } => {
+                (OneWaySender::bind(SocketAddr::new(config.ip, 0))?, peers.clone())
+            }
         };
+        let link = Rc::new(BeaconLink {
+            sender,
+            targets,
+            kick: Kick::default(),
+            closing: Cell::new(false),
+            goodbye: RefCell::new(None),
+            ended: Latch::default(),
+        });
+        let pacer = Pacer::new(
+            config.beacon_period,
+            config.beacon_jitter_percent,
+            config.max_beacons_per_period,
+            random_u64() ^ config.id,
+            Instant::now(),
+        );
         let inner = Rc::new(Inner {
             table: RefCell::new(LocalTable::new(config.id, incarnation, control_addr.to_string())),
             registry: RefCell::new(Registry::new(Some(config.id), config.expiry)),
+            auth: RefCell::new(BeaconAuth::new(config.cluster.clone(), config.keys.clone(), config.beacon_window)),
+            pacer: RefCell::new(pacer),
+            link: link.clone(),
+            stopped: Cell::new(false),
             incarnation,
             control_addr,
             factories: RefCell::new(BTreeMap::new()),
@@ -275,11 +394,9 @@ impl Node {
             next_instance: Cell::new(1),
             watchers: RefCell::new(Vec::new()),
             watched_generation: Cell::new(0),
-            sender,
             stats: RefCell::new(NodeStats::default()),
             pulling: RefCell::new(Vec::new()),
             tasks: RefCell::new(Vec::new()),
-            kick: Kick::default(),
             config,
         });
         let node = Node { inner };
@@ -299,8 +416,10 @@ impl Node {
                 tracing::error!(error = %e, "beacon receiver stopped");
             }
         }));
-        tasks.push(spawn(beacon_loop(Rc::downgrade(&node.inner))));
         drop(tasks);
+        // Detached, not in `tasks`: it ends by itself once the node stops or goes, after
+        // sending the goodbye.
+        spawn(beacon_loop(Rc::downgrade(&node.inner), link)).detach();
         tracing::info!(id = node.id(), control = %control_addr, "node started");
         Ok(node)
     }
@@ -327,7 +446,41 @@ impl Node {
 
     /// Counters.
     pub fn stats(&self) -> NodeStats {
-        self.inner.stats.borrow().clone()
+        NodeStats {
+            beacons_deferred: self.inner.pacer.borrow().deferred(),
+            beacons_rejected: self.inner.registry.borrow().stats().rejected(),
+            ..self.inner.stats.borrow().clone()
+        }
+    }
+
+    /// Beacon counters and key ids, as the control interface reports them.
+    pub fn beacon_counters(&self) -> BeaconCounters {
+        let s = self.registry_stats();
+        let keys = self.keyring().get();
+        BeaconCounters {
+            sent: self.inner.stats.borrow().beacons_sent,
+            accepted: s.accepted,
+            replayed: s.replayed,
+            unknown_key: s.unknown_key,
+            bad_mac: s.bad_mac,
+            malformed: s.malformed,
+            stale: s.stale,
+            goodbyes: s.goodbyes,
+            expired: s.expired,
+            primary_key: keys.primary(),
+            key_ids: keys.ids(),
+        }
+    }
+
+    /// The keys this node signs and accepts beacons with, to rotate them while it runs.
+    pub fn keyring(&self) -> KeyringHandle<'_> {
+        KeyringHandle { node: self }
+    }
+
+    /// The key each peer signed its last accepted beacon with: once every peer shows the new
+    /// key, the old one can be retired.
+    pub fn peer_keys(&self) -> BTreeMap<u64, KeyId> {
+        self.inner.registry.borrow().keys_in_use()
     }
 
     /// Registry counters.
@@ -380,17 +533,27 @@ impl Node {
         let running = Running { _server: spawn(server.serve()), _probe: prober, started: now, health, load };
         self.inner.running.borrow_mut().insert(rec.id, running);
         self.inner.table.borrow_mut().upsert(rec.clone());
+        self.urge_beacon();
         tracing::info!(id = rec.id, service, addr = %rec.addr, "instance started");
         Ok(rec)
     }
 
     /// Stop a local instance: its server and every connection to it close now; it leaves the
-    /// registries with the next beacons.
+    /// registries with the next beacon (early, unless the rate limit holds it back).
     pub fn stop_instance(&self, id: u64) -> bool {
         let Some(r) = self.inner.running.borrow_mut().remove(&id) else { return false };
         tracing::info!(id, uptime_s = r.started.elapsed().as_secs_f64(), "instance stopped");
         drop(r);
-        self.inner.table.borrow_mut().remove(id)
+        let removed = self.inner.table.borrow_mut().remove(id);
+        self.urge_beacon();
+        removed
+    }
+
+    /// Send the table's changes soon: now if the rate limit allows, else with the next
+    /// beacon it allows.
+    fn urge_beacon(&self) {
+        self.inner.pacer.borrow_mut().urge(Instant::now());
+        self.inner.link.kick.kick();
     }
 
     /// Mark a local instance up or down (what a failed health probe does).
@@ -400,7 +563,7 @@ impl Node {
         if rec.up != up {
             table.upsert(InstanceRecord { up, ..rec });
             // Down must reach the stubs now, not a beacon period later.
-            self.inner.kick.kick();
+            self.urge_beacon();
         }
         true
     }
@@ -439,10 +602,27 @@ impl Node {
         r
     }
 
-    /// Stop beaconing, serving and every instance.
+    /// Stop serving and every instance, and stop beaconing after a goodbye beacon, so every
+    /// registry forgets this node at once rather than at expiry. The goodbye is sent by a
+    /// task on this core; [`Node::shutdown`] waits for it.
     pub fn stop(&self) {
+        self.halt(true);
+    }
+
+    /// [`Node::stop`], and wait until the goodbye has been sent.
+    pub async fn shutdown(&self) {
+        self.stop();
+        self.inner.link.ended.wait().await;
+    }
+
+    /// Stop; with a goodbye or, as when a process dies, without one.
+    pub(crate) fn halt(&self, goodbye: bool) {
+        if self.inner.stopped.replace(true) {
+            return;
+        }
         self.inner.tasks.borrow_mut().clear();
         self.inner.running.borrow_mut().clear();
+        self.inner.close_beacons(goodbye);
     }
 
     fn beacon_service(&self) -> Service {
@@ -458,19 +638,63 @@ impl Node {
     }
 }
 
+/// Change the node's keyring while it runs (see [`Keyring`] for the rotation steps). Changes
+/// apply from the next beacon sent or received.
+#[derive(Debug)]
+pub struct KeyringHandle<'a> {
+    node: &'a Node,
+}
+
+impl KeyringHandle<'_> {
+    /// A copy of the current ring.
+    pub fn get(&self) -> Keyring {
+        self.node.inner.auth.borrow().keys().clone()
+    }
+
+    fn change(&self, f: impl FnOnce(&mut Keyring) -> Result<(), KeyringError>) -> Result<(), KeyringError> {
+        let mut auth = self.node.inner.auth.borrow_mut();
+        f(auth.keys_mut())?;
+        tracing::info!(node = self.node.id(), keys = ?auth.keys(), "keyring changed");
+        Ok(())
+    }
+
+    /// Accept beacons signed with `key` as `id`.
+    pub fn install(&self, id: KeyId, key: ClusterKey) -> Result<(), KeyringError> {
+        self.change(|k| k.install(id, key))
+    }
+
+    /// Sign this node's beacons with key `id`.
+    pub fn set_primary(&self, id: KeyId) -> Result<(), KeyringError> {
+        self.change(|k| k.set_primary(id))
+    }
+
+    /// Stop accepting key `id` (not the primary).
+    pub fn retire(&self, id: KeyId) -> Result<(), KeyringError> {
+        self.change(|k| k.retire(id))
+    }
+
+    /// Replace the whole ring (what re-reading a key file does).
+    pub fn replace(&self, ring: Keyring) {
+        let _ = self.change(|k| {
+            *k = ring;
+            Ok(())
+        });
+    }
+}
+
 fn on_beacon(inner: &Rc<Inner>, m: &Message<SignedBeacon>) {
-    let beacon = match inner.config.key.open(&m.body, &m.mac) {
-        Ok(b) => b,
-        Err(e) => {
-            inner.stats.borrow_mut().beacons_rejected += 1;
-            tracing::debug!(error = %e, "beacon rejected");
-            return;
-        }
+    let outcome = {
+        let auth = inner.auth.borrow();
+        inner.registry.borrow_mut().on_signed(&auth, m.view(), Instant::now(), unix_ms(SystemTime::now()))
     };
-    let outcome = inner.registry.borrow_mut().on_beacon(&beacon, Instant::now());
     match outcome {
         BeaconOutcome::Applied => refresh_watchers(inner),
+        BeaconOutcome::Goodbye => {
+            tracing::info!("a node said goodbye");
+            refresh_watchers(inner);
+        }
         BeaconOutcome::NeedSync { node, control } => pull(inner, node, control),
+        BeaconOutcome::Rejected(e) => tracing::debug!(error = %e, "beacon rejected"),
         _ => {}
     }
 }
@@ -523,33 +747,39 @@ fn refresh_watchers(inner: &Rc<Inner>) {
     });
 }
 
-async fn beacon_loop(weak: std::rc::Weak<Inner>) {
-    loop {
-        let Some(inner) = weak.upgrade() else { return };
-        let period = inner.config.beacon_period;
-        update_loads(&inner);
-        let beacon = inner.table.borrow_mut().next_beacon();
-        let signed = inner.config.key.seal(&beacon);
-        let targets: Vec<SocketAddr> = match &inner.config.beacons {
-            BeaconTransport::Multicast(g) => vec![g.addr()],
-            BeaconTransport::Unicast { peers, .. } => peers.clone(),
-        };
-        for to in targets {
-            if let Err(e) = inner.sender.send(to, BEACON_METHOD, &signed).await {
-                tracing::debug!(%to, error = %e, "beacon send failed");
-            }
-        }
-        inner.stats.borrow_mut().beacons_sent += 1;
-        let expired = inner.registry.borrow_mut().expire(Instant::now());
+/// Sends beacons when the pacer says (every jittered period, early for a change within the
+/// rate limit), expires silent nodes, and sends the goodbye at the end.
+async fn beacon_loop(weak: std::rc::Weak<Inner>, link: Rc<BeaconLink>) {
+    while !link.closing.get() {
+        let Some(inner) = weak.upgrade() else { break };
+        let now = Instant::now();
+        let due = inner.pacer.borrow().due();
+        let signed = (due <= now).then(|| {
+            update_loads(&inner);
+            let beacon = inner.table.borrow_mut().next_beacon(unix_ms(SystemTime::now()));
+            inner.pacer.borrow_mut().on_sent(now);
+            inner.stats.borrow_mut().beacons_sent += 1;
+            inner.auth.borrow().seal(&beacon)
+        });
+        let expired = inner.registry.borrow_mut().expire(now);
         if !expired.is_empty() {
             tracing::info!(?expired, "nodes expired");
         }
         // Local changes (started, stopped, marked down) and expiries reach redirectors here.
         refresh_watchers(&inner);
-        let inner2 = inner.clone();
+        let due = inner.pacer.borrow().due();
+        // The node is not held across the send, so dropping it meanwhile still says goodbye.
         drop(inner);
-        inner2.kick.sleep(period).await;
+        if let Some(signed) = signed {
+            link.send(&signed).await;
+        }
+        link.kick.sleep(due.saturating_duration_since(Instant::now())).await;
     }
+    let goodbye = link.goodbye.borrow_mut().take();
+    if let Some(bye) = goodbye {
+        link.send(&bye).await;
+    }
+    link.ended.open();
 }
 
 /// Calls in flight, rounded up to a power of two: changes of a call or two do not change
@@ -629,6 +859,10 @@ impl control::NodeControl for ControlImpl {
 
     async fn lookup(&self, _ctx: &CallContext, service: &Archived<String>) -> Result<Vec<InstanceRecord>, Status> {
         Ok(self.node()?.lookup(service.as_str()))
+    }
+
+    async fn beacon_counters(&self, _ctx: &CallContext) -> Result<BeaconCounters, Status> {
+        Ok(self.node()?.beacon_counters())
     }
 
     async fn service_types(&self, _ctx: &CallContext) -> Result<Vec<String>, Status> {

@@ -1,11 +1,12 @@
 //! The soft-state registry of every instance in the cluster, built from beacons alone
-//! (sans-IO: the caller passes the time).
+//! (sans-IO: the caller passes the time). Beacons that fail authentication, are stale, or
+//! were seen before change nothing here; they are only counted.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::beacon::Beacon;
+use crate::beacon::{Beacon, BeaconAuth, BeaconError, KeyId, SignedRef};
 use crate::control::{InstanceRecord, NodeTable};
 
 /// What the registry made of a beacon.
@@ -25,8 +26,12 @@ pub enum BeaconOutcome {
     },
     /// Not newer than a beacon already seen from that node: a replay or a duplicate.
     Replayed,
+    /// The node said goodbye (it is stopping): it and its instances are gone now.
+    Goodbye,
     /// This node's own beacon.
     Own,
+    /// Dropped before reading it (unknown key, bad MAC, malformed, or stale).
+    Rejected(BeaconError),
 }
 
 #[derive(Debug)]
@@ -36,20 +41,42 @@ struct NodeState {
     version: Option<u64>,
     control: String,
     last_heard: Instant,
+    /// The key its last accepted beacon was signed with (known once beacons arrive signed).
+    key: Option<KeyId>,
     instances: BTreeMap<u64, InstanceRecord>,
 }
 
-/// Counters of what the registry saw.
+/// Counters of what the registry saw. Each beacon dropped is counted under exactly one of
+/// `unknown_key`, `bad_mac`, `malformed`, `stale` and `replayed`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RegistryStats {
     /// Beacons accepted.
     pub accepted: u64,
     /// Beacons dropped as replays or duplicates.
     pub replayed: u64,
+    /// Beacons dropped for a key id not in the keyring (never installed, or retired).
+    pub unknown_key: u64,
+    /// Beacons dropped because their MAC did not verify (forged, altered, or another
+    /// cluster's).
+    pub bad_mac: u64,
+    /// Beacons dropped because the signed body did not parse.
+    pub malformed: u64,
+    /// Beacons dropped because they were sent too far from this node's clock.
+    pub stale: u64,
+    /// Goodbyes taken in (nodes removed at once).
+    pub goodbyes: u64,
     /// Nodes dropped because their beacons stopped.
     pub expired: u64,
     /// Pulls asked for.
     pub syncs: u64,
+}
+
+impl RegistryStats {
+    /// Beacons dropped before reaching the registry's tables: failed authentication or stale
+    /// (replays not included).
+    pub fn rejected(&self) -> u64 {
+        self.unknown_key + self.bad_mac + self.malformed + self.stale
+    }
 }
 
 /// Every node's instances, as last beaconed.
@@ -82,7 +109,33 @@ impl Registry {
         &self.stats
     }
 
-    /// Take in an authenticated beacon received at `now`.
+    /// Take in a beacon as received at `now` (`now_ms`: the same instant on the wall clock, ms
+    /// since the Unix epoch): authenticated and checked for freshness by `auth` first, and
+    /// only counted if that fails.
+    pub fn on_signed(&mut self, auth: &BeaconAuth, signed: SignedRef<'_>, now: Instant, now_ms: u64) -> BeaconOutcome {
+        let b = match auth.open(signed, now_ms) {
+            Ok(b) => b,
+            Err(e) => {
+                let counter = match e {
+                    BeaconError::UnknownKey(_) => &mut self.stats.unknown_key,
+                    BeaconError::BadMac => &mut self.stats.bad_mac,
+                    BeaconError::Malformed(_) => &mut self.stats.malformed,
+                    BeaconError::Stale { .. } => &mut self.stats.stale,
+                };
+                *counter += 1;
+                return BeaconOutcome::Rejected(e);
+            }
+        };
+        let outcome = self.on_beacon(&b, now);
+        if let Some(state) = self.nodes.get_mut(&b.node) {
+            if !matches!(outcome, BeaconOutcome::Replayed) {
+                state.key = Some(signed.key_id);
+            }
+        }
+        outcome
+    }
+
+    /// Take in an authenticated, fresh beacon received at `now`.
     pub fn on_beacon(&mut self, b: &Beacon, now: Instant) -> BeaconOutcome {
         if Some(b.node) == self.me {
             return BeaconOutcome::Own;
@@ -94,23 +147,28 @@ impl Registry {
         }
         *seen = (b.incarnation, b.seq);
         self.stats.accepted += 1;
-        let state = self.nodes.entry(b.node).or_insert_with(|| NodeState {
+        if b.goodbye {
+            // Its (incarnation, seq) stays in `seen`, so its earlier beacons cannot bring it
+            // back; a restart (greater incarnation) can.
+            self.stats.goodbyes += 1;
+            if self.nodes.remove(&b.node).is_some_and(|s| !s.instances.is_empty()) {
+                self.generation += 1;
+            }
+            return BeaconOutcome::Goodbye;
+        }
+        let fresh = || NodeState {
             incarnation: b.incarnation,
             version: None,
             control: b.control.clone(),
             last_heard: now,
+            key: None,
             instances: BTreeMap::new(),
-        });
+        };
+        let state = self.nodes.entry(b.node).or_insert_with(fresh);
         if state.incarnation != b.incarnation {
             // Restarted: its old instances are gone.
             let had = !state.instances.is_empty();
-            *state = NodeState {
-                incarnation: b.incarnation,
-                version: None,
-                control: b.control.clone(),
-                last_heard: now,
-                instances: BTreeMap::new(),
-            };
+            *state = fresh();
             if had {
                 self.generation += 1;
             }
@@ -178,6 +236,12 @@ impl Registry {
         dead
     }
 
+    /// The key each live node signed its last accepted beacon with (what tells an operator
+    /// that an old key is no longer in use and can be retired).
+    pub fn keys_in_use(&self) -> BTreeMap<u64, KeyId> {
+        self.nodes.iter().filter_map(|(&n, s)| s.key.map(|k| (n, k))).collect()
+    }
+
     /// Live nodes.
     pub fn nodes(&self) -> Vec<u64> {
         let mut v: Vec<u64> = self.nodes.keys().copied().collect();
@@ -209,7 +273,7 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::beacon::{LocalTable, DELTA_REPEATS};
+    use crate::beacon::{ClusterKey, Keyring, LocalTable, DELTA_REPEATS};
 
     fn rec(id: u64, service: &str) -> InstanceRecord {
         InstanceRecord { id, service: service.into(), addr: format!("127.0.0.1:{}", 1000 + id), load: 0, up: true }
@@ -224,11 +288,11 @@ mod tests {
         node.upsert(rec(1, "calc"));
         node.upsert(rec(2, "kv"));
         let mut r = Registry::new(Some(99), EXPIRY);
-        assert_eq!(r.on_beacon(&node.next_beacon(), t0), BeaconOutcome::Applied);
+        assert_eq!(r.on_beacon(&node.next_beacon(0), t0), BeaconOutcome::Applied);
         assert_eq!(r.addrs_of("calc"), ["127.0.0.1:1001".parse::<SocketAddr>().unwrap()]);
         let g = r.generation();
         for _ in 0..5 {
-            assert_eq!(r.on_beacon(&node.next_beacon(), t0), BeaconOutcome::Heartbeat);
+            assert_eq!(r.on_beacon(&node.next_beacon(0), t0), BeaconOutcome::Heartbeat);
         }
         assert_eq!(r.generation(), g);
     }
@@ -239,15 +303,15 @@ mod tests {
         let mut node = LocalTable::new(7, 1, "127.0.0.1:70".into());
         node.upsert(rec(1, "calc"));
         for _ in 0..DELTA_REPEATS + 1 {
-            node.next_beacon();
+            node.next_beacon(0);
         }
         let mut r = Registry::new(None, EXPIRY);
-        let b = node.next_beacon();
+        let b = node.next_beacon(0);
         assert!(b.delta.is_none());
         assert_eq!(r.on_beacon(&b, t0), BeaconOutcome::NeedSync { node: 7, control: "127.0.0.1:70".into() });
         assert!(r.on_table(&node.snapshot(), t0));
         assert_eq!(r.addrs_of("calc").len(), 1);
-        assert_eq!(r.on_beacon(&node.next_beacon(), t0), BeaconOutcome::Heartbeat);
+        assert_eq!(r.on_beacon(&node.next_beacon(0), t0), BeaconOutcome::Heartbeat);
         // A stale pull (older version) is ignored.
         let old = NodeTable { version: 0, ..node.snapshot() };
         assert!(!r.on_table(&old, t0));
@@ -259,14 +323,14 @@ mod tests {
         let mut node = LocalTable::new(7, 1, "c".into());
         node.upsert(rec(1, "a"));
         let mut r = Registry::new(None, EXPIRY);
-        r.on_beacon(&node.next_beacon(), t0);
+        r.on_beacon(&node.next_beacon(0), t0);
         node.upsert(rec(2, "a"));
         node.remove(1);
         // The first DELTA_REPEATS - 1 beacons after the change are lost.
         for _ in 0..DELTA_REPEATS - 1 {
-            node.next_beacon();
+            node.next_beacon(0);
         }
-        assert_eq!(r.on_beacon(&node.next_beacon(), t0), BeaconOutcome::Applied);
+        assert_eq!(r.on_beacon(&node.next_beacon(0), t0), BeaconOutcome::Applied);
         assert_eq!(r.all(), [rec(2, "a")]);
     }
 
@@ -276,15 +340,15 @@ mod tests {
         let mut node = LocalTable::new(7, 1, "c".into());
         node.upsert(rec(1, "a"));
         let mut r = Registry::new(None, EXPIRY);
-        r.on_beacon(&node.next_beacon(), t0);
+        r.on_beacon(&node.next_beacon(0), t0);
         for _ in 0..DELTA_REPEATS {
-            node.next_beacon();
+            node.next_beacon(0);
         }
         node.upsert(rec(2, "a"));
         for _ in 0..DELTA_REPEATS + 1 {
-            node.next_beacon();
+            node.next_beacon(0);
         }
-        assert!(matches!(r.on_beacon(&node.next_beacon(), t0), BeaconOutcome::NeedSync { .. }));
+        assert!(matches!(r.on_beacon(&node.next_beacon(0), t0), BeaconOutcome::NeedSync { .. }));
     }
 
     #[test]
@@ -292,8 +356,8 @@ mod tests {
         let t0 = Instant::now();
         let mut node = LocalTable::new(7, 5, "c".into());
         node.upsert(rec(1, "a"));
-        let b1 = node.next_beacon();
-        let b2 = node.next_beacon();
+        let b1 = node.next_beacon(0);
+        let b2 = node.next_beacon(0);
         let mut r = Registry::new(None, EXPIRY);
         r.on_beacon(&b1, t0);
         r.on_beacon(&b2, t0);
@@ -315,18 +379,18 @@ mod tests {
         let mut b = LocalTable::new(2, 1, "b".into());
         b.upsert(rec(20, "calc"));
         let mut r = Registry::new(None, EXPIRY);
-        r.on_beacon(&a.next_beacon(), t0);
-        r.on_beacon(&b.next_beacon(), t0);
+        r.on_beacon(&a.next_beacon(0), t0);
+        r.on_beacon(&b.next_beacon(0), t0);
         assert_eq!(r.addrs_of("calc").len(), 2);
         // b keeps beaconing, a stops.
         let later = t0 + EXPIRY + Duration::from_millis(1);
-        r.on_beacon(&b.next_beacon(), later);
+        r.on_beacon(&b.next_beacon(0), later);
         assert_eq!(r.expire(later), [1]);
         assert_eq!(r.addrs_of("calc"), ["127.0.0.1:1020".parse::<SocketAddr>().unwrap()]);
         // b restarts with a new incarnation and different instances.
         let mut b2 = LocalTable::new(2, 2, "b".into());
         b2.upsert(rec(21, "calc"));
-        assert_eq!(r.on_beacon(&b2.next_beacon(), later), BeaconOutcome::Applied);
+        assert_eq!(r.on_beacon(&b2.next_beacon(0), later), BeaconOutcome::Applied);
         assert_eq!(r.all(), [rec(21, "calc")]);
     }
 
@@ -337,7 +401,7 @@ mod tests {
         n.upsert(rec(1, "calc"));
         n.upsert(InstanceRecord { up: false, ..rec(2, "calc") });
         let mut r = Registry::new(None, EXPIRY);
-        r.on_beacon(&n.next_beacon(), t0);
+        r.on_beacon(&n.next_beacon(0), t0);
         assert_eq!(r.instances_of("calc").count(), 2);
         assert_eq!(r.addrs_of("calc"), ["127.0.0.1:1001".parse::<SocketAddr>().unwrap()]);
     }
@@ -347,7 +411,104 @@ mod tests {
         let mut n = LocalTable::new(1, 1, "c".into());
         n.upsert(rec(1, "calc"));
         let mut r = Registry::new(Some(1), EXPIRY);
-        assert_eq!(r.on_beacon(&n.next_beacon(), Instant::now()), BeaconOutcome::Own);
+        assert_eq!(r.on_beacon(&n.next_beacon(0), Instant::now()), BeaconOutcome::Own);
         assert!(r.nodes().is_empty());
+    }
+
+    const T: u64 = 1_800_000_000_000;
+
+    fn auth(label: &str, ring: Keyring) -> BeaconAuth {
+        BeaconAuth::new(label, ring, crate::beacon::DEFAULT_WINDOW)
+    }
+
+    /// What a registry shows: instances, nodes and generation.
+    fn view(r: &Registry) -> (Vec<InstanceRecord>, Vec<u64>, u64) {
+        (r.all(), r.nodes(), r.generation())
+    }
+
+    #[test]
+    fn forged_stale_replayed_and_foreign_beacons_change_nothing_and_are_counted_apart() {
+        let t0 = Instant::now();
+        let key = ClusterKey::from_passphrase("k");
+        let ours = auth("prod", Keyring::new(1, key.clone()));
+        let mut r = Registry::new(Some(99), EXPIRY);
+        let mut node = LocalTable::new(7, 1, "c".into());
+        node.upsert(rec(1, "calc"));
+        let first = ours.seal(&node.next_beacon(T));
+        assert_eq!(r.on_signed(&ours, first.view(), t0, T), BeaconOutcome::Applied);
+        let before = view(&r);
+
+        // An attacker's node, and a goodbye in the name of node 7, under other keys / labels.
+        let mut evil = LocalTable::new(666, 1, "e".into());
+        evil.upsert(rec(2, "calc"));
+        let mut forged_bye = LocalTable::new(7, 1, "c".into());
+        let attempts = [
+            (auth("prod", Keyring::new(1, ClusterKey::from_passphrase("guess"))).seal(&evil.next_beacon(T)), "bad mac"),
+            (auth("prod", Keyring::new(9, key.clone())).seal(&evil.next_beacon(T)), "unknown key"),
+            (auth("staging", Keyring::new(1, key.clone())).seal(&evil.next_beacon(T)), "other cluster"),
+            (auth("staging", Keyring::new(1, key.clone())).seal(&forged_bye.goodbye(T)), "other cluster's goodbye"),
+            (ours.seal(&evil.next_beacon(T - 31_000)), "stale"),
+            (ours.seal(&evil.next_beacon(T + 31_000)), "from the future"),
+            (first.clone(), "replayed"),
+        ];
+        for (s, what) in &attempts {
+            let outcome = r.on_signed(&ours, s.view(), t0, T);
+            assert!(matches!(outcome, BeaconOutcome::Rejected(_) | BeaconOutcome::Replayed), "{what}: {outcome:?}");
+            assert_eq!(view(&r), before, "{what} changed the registry");
+        }
+        let s = r.stats();
+        assert_eq!((s.bad_mac, s.unknown_key, s.stale, s.replayed, s.malformed), (3, 1, 2, 1, 0), "{s:?}");
+        assert_eq!((s.accepted, s.goodbyes, s.rejected()), (1, 0, 6));
+    }
+
+    #[test]
+    fn the_registry_knows_which_key_each_node_signs_with() {
+        let t0 = Instant::now();
+        let mut ring = Keyring::new(1, ClusterKey::from_passphrase("old"));
+        ring.install(2, ClusterKey::from_passphrase("new")).unwrap();
+        let mut sender = auth("c", ring.clone());
+        let receiver = auth("c", ring);
+        let mut node = LocalTable::new(7, 1, "c".into());
+        let mut r = Registry::new(None, EXPIRY);
+        r.on_signed(&receiver, sender.seal(&node.next_beacon(T)).view(), t0, T);
+        assert_eq!(r.keys_in_use(), BTreeMap::from([(7, 1)]));
+        sender.keys_mut().set_primary(2).unwrap();
+        let b = sender.seal(&node.next_beacon(T));
+        r.on_signed(&receiver, b.view(), t0, T);
+        assert_eq!(r.keys_in_use(), BTreeMap::from([(7, 2)]));
+    }
+
+    #[test]
+    fn a_goodbye_removes_the_node_at_once_and_its_old_beacons_cannot_bring_it_back() {
+        let t0 = Instant::now();
+        let mut a = LocalTable::new(1, 1, "a".into());
+        a.upsert(rec(10, "calc"));
+        let mut b = LocalTable::new(2, 1, "b".into());
+        b.upsert(rec(20, "calc"));
+        let mut r = Registry::new(None, EXPIRY);
+        let old = a.next_beacon(0);
+        r.on_beacon(&old, t0);
+        r.on_beacon(&b.next_beacon(0), t0);
+        let g = r.generation();
+        // Well within the expiry.
+        let bye = a.goodbye(0);
+        assert_eq!(r.on_beacon(&bye, t0), BeaconOutcome::Goodbye);
+        assert_eq!(r.nodes(), [2]);
+        assert_eq!(r.all(), [rec(20, "calc")]);
+        assert!(r.generation() > g);
+        assert_eq!((r.stats().goodbyes, r.stats().expired), (1, 0));
+        // Neither the goodbye nor an earlier beacon, replayed, changes anything.
+        let g = r.generation();
+        assert_eq!(r.on_beacon(&bye, t0), BeaconOutcome::Replayed);
+        assert_eq!(r.on_beacon(&old, t0), BeaconOutcome::Replayed);
+        assert_eq!((r.nodes(), r.generation()), (vec![2], g));
+        // Nothing left to expire.
+        assert!(r.expire(t0 + EXPIRY * 2).contains(&2));
+        assert_eq!(r.stats().expired, 1);
+        // A restart (new incarnation) is welcome again.
+        let mut a2 = LocalTable::new(1, 2, "a".into());
+        a2.upsert(rec(11, "calc"));
+        assert_eq!(r.on_beacon(&a2.next_beacon(0), t0), BeaconOutcome::Applied);
+        assert_eq!(r.nodes(), [1]);
     }
 }

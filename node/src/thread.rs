@@ -50,16 +50,30 @@ impl NodeThread {
             .expect("node core alive")
     }
 
-    /// Kill it: its core stops, its sockets close (as when a process dies), its beacons stop.
+    /// Kill it: its core stops, its sockets close (as when a process dies), its beacons stop
+    /// without a goodbye, so the others drop it at expiry.
     pub fn kill(&mut self) {
         if let Some(rt) = self.rt.take() {
             // Drop the node while its core still runs, so its tasks and sockets go at once.
-            let _ = rt.core(0).run(|| async { NODE.with(|n| n.borrow_mut().take()).map(|n| n.stop()) });
+            let _ = rt.core(0).run(|| async { NODE.with(|n| n.borrow_mut().take()).map(|n| n.halt(false)) });
+            rt.shutdown();
+        }
+    }
+
+    /// Stop it cleanly: it says goodbye (so the others drop it at once), then its core stops.
+    pub fn stop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            let _ = rt.core(0).run(|| async {
+                if let Some(n) = NODE.with(|n| n.borrow_mut().take()) {
+                    n.shutdown().await;
+                }
+            });
             rt.shutdown();
         }
     }
 }
 
+/// Dropping it kills it ([`NodeThread::kill`]: no goodbye).
 impl Drop for NodeThread {
     fn drop(&mut self) {
         self.kill();

@@ -1,14 +1,17 @@
 //! Several nodes on loopback, each on a core of its own: registries converge from beacons,
-//! a killed node drops out, forged and replayed beacons are rejected, and redirectors follow
-//! the registry as instances start and stop. Both drivers.
+//! a killed node drops out, a stopped one says goodbye, forged, foreign, stale and replayed
+//! beacons change nothing, keys rotate under a running cluster, and redirectors follow the
+//! registry as instances start and stop. Both drivers.
 
+use std::cell::RefCell;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::time::Duration;
+use std::rc::Rc;
+use std::time::{Duration, SystemTime};
 
-use multispace_node::beacon::LocalTable;
+use multispace_node::beacon::{unix_ms, LocalTable, SignedBeacon};
 use multispace_node::control::InstanceRecord;
-use multispace_node::{BeaconTransport, ClusterKey, Node, NodeConfig, BEACON_METHOD};
-use multispace_rpc::{DriverKind, MulticastGroup, OneWaySender, RedirectConfig};
+use multispace_node::{BeaconAuth, BeaconTransport, ClusterKey, Keyring, Node, NodeConfig, BEACON_METHOD};
+use multispace_rpc::{spawn, DriverKind, Message, MulticastGroup, OneWaySender, OneWayServer, RedirectConfig, Service};
 use multispace_services::calc::{self, CalcRedirector};
 use multispace_services::Calculator;
 use multispace_tests::{each_driver, until, TestNode};
@@ -34,6 +37,44 @@ fn port(test: u16, kind: DriverKind) -> u16 {
 
 fn key() -> ClusterKey {
     ClusterKey::from_passphrase("multispace tests")
+}
+
+fn group(port: u16) -> MulticastGroup {
+    MulticastGroup::loopback(Ipv4Addr::new(239, 255, 77, 1), port)
+}
+
+/// Records every beacon sent to the group, as an eavesdropper would (to replay them later).
+fn spy(port: u16) -> Rc<RefCell<Vec<SignedBeacon>>> {
+    let seen: Rc<RefCell<Vec<SignedBeacon>>> = Rc::default();
+    let s = seen.clone();
+    let svc = Service::builder("spy")
+        .one_way(BEACON_METHOD, move |_ctx, m: Message<SignedBeacon>| {
+            s.borrow_mut().extend(m.to_owned().ok());
+            async {}
+        })
+        .build();
+    let server = OneWayServer::join(&group(port), [svc]).unwrap();
+    spawn(server.serve()).detach();
+    seen
+}
+
+fn fake_instance(id: u64) -> InstanceRecord {
+    InstanceRecord { id, service: calc::SERVICE.into(), addr: "127.0.0.1:9".into(), load: 0, up: true }
+}
+
+fn now_ms() -> u64 {
+    unix_ms(SystemTime::now())
+}
+
+/// How many of `beacons` another node than `me` sent.
+fn not_from(beacons: &[SignedBeacon], me: u64, key: &ClusterKey) -> u64 {
+    let auth = BeaconAuth::new("multispace", key.clone(), Duration::from_secs(30));
+    beacons.iter().filter(|b| auth.open(b.view(), now_ms()).is_ok_and(|b| b.node != me)).count() as u64
+}
+
+/// What a node's registry shows.
+fn view(n: &TestNode) -> (Vec<InstanceRecord>, Vec<u64>) {
+    n.with(|n| (n.lookup(calc::SERVICE), n.peers()))
 }
 
 #[test]
@@ -80,33 +121,203 @@ fn a_late_joiner_catches_up_by_pulling_tables() {
 }
 
 #[test]
-fn forged_and_replayed_beacons_are_rejected() {
+fn forged_and_replayed_beacons_change_nothing_in_any_registry() {
     each_driver(|kind| async move {
         let key = key();
         let p = port(2, kind);
-        let victim = start(kind, config(1, p, &key));
-        let group = MulticastGroup::loopback(Ipv4Addr::new(239, 255, 77, 1), p);
-        let sender = OneWaySender::multicast(&group).unwrap();
-        let mut fake = LocalTable::new(666, 1, "127.0.0.1:9".into());
-        fake.upsert(InstanceRecord {
-            id: 1,
-            service: calc::SERVICE.into(),
-            addr: "127.0.0.1:9".into(),
-            load: 0,
-            up: true,
-        });
-        // Signed with the wrong key: dropped and counted.
-        let forged = ClusterKey::from_passphrase("not the cluster key").seal(&fake.next_beacon());
-        sender.send(group.addr(), BEACON_METHOD, &forged).await.unwrap();
-        until("forgery counted", || victim.with(|n| n.stats().beacons_rejected) == 1).await;
-        // Signed with the right key (a key holder's beacon captured on the wire), then
-        // replayed: the copy is dropped.
-        let genuine = key.seal(&fake.next_beacon());
-        sender.send(group.addr(), BEACON_METHOD, &genuine).await.unwrap();
-        until("genuine accepted", || victim.with(|n| n.peers()) == [666]).await;
-        sender.send(group.addr(), BEACON_METHOD, &genuine).await.unwrap();
-        until("replay counted", || victim.with(|n| n.registry_stats().replayed) == 1).await;
-        assert!(victim.with(|n| n.lookup(calc::SERVICE).iter().all(|r| r.addr == "127.0.0.1:9")));
+        let captured = spy(p);
+        let victims = [start(kind, config(1, p, &key)), start(kind, config(2, p, &key))];
+        for v in &victims {
+            v.with(|n| n.start_instance(calc::SERVICE).unwrap());
+        }
+        until("each victim knows both instances", || victims.iter().all(|v| view(v).0.len() == 2)).await;
+        let before: Vec<_> = victims.iter().map(view).collect();
+        let inc = victims[0].with(|n| n.incarnation());
+        // Every genuine beacon captured so far, to replay.
+        until("beacons of both captured", || {
+            let c = captured.borrow();
+            not_from(&c, 1, &key) > 0 && not_from(&c, 2, &key) > 0
+        })
+        .await;
+        let replays: Vec<SignedBeacon> = captured.borrow().clone();
+
+        let g = group(p);
+        let sender = OneWaySender::multicast(&g).unwrap();
+        let ours = |ring: Keyring, label: &str| BeaconAuth::new(label, ring, Duration::from_secs(30));
+        let mut evil = LocalTable::new(666, 1, "127.0.0.1:9".into());
+        evil.upsert(fake_instance(666 << 32));
+        // A goodbye in node 1's name, from an incarnation later than any it had: were it
+        // accepted, node 1 would vanish from node 2's registry.
+        let mut bye = LocalTable::new(1, inc + 1, "127.0.0.1:9".into());
+        let wrong = ClusterKey::from_passphrase("not the cluster key");
+        let now = now_ms();
+        let forgeries = [
+            ours(Keyring::new(0, wrong.clone()), "multispace").seal(&evil.next_beacon(now)),
+            ours(Keyring::new(0, wrong), "multispace").seal(&bye.goodbye(now)),
+            // The cluster key under a key id the cluster does not use.
+            ours(Keyring::new(9, key.clone()), "multispace").seal(&evil.next_beacon(now)),
+            // The cluster key, another cluster's label.
+            ours(Keyring::new(0, key.clone()), "elsewhere").seal(&evil.next_beacon(now)),
+            ours(Keyring::new(0, key.clone()), "elsewhere").seal(&bye.goodbye(now)),
+            // Signed right, but an hour old (captured long ago).
+            ours(Keyring::new(0, key.clone()), "multispace").seal(&evil.next_beacon(now - 3_600_000)),
+        ];
+        for f in &forgeries {
+            sender.send(g.addr(), BEACON_METHOD, f).await.unwrap();
+        }
+        for r in &replays {
+            sender.send(g.addr(), BEACON_METHOD, r).await.unwrap();
+        }
+        // Each victim counts the other's beacons as replays (its own it ignores).
+        let expected_replays = [not_from(&replays, 1, &key), not_from(&replays, 2, &key)];
+        until("every forgery and replay counted by both victims", || {
+            victims.iter().zip(expected_replays).all(|(v, replays)| {
+                let s = v.with(|n| n.registry_stats());
+                (s.bad_mac, s.unknown_key, s.stale) == (4, 1, 1) && s.replayed >= replays
+            })
+        })
+        .await;
+        let after: Vec<_> = victims.iter().map(view).collect();
+        assert_eq!(after, before, "registries changed");
+        for v in &victims {
+            let s = v.with(|n| n.registry_stats());
+            assert_eq!((s.goodbyes, s.expired, s.malformed), (0, 0, 0), "{s:?}");
+            assert_eq!(v.with(|n| n.stats().beacons_rejected), 6);
+        }
+    });
+}
+
+#[test]
+fn a_stopped_node_says_goodbye_and_leaves_every_registry_before_expiry() {
+    each_driver(|kind| async move {
+        let key = key();
+        let p = port(7, kind);
+        // An expiry longer than the tests' bound on any wait: a node leaving a registry
+        // within the wait can only have said goodbye.
+        let config = |id| NodeConfig { expiry: Duration::from_secs(60), ..config(id, p, &key) };
+        let captured = spy(p);
+        let mut nodes: Vec<TestNode> = (1..=3).map(|i| start(kind, config(i))).collect();
+        nodes[0].with(|n| n.start_instance(calc::SERVICE).unwrap());
+        until("everyone sees everyone", || nodes.iter().all(|n| n.with(|n| n.peers().len()) == 2)).await;
+        until("instance everywhere", || nodes[1..].iter().all(|n| view(n).0.len() == 1)).await;
+
+        nodes[0].stop();
+        until("node 1 gone from both registries", || {
+            nodes[1..].iter().all(|n| n.with(|n| !n.peers().contains(&1) && n.lookup(calc::SERVICE).is_empty()))
+        })
+        .await;
+        for n in &nodes[1..] {
+            let s = n.with(|n| n.registry_stats());
+            assert_eq!((s.goodbyes, s.expired), (1, 0), "{s:?}");
+        }
+
+        // Node 1 comes back (a new incarnation); replaying everything it sent before,
+        // goodbye included, does not remove it again.
+        nodes[0] = start(kind, config(1));
+        nodes[0].with(|n| n.start_instance(calc::SERVICE).unwrap());
+        until("node 1 back everywhere", || nodes[1..].iter().all(|n| view(n).0.len() == 1)).await;
+        let auth = BeaconAuth::new("multispace", key.clone(), Duration::from_secs(30));
+        let is_goodbye = |b: &SignedBeacon| auth.open(b.view(), now_ms()).is_ok_and(|b| b.goodbye && b.node == 1);
+        until("node 1's goodbye captured", || captured.borrow().iter().any(is_goodbye)).await;
+        let old: Vec<SignedBeacon> = captured.borrow().clone();
+        let replayed_before: Vec<u64> = nodes[1..].iter().map(|n| n.with(|n| n.registry_stats().replayed)).collect();
+        let sender = OneWaySender::multicast(&group(p)).unwrap();
+        for b in &old {
+            sender.send(group(p).addr(), BEACON_METHOD, b).await.unwrap();
+        }
+        // Every one is a replay: node 1's old beacons (goodbye included) and the other's.
+        until("replays counted", || {
+            nodes[1..].iter().zip(&replayed_before).all(|(n, before)| {
+                n.with(|n| n.registry_stats().replayed) == before + not_from(&old, n.with(|n| n.id()), &key)
+            })
+        })
+        .await;
+        for n in &nodes[1..] {
+            assert_eq!(n.with(|n| n.registry_stats().goodbyes), 1);
+            assert!(n.with(|n| n.peers().contains(&1)));
+            assert_eq!(view(n).0.len(), 1);
+        }
+
+        // Dropping a node (no stop) says goodbye too.
+        let dropped = Node::start(config(9)).await.unwrap();
+        until("node 9 known", || nodes[1].with(|n| n.peers().contains(&9))).await;
+        drop(dropped);
+        until("node 9 gone", || nodes[1].with(|n| !n.peers().contains(&9))).await;
+        assert_eq!(nodes[1].with(|n| n.registry_stats()).goodbyes, 2);
+        assert_eq!(nodes[1].with(|n| n.registry_stats()).expired, 0);
+    });
+}
+
+#[test]
+fn keys_rotate_under_a_running_cluster_and_a_node_with_only_the_retired_key_is_refused() {
+    each_driver(|kind| async move {
+        let (old, new) = (ClusterKey::from_passphrase("old key"), ClusterKey::from_passphrase("new key"));
+        let p = port(8, kind);
+        let config = |id, ring: Keyring| NodeConfig {
+            // Long, so "no peer lost" below rests on counters, not on timing.
+            expiry: Duration::from_secs(60),
+            ..NodeConfig { id, beacon_period: Duration::from_millis(50), ..NodeConfig::loopback(p, ring) }
+        };
+        let nodes: Vec<TestNode> = (1..=3).map(|i| start(kind, config(i, Keyring::new(1, old.clone())))).collect();
+        for n in &nodes {
+            n.with(|n| n.start_instance(calc::SERVICE).unwrap());
+        }
+        until("everyone sees every instance", || nodes.iter().all(|n| view(n).0.len() == 3)).await;
+        // Fresh beacons from both peers are accepted after each step.
+        let progress = |what: &'static str| {
+            let before: Vec<u64> = nodes.iter().map(|n| n.with(|n| n.registry_stats().accepted)).collect();
+            let nodes = &nodes;
+            async move {
+                until(what, || nodes.iter().zip(&before).all(|(n, b)| n.with(|n| n.registry_stats().accepted) >= b + 6))
+                    .await
+            }
+        };
+        let everywhere = |f: fn(&Node)| {
+            for n in &nodes {
+                n.with(f);
+            }
+        };
+
+        // 1. Every node learns the new key; all still sign with the old one.
+        let k = new.clone();
+        for n in &nodes {
+            let k = k.clone();
+            n.with(move |n| n.keyring().install(2, k).unwrap());
+        }
+        progress("beacons after installing the new key").await;
+        // 2. The new key becomes primary, node by node: meanwhile both are accepted.
+        everywhere(|n| n.keyring().set_primary(2).unwrap());
+        until("every peer seen signing with the new key", || {
+            nodes.iter().all(|n| {
+                let keys = n.with(|n| n.peer_keys());
+                keys.len() == 2 && keys.values().all(|&k| k == 2)
+            })
+        })
+        .await;
+        // 3. The old key is retired everywhere.
+        everywhere(|n| n.keyring().retire(1).unwrap());
+        progress("beacons after retiring the old key").await;
+        for n in &nodes {
+            let s = n.with(|n| n.registry_stats());
+            assert_eq!((s.bad_mac, s.unknown_key, s.stale, s.expired), (0, 0, 0, 0), "a beacon was lost: {s:?}");
+            assert_eq!(view(n).0.len(), 3);
+            assert_eq!(n.with(|n| n.peers().len()), 2);
+            assert_eq!(n.with(|n| n.keyring().get().ids()), [2]);
+        }
+
+        // A node that still has only the old key is refused, and refuses the cluster.
+        let stale_node = start(kind, config(4, Keyring::new(1, old)));
+        stale_node.with(|n| n.start_instance(calc::SERVICE).unwrap());
+        until("its beacons refused everywhere", || {
+            nodes.iter().all(|n| n.with(|n| n.registry_stats().unknown_key) >= 2)
+                && stale_node.with(|n| n.registry_stats().unknown_key) >= 2
+        })
+        .await;
+        for n in &nodes {
+            assert_eq!(n.with(|n| n.peers().len()), 2);
+            assert_eq!(view(n).0.len(), 3);
+        }
+        assert!(stale_node.with(|n| n.peers()).is_empty());
     });
 }
 

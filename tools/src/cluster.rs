@@ -40,7 +40,8 @@ impl Children {
     fn start(&mut self, i: usize) -> anyhow::Result<()> {
         let a = &self.base;
         let child = Command::new(&self.exe)
-            .args(["node", "--id", &(i as u64 + 1).to_string(), "--port", &a.port.to_string(), "--key", &a.key])
+            .args(["node", "--id", &(i as u64 + 1).to_string(), "--port", &a.port.to_string()])
+            .args(["--cluster", &a.cluster, "--key", &a.key])
             .args(["--beacon-ms", &a.beacon_ms.to_string(), "--service", "keiretsu"])
             .spawn()
             .context("starting a node process")?;
@@ -80,13 +81,16 @@ async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -
 
 pub fn run(args: ClusterArgs) -> anyhow::Result<()> {
     let pid = std::process::id();
-    // A port and key of this run's own, so concurrent runs (or tests) cannot mix.
+    // A port, cluster label and key of this run's own, so concurrent runs (or tests) cannot mix.
     let base = NodeArgs {
         id: 0,
         port: 47_900 + (pid % 40) as u16 * 2,
+        cluster: format!("demo {pid}"),
         key: format!("multispace demo {pid}"),
+        key_file: None,
         services: vec![],
         beacon_ms: 100,
+        beacon_window_ms: 30_000,
     };
     let n = args.nodes as usize;
     let mut children =
@@ -98,7 +102,7 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<()> {
     let step = Duration::from_millis(args.step_ms);
     let rt = LocalRuntime::new(Config::default())?;
     rt.block_on(async move {
-        let me = Node::start(NodeArgs { id: 1_000, ..base }.config()).await?;
+        let me = Node::start(NodeArgs { id: 1_000, ..base }.config()?).await?;
         let t =
             wait_for("every instance in the registry", Duration::from_secs(20), || me.lookup(api::SERVICE).len() == n)
                 .await?;

@@ -1,14 +1,24 @@
 //! `multispace node`: one Base node process hosting the demo services, beaconing on a
 //! loopback multicast group, until it is killed.
 
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
-use multispace_node::{ClusterKey, Node, NodeConfig};
+use multispace_node::{ClusterKey, Keyring, Node, NodeConfig};
 use multispace_rpc::{Config, LocalRuntime};
 use multispace_services::calc;
 use multispace_services::keiretsu::{api, KeiretsuServer};
 use multispace_services::Calculator;
+
+const KEY_FILE_HELP: &str = "\
+A file of beacon keys, instead of --key: one key a line, `id:secret`, where id is 0-255 and \
+secret is 64 hex digits (32 key bytes) or else a passphrase (the rest of the line). The first \
+key signs this node's beacons; beacons signed with any key in the file are accepted. Blank \
+lines and lines starting with # are skipped. The file is re-read when it changes (checked \
+once a beacon period), so keys rotate without a restart: add the new key on every node, then \
+move it to the first line on every node, then remove the old key once every peer signs with \
+the new one. A file that does not parse is reported and the keys in use are kept.";
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct NodeArgs {
@@ -18,27 +28,91 @@ pub struct NodeArgs {
     /// The loopback multicast port the cluster beacons on (group 239.255.77.1).
     #[arg(long, default_value_t = 47_900)]
     pub port: u16,
-    /// The cluster's shared secret.
+    /// The cluster's name, signed into every beacon: clusters sharing a key or a network do
+    /// not take in each other's beacons.
+    #[arg(long, default_value = "multispace")]
+    pub cluster: String,
+    /// The cluster's shared secret, as a passphrase (key id 0).
     #[arg(long, default_value = "multispace demo")]
     pub key: String,
+    /// A file of beacon keys, re-read when it changes (see --help).
+    #[arg(long, conflicts_with = "key", long_help = KEY_FILE_HELP)]
+    pub key_file: Option<PathBuf>,
     /// Services to start an instance of (`keiretsu`, `calc`); may repeat.
     #[arg(long = "service", default_values_t = [String::from("keiretsu")])]
     pub services: Vec<String>,
-    /// Milliseconds between beacons.
+    /// Milliseconds between beacons (each ±10%).
     #[arg(long, default_value_t = 100)]
     pub beacon_ms: u64,
+    /// Beacons sent further than this many milliseconds from this node's clock are dropped as
+    /// stale.
+    #[arg(long, default_value_t = 30_000)]
+    pub beacon_window_ms: u64,
 }
 
 impl NodeArgs {
-    /// The node configuration these arguments describe.
-    pub fn config(&self) -> NodeConfig {
+    /// The node configuration these arguments describe (reading the key file, if any).
+    pub fn config(&self) -> anyhow::Result<NodeConfig> {
+        let keys = match &self.key_file {
+            Some(path) => KeyFile::open(path)?.1,
+            None => Keyring::from(ClusterKey::from_passphrase(&self.key)),
+        };
+        Ok(self.config_with(keys))
+    }
+
+    fn config_with(&self, keys: Keyring) -> NodeConfig {
         let period = Duration::from_millis(self.beacon_ms);
         NodeConfig {
             id: self.id,
+            cluster: self.cluster.clone(),
             beacon_period: period,
+            beacon_window: Duration::from_millis(self.beacon_window_ms),
             expiry: period * 5,
-            ..NodeConfig::loopback(self.port, ClusterKey::from_passphrase(&self.key))
+            ..NodeConfig::loopback(self.port, keys)
         }
+    }
+}
+
+/// A key file, re-read when it changes.
+pub struct KeyFile {
+    path: PathBuf,
+    /// Modification time and size when last read (`None`: unreadable).
+    stamp: Option<(SystemTime, u64)>,
+}
+
+impl KeyFile {
+    fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+        std::fs::metadata(path).and_then(|m| Ok((m.modified()?, m.len()))).ok()
+    }
+
+    /// Read it for the first time.
+    pub fn open(path: &Path) -> anyhow::Result<(KeyFile, Keyring)> {
+        let mut f = KeyFile { path: path.to_owned(), stamp: None };
+        let ring = f.read()?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            if std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o077 != 0) {
+                eprintln!("warning: key file {} is readable by others (chmod 600 it)", path.display());
+            }
+        }
+        Ok((f, ring))
+    }
+
+    fn read(&mut self) -> anyhow::Result<Keyring> {
+        self.stamp = Self::stamp(&self.path);
+        let text =
+            std::fs::read_to_string(&self.path).with_context(|| format!("reading key file {}", self.path.display()))?;
+        Keyring::parse(&text).with_context(|| format!("key file {}", self.path.display()))
+    }
+
+    /// The keys, if the file changed since it was last read; an error if it changed but could
+    /// not be read or parsed (reported once per change).
+    pub fn poll(&mut self) -> anyhow::Result<Option<Keyring>> {
+        if Self::stamp(&self.path) == self.stamp {
+            return Ok(None);
+        }
+        self.read().map(Some)
     }
 }
 
@@ -49,9 +123,16 @@ pub fn register_demo_types(node: &Node) {
 }
 
 pub fn run(args: NodeArgs) -> anyhow::Result<()> {
+    let (mut key_file, config) = match &args.key_file {
+        Some(path) => {
+            let (f, keys) = KeyFile::open(path)?;
+            (Some(f), args.config_with(keys))
+        }
+        None => (None, args.config()?),
+    };
     let rt = LocalRuntime::new(Config::default()).context("starting the runtime")?;
     rt.block_on(async move {
-        let node = Node::start(args.config()).await.context("starting the node")?;
+        let node = Node::start(config).await.context("starting the node")?;
         register_demo_types(&node);
         for s in &args.services {
             let name = match s.as_str() {
@@ -64,6 +145,8 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         }
         println!("node {}: control at {}, beaconing every {} ms", args.id, node.control_addr(), args.beacon_ms);
         let mut peers = Vec::new();
+        let mut peer_keys = std::collections::BTreeMap::new();
+        let mut dropped = (0, 0);
         loop {
             multispace_rpc::runtime::time::sleep(Duration::from_millis(args.beacon_ms)).await;
             let now = node.peers();
@@ -71,6 +154,54 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
                 println!("node {}: peers {:?}", args.id, now);
                 peers = now;
             }
+            // What tells the operator an old key can be retired: no peer signs with it.
+            let keys = node.peer_keys();
+            if keys != peer_keys && key_file.is_some() {
+                println!("node {}: keys peers sign with (peer: key id) {keys:?}", args.id);
+            }
+            peer_keys = keys;
+            let s = node.registry_stats();
+            if (s.rejected(), s.replayed) != dropped {
+                dropped = (s.rejected(), s.replayed);
+                println!(
+                    "node {}: beacons dropped: {} bad MAC, {} unknown key, {} stale, {} malformed, {} replayed",
+                    args.id, s.bad_mac, s.unknown_key, s.stale, s.malformed, s.replayed
+                );
+            }
+            match key_file.as_mut().map(KeyFile::poll) {
+                Some(Ok(Some(ring))) => {
+                    println!("node {}: key file re-read: keys {:?}, primary {}", args.id, ring.ids(), ring.primary());
+                    node.keyring().replace(ring);
+                }
+                Some(Err(e)) => eprintln!("node {}: {e:#}; keeping the keys in use", args.id),
+                Some(Ok(None)) | None => {}
+            }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_file_is_re_read_when_it_changes_and_a_bad_one_is_reported_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys");
+        std::fs::write(&path, "1:old\n").unwrap();
+        let (mut f, ring) = KeyFile::open(&path).unwrap();
+        assert_eq!((ring.primary(), ring.ids()), (1, vec![1]));
+        assert!(f.poll().unwrap().is_none());
+        // Each rewrite has another size, so the change shows even within one mtime tick.
+        std::fs::write(&path, "1:old\n2:new\n").unwrap();
+        let ring = f.poll().unwrap().expect("changed");
+        assert_eq!((ring.primary(), ring.ids()), (1, vec![1, 2]));
+        std::fs::write(&path, "2:new\n1:old\n# primary now 2\n").unwrap();
+        assert_eq!(f.poll().unwrap().expect("changed").primary(), 2);
+        std::fs::write(&path, "2 new\n").unwrap();
+        assert!(f.poll().is_err());
+        assert!(f.poll().unwrap().is_none(), "reported once");
+        std::fs::write(&path, "2:new\n").unwrap();
+        assert_eq!(f.poll().unwrap().expect("changed").ids(), [2]);
+    }
 }

@@ -3,9 +3,9 @@
 //!
 //! `cargo run --release -p multispace-bench --bin beacons`
 
-use multispace_node::beacon::{LocalTable, DELTA_REPEATS};
+use multispace_node::beacon::{LocalTable, DEFAULT_WINDOW, DELTA_REPEATS};
 use multispace_node::control::InstanceRecord;
-use multispace_node::ClusterKey;
+use multispace_node::{BeaconAuth, ClusterKey};
 
 fn record(id: u64) -> InstanceRecord {
     InstanceRecord {
@@ -18,7 +18,9 @@ fn record(id: u64) -> InstanceRecord {
 }
 
 fn main() {
-    let key = ClusterKey::from_passphrase("beacon sizes");
+    let auth = BeaconAuth::new("multispace", ClusterKey::from_passphrase("beacon sizes"), DEFAULT_WINDOW);
+    // Any send time: it is a fixed-size field.
+    let now_ms = 1_800_000_000_000;
     println!("| instances on the node | steady-state beacon bytes | one change, bytes | full table, bytes |");
     println!("|---|---|---|---|");
     for n in [1u64, 10, 100, 1000] {
@@ -27,19 +29,21 @@ fn main() {
             t.upsert(record(i));
         }
         for _ in 0..=DELTA_REPEATS {
-            t.next_beacon();
+            t.next_beacon(now_ms);
         }
+        // The archived signed beacon: the frame's payload.
         let wire = |b| {
-            let s = key.seal(&b);
-            s.body.len() + s.mac.len()
+            multispace_rpc::rkyv::to_bytes::<multispace_rpc::rkyv::rancor::Error>(&auth.seal(&b))
+                .map(|b| b.len())
+                .unwrap_or(0)
         };
-        let steady = wire(t.next_beacon());
+        let steady = wire(t.next_beacon(now_ms));
         t.upsert(InstanceRecord { load: 9, ..record(0) });
-        let change = wire(t.next_beacon());
+        let change = wire(t.next_beacon(now_ms));
         let full = multispace_rpc::rkyv::to_bytes::<multispace_rpc::rkyv::rancor::Error>(&t.snapshot())
             .map(|b| b.len())
             .unwrap_or(0);
         println!("| {n} | {steady} | {change} | {full} |");
     }
-    println!("\nSigned beacon (archived body + 32-byte HMAC) before the 32-byte frame header. Beacons repeat a change {DELTA_REPEATS} times, then go back to the steady-state size.");
+    println!("\nThe archived signed beacon (body with node, incarnation, sequence number and send time; key id; 32-byte HMAC), after the 32-byte frame header. Beacons repeat a change {DELTA_REPEATS} times, then go back to the steady-state size.");
 }
