@@ -95,7 +95,10 @@ impl Rpc {
         let (server_rt, client_rt) = runtimes(driver, waiting)?;
         let (server_tls, client_tls) = tls.map_or((None, None), |(s, c)| (Some(s), Some(c)));
         let addr = server_rt.core(0).run(move || async move {
-            let config = ServerConfig { conn: ConnConfig { tls: server_tls, ..ConnConfig::default() }, ..ServerConfig::default() };
+            let config = ServerConfig {
+                conn: ConnConfig { tls: server_tls, ..ConnConfig::default() },
+                ..ServerConfig::default()
+            };
             let server = Server::bind_with("127.0.0.1:0".parse().expect("address"), [table1_service()], config)?;
             let addr = server.local_addr();
             spawn(server.serve()).detach();
@@ -149,7 +152,8 @@ impl PingPong for Rpc {
             .client_rt
             .core(0)
             .run(move || async move {
-                let client = CLIENT.with(|c| c.borrow_mut().get_or_insert_with(|| Client::with_config(addr, conn)).clone());
+                let client =
+                    CLIENT.with(|c| c.borrow_mut().get_or_insert_with(|| Client::with_config(addr, conn)).clone());
                 let mut h = Histogram::<u64>::new(3).expect("histogram");
                 let m = shape.method_id();
                 let start = Instant::now();
@@ -196,7 +200,8 @@ impl crate::Windowed for Rpc {
         self.client_rt
             .core(0)
             .run(move || async move {
-                let client = CLIENT.with(|c| c.borrow_mut().get_or_insert_with(|| Client::with_config(addr, conn)).clone());
+                let client =
+                    CLIENT.with(|c| c.borrow_mut().get_or_insert_with(|| Client::with_config(addr, conn)).clone());
                 let start = Instant::now();
                 windowed_null_calls(&client, m, n, window).await;
                 start.elapsed()
