@@ -67,6 +67,12 @@ pub struct NodeConfig {
     pub beacon_window: Duration,
     /// A node silent this long is dropped from the registry.
     pub expiry: Duration,
+    /// Who may start and stop instances through the control interface, as
+    /// [`AccessList`](multispace_rpc::AccessList) patterns of TLS principals (default: `admin`
+    /// and `node-*`). Enforced when the node's core runs mutual TLS; reading the registry
+    /// needs only a certificate from the cluster CA. On plain TCP nothing is enforced: plain
+    /// TCP is for loopback-only setups.
+    pub admins: Vec<String>,
 }
 
 impl NodeConfig {
@@ -86,8 +92,27 @@ impl NodeConfig {
             max_beacons_per_period: 2,
             beacon_window: crate::beacon::DEFAULT_WINDOW,
             expiry: Duration::from_millis(1000),
+            admins: vec!["admin".into(), "node-*".into()],
         }
     }
+}
+
+/// The control service with its access list when the core runs mutual TLS: any cluster
+/// member reads, only `admins` start and stop instances.
+fn control_service(imp: ControlImpl, admins: &[String]) -> multispace_rpc::Service {
+    let svc = control::service(imp);
+    if multispace_rpc::ConnConfig::for_this_core().tls.is_none() {
+        return svc;
+    }
+    use control::method_id as m;
+    let mut acl = multispace_rpc::AccessList::new();
+    for id in [m::TABLE, m::LOOKUP, m::BEACON_COUNTERS, m::SERVICE_TYPES, m::INTERFACE] {
+        acl = acl.allow_method(id, "*");
+    }
+    for admin in admins {
+        acl = acl.allow_method(m::START_INSTANCE, admin).allow_method(m::STOP_INSTANCE, admin);
+    }
+    svc.with_access(acl)
 }
 
 fn random_u64() -> u64 {
@@ -356,7 +381,7 @@ impl Node {
         let slot: Rc<std::cell::OnceCell<std::rc::Weak<Inner>>> = Rc::default();
         let server = Server::bind(
             SocketAddr::new(config.ip, config.control_port),
-            [control::service(ControlImpl(slot.clone()))],
+            [control_service(ControlImpl(slot.clone()), &config.admins)],
         )?;
         let control_addr = server.local_addr();
         let (sender, targets) = match &config.beacons {

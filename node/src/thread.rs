@@ -2,7 +2,7 @@
 
 use std::cell::RefCell;
 
-use multispace_rpc::{DriverChoice, DriverKind, Runtime, RuntimeBuilder};
+use multispace_rpc::{ConnConfig, DriverChoice, DriverKind, Runtime, RuntimeBuilder};
 
 use crate::{Node, NodeConfig, NodeError};
 
@@ -25,7 +25,18 @@ impl NodeThread {
         config: NodeConfig,
         setup: impl FnOnce(&Node) + Send + 'static,
     ) -> Result<NodeThread, NodeError> {
-        let rt = RuntimeBuilder::new().cores(1).pin(false).driver(DriverChoice::Force(kind)).build()?;
+        Self::start_with(kind, ConnConfig::default(), config, setup)
+    }
+
+    /// [`NodeThread::start`] with the core's connection settings (e.g. mutual TLS with this
+    /// node's certificate): its control server, instances and clients all use them.
+    pub fn start_with(
+        kind: DriverKind,
+        conn: ConnConfig,
+        config: NodeConfig,
+        setup: impl FnOnce(&Node) + Send + 'static,
+    ) -> Result<NodeThread, NodeError> {
+        let rt = RuntimeBuilder::new().cores(1).pin(false).driver(DriverChoice::Force(kind)).conn(conn).build()?;
         rt.core(0)
             .run(move || async move {
                 let node = Node::start(config).await?;

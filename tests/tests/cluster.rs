@@ -491,3 +491,45 @@ fn a_client_outside_the_cluster_follows_it_through_any_node() {
         assert_eq!(calc.add(3, 4).await.unwrap().to_native(), 7);
     });
 }
+
+#[test]
+fn under_mutual_tls_nodes_see_each_other_and_only_admins_start_instances() {
+    use multispace_node::control::NodeControlClient;
+    use multispace_rpc::tls::certs::{Authority, Leaf};
+    use multispace_rpc::{CallError, Client, ConnConfig, TlsConfig};
+    let ca = Authority::create("test cluster CA", 1).unwrap();
+    let conn = |name: &str| {
+        let issued = ca.issue(&Leaf::new(name, 1)).unwrap();
+        let tls = TlsConfig::from_pem(ca.cert_pem().as_bytes(), issued.cert_pem.as_bytes(), issued.key_pem.as_bytes());
+        ConnConfig { tls: Some(tls.unwrap()), ..ConnConfig::default() }
+    };
+    each_driver(|kind| {
+        let conn = &conn;
+        async move {
+            let key = key();
+            let p = port(12, kind);
+            let register = |node: &Node| node.register_type(calc::SERVICE, |_| calc::service(Calculator::new("calc")));
+            let host = TestNode::start_with(kind, conn("node-1"), config(1, p, &key), register).unwrap();
+            let other = TestNode::start_with(kind, conn("node-2"), config(2, p, &key), register).unwrap();
+            host.with(|n| n.start_instance(calc::SERVICE).unwrap());
+            // Node 2 learns the instance by pulling node 1's table over mutual TLS.
+            until("node 2 sees node 1's instance", || other.with(|n| n.lookup(calc::SERVICE).len()) == 1).await;
+            let control = host.with(|n| n.control_addr());
+            let as_who = |name: &str| NodeControlClient::from_client(Client::with_config(control, conn(name)));
+            // Any cluster member reads; only admins (and nodes) start instances.
+            let mallory = as_who("mallory");
+            assert_eq!(mallory.lookup(calc::SERVICE.to_string()).await.unwrap().len(), 1);
+            match mallory.start_instance(calc::SERVICE.to_string()).await {
+                Err(CallError::PermissionDenied(why)) => assert!(why.contains("mallory"), "{why}"),
+                Err(other) => panic!("expected PermissionDenied, got {other:?}"),
+                Ok(_) => panic!("mallory started an instance"),
+            }
+            assert_eq!(host.with(|n| n.local_instances().len()), 1, "the refused call did not run");
+            as_who("admin").start_instance(calc::SERVICE.to_string()).await.unwrap();
+            assert_eq!(host.with(|n| n.local_instances().len()), 2);
+            // Plain TCP gets nowhere.
+            let plain = NodeControlClient::from_client(Client::with_config(control, ConnConfig::default()));
+            assert!(plain.table().await.is_err());
+        }
+    });
+}

@@ -15,6 +15,7 @@ use multispace_rpc::{spawn, Config, LocalRuntime, Policy, RedirectConfig, Server
 use multispace_services::keiretsu::{api, drive, keep_identified, DriverStats, Speedometer};
 
 use crate::node::NodeArgs;
+use crate::security::TlsArgs;
 
 #[derive(clap::Args)]
 pub struct ClusterArgs {
@@ -27,6 +28,19 @@ pub struct ClusterArgs {
     /// Milliseconds between the demo's steps (kills and restarts).
     #[arg(long, default_value_t = 1000)]
     step_ms: u64,
+    /// Plain TCP between the processes instead of mutual TLS (by default the demo makes a
+    /// throwaway cluster CA and certificates for its nodes and itself).
+    #[arg(long)]
+    insecure_plain: bool,
+}
+
+/// The demo's throwaway certificates, removed when it ends.
+struct CertDir(std::path::PathBuf);
+
+impl Drop for CertDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// The node processes; killed when this goes away, whatever happens.
@@ -43,6 +57,7 @@ impl Children {
             .args(["node", "--id", &(i as u64 + 1).to_string(), "--port", &a.port.to_string()])
             .args(["--cluster", &a.cluster, "--key", &a.key])
             .args(["--beacon-ms", &a.beacon_ms.to_string(), "--service", "keiretsu"])
+            .args(a.tls.to_args())
             .spawn()
             .context("starting a node process")?;
         self.procs[i] = Some(child);
@@ -91,8 +106,20 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<()> {
         services: vec![],
         beacon_ms: 100,
         beacon_window_ms: 30_000,
+        tls: Default::default(),
     };
     let n = args.nodes as usize;
+    let (base, _certs) = if args.insecure_plain {
+        println!("security: plain TCP (--insecure-plain)");
+        (NodeArgs { tls: TlsArgs { insecure_plain: true, ..TlsArgs::default() }, ..base }, None)
+    } else {
+        let dir = std::env::temp_dir().join(format!("multispace-demo-{pid}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        crate::security::init(&dir, n as u32, &["demo".to_string()], 1, &[], false)?;
+        println!("security: mutual TLS, a throwaway cluster CA and certificates in {}", dir.display());
+        let tls = TlsArgs { tls_dir: Some(dir.clone()), ..TlsArgs::default() };
+        (NodeArgs { tls, ..base }, Some(CertDir(dir)))
+    };
     let mut children =
         Children { exe: std::env::current_exe()?, base: base.clone(), procs: (0..n).map(|_| None).collect() };
     println!("multispace cluster demo: {n} node processes on loopback, Keiretsu on each, beacons every 100 ms");
@@ -100,7 +127,9 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<()> {
         children.start(i)?;
     }
     let step = Duration::from_millis(args.step_ms);
-    let rt = LocalRuntime::new(Config::default())?;
+    // The demo's own node, speedometer endpoint and clients: identity `demo`.
+    let conn = TlsArgs { tls_name: Some("demo".into()), ..base.tls.clone() }.conn("demo")?;
+    let rt = LocalRuntime::new(Config { conn, ..Config::default() })?;
     rt.block_on(async move {
         let me = Node::start(NodeArgs { id: 1_000, ..base }.config()?).await?;
         let t =

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use crate::security::TlsArgs;
 use anyhow::Context as _;
 use multispace_node::{ClusterKey, Keyring, Node, NodeConfig};
 use multispace_rpc::{Config, LocalRuntime};
@@ -48,6 +49,8 @@ pub struct NodeArgs {
     /// stale.
     #[arg(long, default_value_t = 30_000)]
     pub beacon_window_ms: u64,
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 impl NodeArgs {
@@ -130,7 +133,10 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         }
         None => (None, args.config()?),
     };
-    let rt = LocalRuntime::new(Config::default()).context("starting the runtime")?;
+    // Its control server, instances and every client it makes: mutual TLS as node-ID
+    // (or plain TCP if explicitly asked).
+    let conn = args.tls.conn(&format!("node-{}", args.id))?;
+    let rt = LocalRuntime::new(Config { conn, ..Config::default() }).context("starting the runtime")?;
     rt.block_on(async move {
         let node = Node::start(config).await.context("starting the node")?;
         register_demo_types(&node);

@@ -50,6 +50,21 @@ impl TlsArgs {
         .with_context(|| format!("loading identity `{name}` from {}", dir.display()))?;
         Ok(ConnConfig { tls: Some(tls), ..ConnConfig::default() })
     }
+
+    /// The same flags as arguments for a child process.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        if self.insecure_plain {
+            v.push("--insecure-plain".into());
+        }
+        if let Some(d) = &self.tls_dir {
+            v.extend(["--tls-dir".into(), d.display().to_string()]);
+        }
+        if let Some(n) = &self.tls_name {
+            v.extend(["--tls-name".into(), n.clone()]);
+        }
+        v
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -111,17 +126,26 @@ fn write(path: &Path, contents: &str, secret: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn issue(ca: &Authority, dir: &Path, leaf: &Leaf) -> anyhow::Result<()> {
+fn issue(ca: &Authority, dir: &Path, leaf: &Leaf, verbose: bool) -> anyhow::Result<()> {
     let issued = ca.issue(leaf)?;
     write(&dir.join(format!("{}.pem", leaf.name)), &issued.cert_pem, false)?;
     write(&dir.join(format!("{}.key", leaf.name)), &issued.key_pem, true)?;
-    println!("issued {} ({}.pem, {}.key)", leaf.name, leaf.name, leaf.name);
+    if verbose {
+        println!("issued {} ({}.pem, {}.key)", leaf.name, leaf.name, leaf.name);
+    }
     Ok(())
 }
 
 /// Makes a CA and the usual identities in `dir` (the cluster demo uses it for a throwaway
 /// cluster).
-pub fn init(dir: &Path, nodes: u32, clients: &[String], days: u64, ips: &[IpAddr]) -> anyhow::Result<()> {
+pub fn init(
+    dir: &Path,
+    nodes: u32,
+    clients: &[String],
+    days: u64,
+    ips: &[IpAddr],
+    verbose: bool,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     if dir.join("ca.key").exists() {
         bail!("{} already holds a CA (ca.key); use `multispace cert issue` to add identities", dir.display());
@@ -132,10 +156,10 @@ pub fn init(dir: &Path, nodes: u32, clients: &[String], days: u64, ips: &[IpAddr
     for i in 1..=nodes {
         let mut leaf = Leaf::new(&format!("node-{i}"), days);
         leaf.ips.extend(ips);
-        issue(&ca, dir, &leaf)?;
+        issue(&ca, dir, &leaf, verbose)?;
     }
     for c in clients {
-        issue(&ca, dir, &Leaf::new(c, days))?;
+        issue(&ca, dir, &Leaf::new(c, days), verbose)?;
     }
     Ok(())
 }
@@ -143,7 +167,7 @@ pub fn init(dir: &Path, nodes: u32, clients: &[String], days: u64, ips: &[IpAddr
 pub fn run(args: CertArgs) -> anyhow::Result<()> {
     match args.command {
         CertCommand::Init { dir, nodes, clients, days, ip } => {
-            init(&dir, nodes, &clients, days, &ip)?;
+            init(&dir, nodes, &clients, days, &ip, true)?;
             println!("CA and certificates in {}; use them with --tls-dir {}", dir.display(), dir.display());
             Ok(())
         }
@@ -155,7 +179,7 @@ pub fn run(args: CertArgs) -> anyhow::Result<()> {
             let mut leaf = Leaf::new(&name, days);
             leaf.ips.extend(ip);
             leaf.dns = dns;
-            issue(&ca, &dir, &leaf)
+            issue(&ca, &dir, &leaf, true)
         }
     }
 }
