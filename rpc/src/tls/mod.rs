@@ -383,6 +383,41 @@ fn principal_of(der: &CertificateDer<'_>) -> Option<Principal> {
     Some(Arc::from(name))
 }
 
+/// One complete handshake between `client` and `server` in memory, no sockets: what the
+/// cryptography and certificate checks cost by themselves (the `tls` benchmark sets it beside
+/// a handshake over loopback). The server certificate must name `127.0.0.1` unless `client`
+/// has a server name.
+pub fn handshake_in_memory(client: &TlsConfig, server: &TlsConfig) -> Result<(), TlsError> {
+    let peer = SocketAddr::from(([127, 0, 0, 1], 0));
+    let name = client.server_name.clone().unwrap_or_else(|| ServerName::IpAddress(peer.ip().into()));
+    let mut c: Connection = ClientConnection::new(client.client.clone(), name).map_err(TlsError::Config)?.into();
+    let server_config = server
+        .server
+        .clone()
+        .ok_or_else(|| TlsError::Config(rustls::Error::General("no certificate to serve with".into())))?;
+    let mut s: Connection = ServerConnection::new(server_config).map_err(TlsError::Config)?.into();
+    let fail = |source| TlsError::Handshake { peer, source };
+    let mut buf = Vec::new();
+    for _ in 0..10 {
+        if !c.is_handshaking() && !s.is_handshaking() && !c.wants_write() {
+            return Ok(());
+        }
+        for client_sends in [true, false] {
+            let (from, to) = if client_sends { (&mut c, &mut s) } else { (&mut s, &mut c) };
+            buf.clear();
+            while from.wants_write() {
+                from.write_tls(&mut buf).map_err(|e| fail(rustls::Error::General(e.to_string())))?;
+            }
+            let mut src = &buf[..];
+            while !src.is_empty() {
+                to.read_tls(&mut src).map_err(|e| fail(rustls::Error::General(e.to_string())))?;
+                to.process_new_packets().map_err(fail)?;
+            }
+        }
+    }
+    Err(TlsError::Incomplete { peer, detail: "the in-memory handshake did not finish".into() })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -418,39 +453,4 @@ mod tests {
         let der = CertificateDer::from_pem_slice(cert.as_bytes()).unwrap();
         assert_eq!(principal_of(&der).as_deref(), Some("alice.clients"));
     }
-}
-
-/// One complete handshake between `client` and `server` in memory, no sockets: what the
-/// cryptography and certificate checks cost by themselves (the `tls` benchmark sets it beside
-/// a handshake over loopback). The server certificate must name `127.0.0.1` unless `client`
-/// has a server name.
-pub fn handshake_in_memory(client: &TlsConfig, server: &TlsConfig) -> Result<(), TlsError> {
-    let peer = SocketAddr::from(([127, 0, 0, 1], 0));
-    let name = client.server_name.clone().unwrap_or_else(|| ServerName::IpAddress(peer.ip().into()));
-    let mut c: Connection = ClientConnection::new(client.client.clone(), name).map_err(TlsError::Config)?.into();
-    let server_config = server
-        .server
-        .clone()
-        .ok_or_else(|| TlsError::Config(rustls::Error::General("no certificate to serve with".into())))?;
-    let mut s: Connection = ServerConnection::new(server_config).map_err(TlsError::Config)?.into();
-    let fail = |source| TlsError::Handshake { peer, source };
-    let mut buf = Vec::new();
-    for _ in 0..10 {
-        if !c.is_handshaking() && !s.is_handshaking() && !c.wants_write() {
-            return Ok(());
-        }
-        for client_sends in [true, false] {
-            let (from, to) = if client_sends { (&mut c, &mut s) } else { (&mut s, &mut c) };
-            buf.clear();
-            while from.wants_write() {
-                from.write_tls(&mut buf).map_err(|e| fail(rustls::Error::General(e.to_string())))?;
-            }
-            let mut src = &buf[..];
-            while !src.is_empty() {
-                to.read_tls(&mut src).map_err(|e| fail(rustls::Error::General(e.to_string())))?;
-                to.process_new_packets().map_err(fail)?;
-            }
-        }
-    }
-    Err(TlsError::Incomplete { peer, detail: "the in-memory handshake did not finish".into() })
 }
