@@ -204,22 +204,17 @@ impl FrameReader {
             } else {
                 rx.recv(target).await
             };
-            let Some((session, cipher, outbox)) = &mut self.tls else {
-                self.buf = received;
-                match res {
-                    Ok(0) if self.buf.is_empty() => return Ok(None),
-                    Ok(0) => return Err(ReadError::Truncated),
-                    Ok(_) => continue,
-                    Err(e) => return Err(ReadError::Io(e)),
-                }
-            };
-            *cipher = received;
+            match &mut self.tls {
+                None => self.buf = received,
+                Some((_, cipher, _)) => *cipher = received,
+            }
             match res {
                 Ok(0) if self.buf.is_empty() => return Ok(None),
                 Ok(0) => return Err(ReadError::Truncated),
                 Ok(_) => {}
                 Err(e) => return Err(ReadError::Io(e)),
             }
+            let Some((session, cipher, outbox)) = &self.tls else { continue };
             self.peer_closed = session.decrypt(cipher, &mut self.buf).map_err(ReadError::Tls)?;
             if session.wants_write() {
                 outbox.wake_writer();

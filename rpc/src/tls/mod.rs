@@ -205,10 +205,9 @@ impl TlsConfig {
 pub(crate) struct Session {
     conn: RefCell<Connection>,
     peer: Option<Principal>,
-    early: RefCell<BytesMut>,
-    /// Set by the first `decrypt`: until then rustls may hold plaintext that arrived in the
-    /// same read as the peer's last handshake message.
-    started: std::cell::Cell<bool>,
+    /// Until the first `decrypt`: records that came in the handshake's last read (rustls
+    /// may also hold plaintext decrypted from it).
+    early: RefCell<Option<BytesMut>>,
 }
 
 impl Session {
@@ -226,9 +225,10 @@ impl Session {
     /// has closed its side (close_notify). Plaintext is taken out as each chunk is processed,
     /// so rustls' own buffer never fills whatever the amount fed.
     pub(crate) fn decrypt(&self, ciphertext: &[u8], dst: &mut BytesMut) -> Result<bool, TlsError> {
-        self.started.set(true);
-        let early = std::mem::take(&mut *self.early.borrow_mut());
-        if !early.is_empty() {
+        // The first call also takes what came with the handshake's last read, and whatever
+        // rustls already decrypted from it.
+        let early = self.early.borrow_mut().take();
+        if let Some(early) = early {
             self.decrypt_one(&early, dst)?;
         }
         self.decrypt_one(ciphertext, dst)
@@ -236,7 +236,7 @@ impl Session {
 
     /// Whether data from the handshake's last read waits to be decrypted or taken.
     pub(crate) fn has_early(&self) -> bool {
-        !self.started.get() || !self.early.borrow().is_empty()
+        self.early.borrow().is_some()
     }
 
     fn decrypt_one(&self, mut ciphertext: &[u8], dst: &mut BytesMut) -> Result<bool, TlsError> {
@@ -359,12 +359,7 @@ pub(crate) async fn handshake(
     let conn = conn.into_inner();
     let principal = conn.peer_certificates().and_then(|c| c.first()).and_then(principal_of);
     // Records that came with the peer's last handshake message wait for the first `decrypt`.
-    Ok(Session {
-        conn: RefCell::new(conn),
-        peer: principal,
-        early: RefCell::new(leftover),
-        started: Default::default(),
-    })
+    Ok(Session { conn: RefCell::new(conn), peer: principal, early: RefCell::new(Some(leftover)) })
 }
 
 async fn flush(stream: &TcpStream, conn: &RefCell<Connection>) -> io::Result<()> {
