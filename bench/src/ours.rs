@@ -111,9 +111,15 @@ impl Rpc {
     }
 
     /// Opens `n` fresh connections one after another (each with its handshake when TLS is
-    /// on) and records how long each took until it was ready for calls.
-    pub fn connects(&mut self, n: u64, hist: &mut Histogram<u64>) {
-        let (addr, conn) = (self.addr, self.conn.clone());
+    /// on) and records how long each took until it was ready for calls. With `resume`, each
+    /// connection also makes one (untimed) null call before it closes, which reads the
+    /// server's resumption ticket, so the next connection resumes; without, TLS clients
+    /// offer no ticket and every handshake is a full one.
+    pub fn connects(&mut self, n: u64, hist: &mut Histogram<u64>, resume: bool) {
+        let (addr, mut conn) = (self.addr, self.conn.clone());
+        if !resume {
+            conn.tls = conn.tls.map(TlsConfig::without_resumption);
+        }
         let h = self
             .client_rt
             .core(0)
@@ -124,6 +130,10 @@ impl Rpc {
                     let client = Client::with_config(addr, conn.clone());
                     client.connect_now().await.expect("benchmark connect");
                     let _ = h.record(t.elapsed().as_nanos() as u64);
+                    if resume {
+                        let m = Shape::Void.method_id();
+                        client.call::<(), ()>(m, &(), CallOptions::default()).await.expect("benchmark call");
+                    }
                 }
                 h
             })

@@ -231,3 +231,39 @@ fn a_runtime_configured_with_tls_uses_it_for_every_client_and_server_it_makes() 
         });
     }
 }
+
+#[test]
+fn a_reconnecting_client_resumes_with_its_principal_and_access_checks_intact() {
+    let pki = Pki::new();
+    each_driver(|_| async {
+        let ran = Rc::new(Cell::new(0));
+        let acl = AccessList::new().allow_method(WHO, "client-*");
+        let addr = serve(service(ran.clone()).with_access(acl), Some(pki.named("node-1")));
+        let before = multispace_rpc::tls::handshake_counts();
+        // One configuration, shared by its connections as a core's is: the first call's
+        // connection reads the server's ticket, the next connections resume with it.
+        let client_tls = pki.named("client-7");
+        for _ in 0..3 {
+            assert_eq!(who(addr, Some(client_tls.clone())).await.unwrap(), "client-7");
+        }
+        let after = multispace_rpc::tls::handshake_counts();
+        assert_eq!(after.client_full - before.client_full, 1, "{after:?}");
+        assert_eq!(after.client_resumed - before.client_resumed, 2, "{after:?}");
+        assert_eq!(after.server_resumed - before.server_resumed, 2, "{after:?}");
+        // A resumed session still answers to the access list: BIG is not allowed to anyone.
+        let client = Client::with_config(addr, conn(Some(client_tls.clone())));
+        let e = client.call::<Vec<u8>, Vec<u8>>(BIG, &vec![1], CallOptions::default()).await.unwrap_err();
+        assert!(matches!(e, CallError::PermissionDenied(_)), "{e:?}");
+        let resumed = multispace_rpc::tls::handshake_counts().client_resumed - after.client_resumed;
+        assert_eq!(resumed, 1, "that connection resumed too");
+        assert_eq!(ran.get(), 3);
+        // Without resumption every handshake is a full one.
+        let full = client_tls.without_resumption();
+        let before = multispace_rpc::tls::handshake_counts();
+        for _ in 0..2 {
+            assert_eq!(who(addr, Some(full.clone())).await.unwrap(), "client-7");
+        }
+        let after = multispace_rpc::tls::handshake_counts();
+        assert_eq!((after.client_full - before.client_full, after.client_resumed - before.client_resumed), (2, 0));
+    });
+}

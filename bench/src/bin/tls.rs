@@ -1,5 +1,5 @@
 //! What mutual TLS costs, side by side with plain TCP in one run (io_uring driver): the
-//! handshake (connect until ready for calls), the null call's latency in both waiting
+//! handshake (connect until ready for calls; full, and resumed from a ticket), the null call's latency in both waiting
 //! styles, and null calls per second with 16 and 256 in flight on one connection.
 //!
 //! `cargo run --release -p multispace-bench --bin tls -- [--quick] [--json PATH]`
@@ -58,41 +58,59 @@ fn main() -> anyhow::Result<()> {
     let mut figures = Vec::new();
     let name = |tls: bool| if tls { "mtls" } else { "plain" };
 
-    // Handshakes: fresh connections one after another.
-    let mut p50 = [Vec::new(), Vec::new()];
-    let mut p99 = [Vec::new(), Vec::new()];
+    // Handshakes: fresh connections one after another — plain TCP, full TLS handshakes, and
+    // TLS resumed from the previous connection's ticket (a client reconnecting to a server
+    // it already knows: after a failure, or a short-lived CLI client).
+    let kinds: [(&str, bool, bool); 3] = [("plain", false, false), ("mtls", true, false), ("mtls", true, true)];
+    let mut p50 = [Vec::new(), Vec::new(), Vec::new()];
+    let mut p99 = [Vec::new(), Vec::new(), Vec::new()];
     for _ in 0..args.rounds {
-        for tls in [false, true] {
+        for (i, &(_, tls, resume)) in kinds.iter().enumerate() {
             let mut rpc = build(tls, Waiting::Sleep)?;
             let mut h = Histogram::<u64>::new(3)?;
-            rpc.connects(conns, &mut h);
-            p50[tls as usize].push(h.value_at_quantile(0.5) as f64 / 1000.0);
-            p99[tls as usize].push(h.value_at_quantile(0.99) as f64 / 1000.0);
+            rpc.connects(conns, &mut h, resume);
+            p50[i].push(h.value_at_quantile(0.5) as f64 / 1000.0);
+            p99[i].push(h.value_at_quantile(0.99) as f64 / 1000.0);
         }
     }
-    for tls in [false, true] {
+    for (i, &(transport, _, resume)) in kinds.iter().enumerate() {
+        let what = if resume {
+            "reconnect until ready (TCP + resumed handshake)"
+        } else {
+            "connect until ready (TCP + handshake)"
+        };
         figures.push(Figure {
-            what: "connect until ready (TCP + handshake)".into(),
-            transport: name(tls),
+            what: what.into(),
+            transport,
             waiting: "sleep".into(),
-            p50_us: Some(median(p50[tls as usize].clone())),
-            p99_us: Some(median(p99[tls as usize].clone())),
+            p50_us: Some(median(p50[i].clone())),
+            p99_us: Some(median(p99[i].clone())),
             calls_per_s: None,
             ratio_to_plain: None,
         });
     }
 
     // The same handshakes in memory: cryptography and certificate checks alone.
-    {
+    for resume in [false, true] {
         let (server, client) = tls_pair()?;
+        let (server, client) =
+            if resume { (server, client) } else { (server.without_resumption(), client.without_resumption()) };
+        // The first handshake of a resuming pair is a full one that fetches the ticket.
+        multispace_rpc::tls::handshake_in_memory(&client, &server)?;
         let mut h = Histogram::<u64>::new(3)?;
         for _ in 0..conns {
             let t = std::time::Instant::now();
-            multispace_rpc::tls::handshake_in_memory(&client, &server)?;
+            let resumed = multispace_rpc::tls::handshake_in_memory(&client, &server)?;
             let _ = h.record(t.elapsed().as_nanos() as u64);
+            anyhow::ensure!(resumed == resume, "handshake kind: resumed {resumed}, expected {resume}");
         }
+        let what = if resume {
+            "resumed handshake in memory (crypto, no I/O)"
+        } else {
+            "handshake in memory (crypto + checks, no I/O)"
+        };
         figures.push(Figure {
-            what: "handshake in memory (crypto + checks, no I/O)".into(),
+            what: what.into(),
             transport: "mtls",
             waiting: "-".into(),
             p50_us: Some(h.value_at_quantile(0.5) as f64 / 1000.0),
@@ -150,13 +168,16 @@ fn main() -> anyhow::Result<()> {
         }
     }
 
-    // Ratios: each TLS figure against the plain figure just before it.
-    for i in 1..figures.len() {
-        if figures[i].transport != "mtls" || figures[i - 1].transport != "plain" {
+    // Ratios: each TLS figure against the latest plain figure measured the same way (the
+    // in-memory handshakes have no plain counterpart).
+    let mut plain: Option<Figure> = None;
+    for f in figures.iter_mut() {
+        if f.transport == "plain" {
+            plain = Some(f.clone());
             continue;
         }
-        let (plain, tls) = (figures[i - 1].clone(), &mut figures[i]);
-        tls.ratio_to_plain = match (plain.p50_us, tls.p50_us, plain.calls_per_s, tls.calls_per_s) {
+        let Some(p) = plain.as_ref().filter(|p| p.waiting == f.waiting) else { continue };
+        f.ratio_to_plain = match (p.p50_us, f.p50_us, p.calls_per_s, f.calls_per_s) {
             (Some(a), Some(b), _, _) => Some(b / a),
             (_, _, Some(a), Some(b)) => Some(b / a),
             _ => None,
