@@ -60,6 +60,28 @@ pub struct BeaconCounters {
     pub key_ids: Vec<u8>,
 }
 
+/// One node of the cluster as the answering node sees it.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(crate = multispace_rpc::rkyv)]
+pub struct MemberRecord {
+    /// The node's id.
+    pub node: u64,
+    /// Its incarnation (greater after every restart).
+    pub incarnation: u64,
+    /// Where it answers control calls (`ip:port`).
+    pub control: String,
+    /// Milliseconds since its last beacon arrived (0 for the answering node itself).
+    pub last_heard_ms: u64,
+    /// Instances it hosts, and how many of them are up.
+    pub instances: u32,
+    /// Of `instances`, those whose health probe passes.
+    pub up: u32,
+    /// The key id its beacons are signed with, if known.
+    pub key_id: Option<u8>,
+    /// True for the answering node.
+    pub this_node: bool,
+}
+
 /// Control of one node.
 pub trait NodeControl {
     /// The node's table of local instances.
@@ -69,6 +91,14 @@ pub trait NodeControl {
     /// Every instance of `service` the node's registry knows, across the cluster.
     #[idempotent]
     async fn lookup(&self, service: String) -> Vec<InstanceRecord>;
+
+    /// Every node this node knows, itself included, by id.
+    #[idempotent]
+    async fn members(&self) -> Vec<MemberRecord>;
+
+    /// Every instance in the cluster this node knows, its own included, up or down, by id.
+    #[idempotent]
+    async fn instances(&self) -> Vec<InstanceRecord>;
 
     /// Beacon counters (authentication failures, replays, goodbyes) and key ids.
     #[idempotent]

@@ -20,7 +20,7 @@ use multispace_rpc::{
 };
 
 use crate::beacon::{unix_ms, BeaconAuth, ClusterKey, KeyId, Keyring, KeyringError, LocalTable, SignedBeacon};
-use crate::control::{self, BeaconCounters, InstanceRecord, NodeControlClient, NodeTable};
+use crate::control::{self, BeaconCounters, InstanceRecord, MemberRecord, NodeControlClient, NodeTable};
 use crate::pacer::Pacer;
 use crate::registry::{BeaconOutcome, Registry};
 
@@ -106,7 +106,7 @@ fn control_service(imp: ControlImpl, admins: &[String]) -> multispace_rpc::Servi
     }
     use control::method_id as m;
     let mut acl = multispace_rpc::AccessList::new();
-    for id in [m::TABLE, m::LOOKUP, m::BEACON_COUNTERS, m::SERVICE_TYPES, m::INTERFACE] {
+    for id in [m::TABLE, m::LOOKUP, m::MEMBERS, m::INSTANCES, m::BEACON_COUNTERS, m::SERVICE_TYPES, m::INTERFACE] {
         acl = acl.allow_method(id, "*");
     }
     for admin in admins {
@@ -612,6 +612,32 @@ impl Node {
         self.lookup(service).iter().filter_map(|x| x.addr.parse().ok().map(|a| (a, x.load))).collect()
     }
 
+    /// Every node known, this one first, then the others by id.
+    pub fn members(&self) -> Vec<MemberRecord> {
+        let table = self.inner.table.borrow().snapshot();
+        let me = MemberRecord {
+            node: self.id(),
+            incarnation: self.incarnation(),
+            control: self.control_addr().to_string(),
+            last_heard_ms: 0,
+            instances: table.instances.len() as u32,
+            up: table.instances.iter().filter(|r| r.up).count() as u32,
+            key_id: Some(self.keyring().get().primary()),
+            this_node: true,
+        };
+        let mut v = vec![me];
+        v.extend(self.inner.registry.borrow().members(Instant::now()));
+        v
+    }
+
+    /// Every instance in the cluster, up or down, this node's included, by id.
+    pub fn all_instances(&self) -> Vec<InstanceRecord> {
+        let mut v = self.inner.registry.borrow().all();
+        v.extend(self.inner.table.borrow().instances().cloned());
+        v.sort_unstable_by_key(|r| r.id);
+        v
+    }
+
     /// Nodes heard from (not counting this one).
     pub fn peers(&self) -> Vec<u64> {
         self.inner.registry.borrow().nodes()
@@ -884,6 +910,14 @@ impl control::NodeControl for ControlImpl {
 
     async fn lookup(&self, _ctx: &CallContext, service: &Archived<String>) -> Result<Vec<InstanceRecord>, Status> {
         Ok(self.node()?.lookup(service.as_str()))
+    }
+
+    async fn members(&self, _ctx: &CallContext) -> Result<Vec<MemberRecord>, Status> {
+        Ok(self.node()?.members())
+    }
+
+    async fn instances(&self, _ctx: &CallContext) -> Result<Vec<InstanceRecord>, Status> {
+        Ok(self.node()?.all_instances())
     }
 
     async fn beacon_counters(&self, _ctx: &CallContext) -> Result<BeaconCounters, Status> {

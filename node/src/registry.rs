@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::beacon::{Beacon, BeaconAuth, BeaconError, KeyId, SignedRef};
-use crate::control::{InstanceRecord, NodeTable};
+use crate::control::{InstanceRecord, MemberRecord, NodeTable};
 
 /// What the registry made of a beacon.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -259,6 +259,26 @@ impl Registry {
         let mut v: Vec<SocketAddr> =
             self.instances_of(service).filter(|r| r.up).filter_map(|r| r.addr.parse().ok()).collect();
         v.sort_unstable();
+        v
+    }
+
+    /// Every node heard from, as of `now`, by id.
+    pub fn members(&self, now: Instant) -> Vec<MemberRecord> {
+        let mut v: Vec<MemberRecord> = self
+            .nodes
+            .iter()
+            .map(|(&node, s)| MemberRecord {
+                node,
+                incarnation: s.incarnation,
+                control: s.control.clone(),
+                last_heard_ms: now.saturating_duration_since(s.last_heard).as_millis() as u64,
+                instances: s.instances.len() as u32,
+                up: s.instances.values().filter(|r| r.up).count() as u32,
+                key_id: s.key,
+                this_node: false,
+            })
+            .collect();
+        v.sort_unstable_by_key(|m| m.node);
         v
     }
 

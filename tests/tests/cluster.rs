@@ -533,3 +533,43 @@ fn under_mutual_tls_nodes_see_each_other_and_only_admins_start_instances() {
         }
     });
 }
+
+#[test]
+fn any_node_lists_every_member_and_instance_over_its_control_interface() {
+    use multispace_node::control::NodeControlClient;
+    use multispace_rpc::Client;
+    each_driver(|kind| async move {
+        let key = key();
+        let p = port(13, kind);
+        let a = start(kind, config(1, p, &key));
+        let b = start(kind, config(2, p, &key));
+        let c = start(kind, config(3, p, &key));
+        let on_b = b.with(|n| n.start_instance(calc::SERVICE).unwrap());
+        let on_c = c.with(|n| n.start_instance(calc::SERVICE).unwrap());
+        let down = on_c.id;
+        c.with(move |n| n.set_up(down, false));
+        let ctl = NodeControlClient::from_client(Client::new(a.with(|n| n.control_addr())));
+        let settled = |n: &Node| {
+            let m = n.members();
+            m.len() == 3 && m.iter().map(|m| m.instances).sum::<u32>() == 2 && m.iter().map(|m| m.up).sum::<u32>() == 1
+        };
+        until("node 1 knows both instances and which is down", || a.with(settled)).await;
+        let members = ctl.members().await.unwrap().to_owned().unwrap();
+        // The answering node first, then the others by id, with what each hosts.
+        let ids: Vec<(u64, bool, u32, u32)> =
+            members.iter().map(|m| (m.node, m.this_node, m.instances, m.up)).collect();
+        assert_eq!(ids, [(1, true, 0, 0), (2, false, 1, 1), (3, false, 1, 0)], "{members:?}");
+        assert_eq!(members[1].control, b.with(|n| n.control_addr()).to_string());
+        assert_eq!(members[2].incarnation, c.with(|n| n.incarnation()));
+        assert!(members.iter().all(|m| m.key_id == Some(0)), "{members:?}");
+        let all = ctl.instances().await.unwrap().to_owned().unwrap();
+        let got: Vec<(u64, bool)> = all.iter().map(|r| (r.id, r.up)).collect();
+        let mut want = vec![(on_b.id, true), (on_c.id, false)];
+        want.sort_unstable();
+        assert_eq!(got, want);
+        // A node that leaves is gone from the listing once its goodbye arrives.
+        drop(c);
+        until("node 3's goodbye", || a.with(|n| n.members().len()) == 2).await;
+        assert_eq!(ctl.members().await.unwrap().len(), 2);
+    });
+}
