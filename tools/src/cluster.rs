@@ -54,7 +54,7 @@ impl Children {
     fn start(&mut self, i: usize) -> anyhow::Result<()> {
         let a = &self.base;
         let child = Command::new(&self.exe)
-            .args(["node", "--id", &(i as u64 + 1).to_string(), "--port", &a.port.to_string()])
+            .args(["node", "--id", &(i as u64 + 1).to_string(), "--port", &a.port.to_string(), "--control-port", "0"])
             .args(["--cluster", &a.cluster, "--key", &a.key])
             .args(["--beacon-ms", &a.beacon_ms.to_string(), "--service", "keiretsu"])
             .args(a.tls.to_args())
@@ -103,6 +103,9 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<()> {
         cluster: format!("demo {pid}"),
         key: format!("multispace demo {pid}"),
         key_file: None,
+        ip: std::net::Ipv4Addr::LOCALHOST,
+        control_port: 0,
+        multicast_if: None,
         services: vec![],
         beacon_ms: 100,
         beacon_window_ms: 30_000,

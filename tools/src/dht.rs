@@ -10,7 +10,7 @@
 //! multispace dht member --group 1 promote 4
 //! multispace dht member --group 1 remove 1
 //! ```
-//! Exit codes: 0 done, 1 error, 3 key not found (`get`), 4 compare failed (`cas`).
+//! Exit codes: as `multispace --help` lists them (3: key not found, 4: compare failed).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -24,6 +24,9 @@ use multispace_dht::maps::Maps;
 use multispace_dht::server::{DhtConfig, DhtServer, Durability};
 use multispace_rpc::{Config, LocalRuntime};
 
+use serde_json::json;
+
+use crate::out::{self, Format, Table, Tone};
 use crate::security::TlsArgs;
 
 #[derive(clap::Args, Debug)]
@@ -80,8 +83,8 @@ enum DhtCommand {
     /// Every node's replicas: role, term, leader, applied index, keys.
     Stat {
         /// Output format.
-        #[arg(short = 'o', long = "output", default_value = "table")]
-        output: Output,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+        output: Format,
         #[command(flatten)]
         conn: ConnArgs,
     },
@@ -95,12 +98,6 @@ enum MemberCmd {
     Promote { node: u64 },
     /// Remove NODE from the group.
     Remove { node: u64 },
-}
-
-#[derive(clap::ValueEnum, Clone, Copy, Debug)]
-enum Output {
-    Table,
-    Json,
 }
 
 #[derive(clap::Args, Debug)]
@@ -190,8 +187,8 @@ async fn client(conn: &ConnArgs) -> anyhow::Result<DhtClient> {
 
 fn print_value(v: &[u8]) {
     match std::str::from_utf8(v) {
-        Ok(s) => println!("{s}"),
-        Err(_) => println!("{v:?}"),
+        Ok(s) => out::print(&format!("{s}\n")),
+        Err(_) => out::print(&format!("{v:?}\n")),
     }
 }
 
@@ -205,7 +202,7 @@ pub fn run(args: DhtArgs) -> anyhow::Result<()> {
                 Some(v) => print_value(&v),
                 None => {
                     eprintln!("{key}: not found");
-                    std::process::exit(3);
+                    std::process::exit(out::exit::NOT_FOUND);
                 }
             }
             Ok(())
@@ -227,7 +224,7 @@ pub fn run(args: DhtArgs) -> anyhow::Result<()> {
                         "{key}: compare failed, it holds {:?}",
                         current.map(|v| String::from_utf8_lossy(&v).into_owned())
                     );
-                    std::process::exit(4);
+                    std::process::exit(out::exit::COMPARE_FAILED);
                 }
             }
         }),
@@ -245,7 +242,7 @@ pub fn run(args: DhtArgs) -> anyhow::Result<()> {
     }
 }
 
-async fn stat(output: Output, conn: ConnArgs) -> anyhow::Result<()> {
+async fn stat(output: Format, conn: ConnArgs) -> anyhow::Result<()> {
     let c = client(&conn).await?;
     let mut rows = Vec::new();
     for (id, addr) in c.nodes() {
@@ -255,74 +252,61 @@ async fn stat(output: Output, conn: ConnArgs) -> anyhow::Result<()> {
         }
     }
     match output {
-        Output::Table => {
-            println!(
-                "{:<6} {:<22} {:<6} {:<14} {:>6} {:>7} {:>10} {:>8}",
-                "NODE", "ADDRESS", "GROUP", "ROLE", "TERM", "LEADER", "APPLIED", "KEYS"
-            );
+        Format::Table => {
+            let mut t = Table::new(&["NODE", "ADDRESS", ">GROUP", "ROLE", ">TERM", ">LEADER", ">APPLIED", ">KEYS"]);
             for (id, addr, view) in &rows {
+                let (id, addr) = ((id.to_string(), Tone::Plain), (addr.to_string(), Tone::Plain));
                 match view {
-                    None => println!("{id:<6} {:<22} {:<6} {:<14}", addr.to_string(), "-", "unreachable"),
+                    None => t.toned_row(vec![id, addr, ("-".into(), Tone::Plain), ("unreachable".into(), Tone::Bad)]),
                     Some(v) if v.failed.is_some() => {
-                        println!(
-                            "{id:<6} {:<22} {:<6} {}",
-                            addr.to_string(),
-                            "-",
-                            v.failed.as_deref().unwrap_or_default()
-                        );
+                        let why = v.failed.clone().unwrap_or_default();
+                        t.toned_row(vec![id, addr, ("-".into(), Tone::Plain), (why, Tone::Bad)]);
                     }
                     Some(v) => {
                         for r in &v.replicas {
-                            let leader = r.leader.map_or("-".to_string(), |l| l.to_string());
-                            println!(
-                                "{id:<6} {:<22} {:<6} {:<14} {:>6} {:>7} {:>10} {:>8}",
-                                addr.to_string(),
-                                r.group,
-                                r.role,
-                                r.term,
-                                leader,
-                                r.applied,
-                                r.keys
-                            );
+                            let role = if r.role == "Leader" { Tone::Good } else { Tone::Plain };
+                            t.toned_row(vec![
+                                id.clone(),
+                                addr.clone(),
+                                (r.group.to_string(), Tone::Plain),
+                                (r.role.clone(), role),
+                                (r.term.to_string(), Tone::Plain),
+                                (r.leader.map_or("-".to_string(), |l| l.to_string()), Tone::Plain),
+                                (r.applied.to_string(), Tone::Plain),
+                                (r.keys.to_string(), Tone::Plain),
+                            ]);
                         }
                     }
                 }
             }
+            out::print(&t.render(out::colour()));
         }
-        Output::Json => {
-            let nodes: Vec<String> = rows
+        Format::Json => {
+            let nodes: Vec<serde_json::Value> = rows
                 .iter()
                 .map(|(id, addr, view)| match view {
-                    None => format!(r#"{{"node":{id},"address":"{addr}","reachable":false}}"#),
-                    Some(v) => {
-                        let replicas: Vec<String> = v
-                            .replicas
-                            .iter()
-                            .map(|r| {
-                                format!(
-                                    r#"{{"group":{},"role":"{}","term":{},"leader":{},"applied":{},"last_index":{},"keys":{},"voters":{:?},"learners":{:?}}}"#,
-                                    r.group,
-                                    r.role,
-                                    r.term,
-                                    r.leader.map_or("null".to_string(), |l| l.to_string()),
-                                    r.applied,
-                                    r.last_index,
-                                    r.keys,
-                                    r.voters,
-                                    r.learners
-                                )
-                            })
-                            .collect();
-                        format!(
-                            r#"{{"node":{id},"address":"{addr}","reachable":true,"durability":"{}","failed":{},"replicas":[{}]}}"#,
-                            v.durability,
-                            v.failed.as_ref().map_or("null".to_string(), |f| format!("{f:?}")),
-                            replicas.join(",")
-                        )
-                    }
+                    None => json!({ "node": id, "address": addr.to_string(), "reachable": false }),
+                    Some(v) => json!({
+                        "node": id,
+                        "address": addr.to_string(),
+                        "reachable": true,
+                        "durability": v.durability.to_string(),
+                        "failed": v.failed,
+                        "replicas": v.replicas.iter().map(|r| json!({
+                            "group": r.group,
+                            "role": r.role,
+                            "term": r.term,
+                            "leader": r.leader,
+                            "applied": r.applied,
+                            "last_index": r.last_index,
+                            "keys": r.keys,
+                            "voters": r.voters,
+                            "learners": r.learners,
+                        })).collect::<Vec<_>>(),
+                    }),
                 })
                 .collect();
-            println!("[{}]", nodes.join(","));
+            out::print_json(&json!(nodes));
         }
     }
     Ok(())

@@ -2,15 +2,17 @@
 //! two-core null-call demo.
 
 mod cluster;
+mod ctl;
 mod demo;
 mod dht;
 mod node;
+mod out;
 mod security;
 
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "multispace", version, about = "multispace cluster substrate")]
+#[command(name = "multispace", version, about = "multispace cluster substrate", after_help = out::EXIT_CODES)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -23,6 +25,10 @@ enum Command {
     Cluster(cluster::ClusterArgs),
     /// One node process (what `cluster` starts), until killed.
     Node(node::NodeArgs),
+    /// The cluster's nodes as one node sees them (any node answers).
+    Members(ctl::MembersArgs),
+    /// Service instances: list them, start and stop them anywhere in the cluster.
+    Svc(ctl::SvcArgs),
     /// The replicated table: run a node, or get/put/del/cas/stat as a client.
     Dht(dht::DhtArgs),
     /// Ping-pong null calls between two cores on loopback and print their latency.
@@ -31,7 +37,14 @@ enum Command {
     Cert(security::CertArgs),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e:#}");
+        std::process::exit(out::exit_code(&e));
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
@@ -42,5 +55,7 @@ fn main() -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(args),
         Command::Dht(args) => dht::run(args),
         Command::Cert(args) => security::run(args),
+        Command::Members(args) => ctl::run_members(args),
+        Command::Svc(args) => ctl::run_svc(args),
     }
 }

@@ -1,13 +1,15 @@
 //! `multispace node`: one Base node process hosting the demo services, beaconing on a
-//! loopback multicast group, until it is killed.
+//! multicast group (on loopback unless `--ip`/`--multicast-if` say otherwise), until it is
+//! killed.
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use crate::security::TlsArgs;
 use anyhow::Context as _;
-use multispace_node::{ClusterKey, Keyring, Node, NodeConfig};
-use multispace_rpc::{Config, LocalRuntime};
+use multispace_node::{BeaconTransport, ClusterKey, Keyring, Node, NodeConfig};
+use multispace_rpc::{Config, LocalRuntime, MulticastGroup};
 use multispace_services::calc;
 use multispace_services::keiretsu::{api, KeiretsuServer};
 use multispace_services::Calculator;
@@ -26,9 +28,22 @@ pub struct NodeArgs {
     /// The node's id, unique in the cluster.
     #[arg(long)]
     pub id: u64,
-    /// The loopback multicast port the cluster beacons on (group 239.255.77.1).
+    /// The multicast port the cluster beacons on (group 239.255.77.1).
     #[arg(long, default_value_t = 47_900)]
     pub port: u16,
+    /// The address the control server and instances bind to, and so the address they are
+    /// advertised at in beacons: peers dial it, and under mutual TLS this node's certificate
+    /// must name it. Loopback keeps the node on this host.
+    #[arg(long, default_value_t = Ipv4Addr::LOCALHOST, value_parser = unicast_ipv4)]
+    pub ip: Ipv4Addr,
+    /// The control server's port, where `multispace members`/`svc` reach this node (0: any
+    /// free port; the one chosen is printed). Nodes sharing an address need different ports.
+    #[arg(long, default_value_t = crate::ctl::DEFAULT_CONTROL_PORT)]
+    pub control_port: u16,
+    /// The address of the interface beacons are sent from and the group is joined on
+    /// (default: --ip). Beacons go out with TTL 1, so they never leave that link.
+    #[arg(long, value_parser = unicast_ipv4)]
+    pub multicast_if: Option<Ipv4Addr>,
     /// The cluster's name, signed into every beacon: clusters sharing a key or a network do
     /// not take in each other's beacons.
     #[arg(long, default_value = "multispace")]
@@ -65,8 +80,17 @@ impl NodeArgs {
 
     fn config_with(&self, keys: Keyring) -> NodeConfig {
         let period = Duration::from_millis(self.beacon_ms);
+        let group = MulticastGroup {
+            group: Ipv4Addr::new(239, 255, 77, 1),
+            port: self.port,
+            interface: self.multicast_if.unwrap_or(self.ip),
+            ttl: 1,
+        };
         NodeConfig {
             id: self.id,
+            ip: self.ip.into(),
+            control_port: self.control_port,
+            beacons: BeaconTransport::Multicast(group),
             cluster: self.cluster.clone(),
             beacon_period: period,
             beacon_window: Duration::from_millis(self.beacon_window_ms),
@@ -74,6 +98,16 @@ impl NodeArgs {
             ..NodeConfig::loopback(self.port, keys)
         }
     }
+}
+
+/// An address a node can bind to and be reached at: not 0.0.0.0 (peers could not dial what
+/// it advertises), multicast or broadcast.
+fn unicast_ipv4(s: &str) -> Result<Ipv4Addr, String> {
+    let ip: Ipv4Addr = s.parse().map_err(|e| format!("{e}"))?;
+    if ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() {
+        return Err(format!("{ip} is not a unicast address peers can reach"));
+    }
+    Ok(ip)
 }
 
 /// A key file, re-read when it changes.
@@ -138,7 +172,10 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     let conn = args.tls.conn(&format!("node-{}", args.id))?;
     let rt = LocalRuntime::new(Config { conn, ..Config::default() }).context("starting the runtime")?;
     rt.block_on(async move {
-        let node = Node::start(config).await.context("starting the node")?;
+        let (ip, port) = (config.ip, config.control_port);
+        let node = Node::start(config).await.with_context(|| {
+            format!("starting the node (control server on {ip}:{port}; --control-port 0 picks a free port)")
+        })?;
         register_demo_types(&node);
         for s in &args.services {
             let name = match s.as_str() {

@@ -46,13 +46,13 @@ pub enum CallError {
     Protocol(#[source] FrameError),
     /// The TLS handshake failed, or the session broke (e.g. the server refused this
     /// client's certificate).
-    #[error("{0}")]
-    Tls(#[source] crate::tls::TlsError),
+    #[error(transparent)]
+    Tls(crate::tls::TlsError),
     /// The caller's principal may not call this method (not run).
     #[error("permission denied: {0}")]
     PermissionDenied(String),
     /// The handler failed with this status.
-    #[error("{0}")]
+    #[error(transparent)]
     Status(#[from] Status),
 }
 
