@@ -48,7 +48,8 @@ multicast 239.255.77.1:$BEACON_PORT out of each host's veth with TTL 1. Needs ro
   exec I CMD...     run CMD in host I's namespace, with \`multispace\` on PATH,
                     MULTISPACE_TLS_DIR set to the certificates (clients default to the
                     \`admin\` identity) and MULTISPACE_NODE to node I's control address
-  status            per host: namespace, node pid and state, fault rules
+  status            per host: namespace, node pid and state, the peers it last reported,
+                    fault rules (with packets dropped)
   logs I            node I's log
   down              kill every node, delete the namespaces, remove the state directory
                     (also after a partial or failed \`up\`)
@@ -241,7 +242,7 @@ cmd_up() {
     if [[ -e $STATE_DIR || -n $(our_namespaces) ]]; then
         ((force)) || die "a cluster exists (state dir $STATE_DIR or namespaces: $(our_namespaces | tr '\n' ' ')); run '$PROG down' first, or 'up $n --force'"
         note "--force: tearing down the existing cluster"
-        cmd_down
+        cmd_down >/dev/null
     fi
     local bin
     bin=$(find_bin)
@@ -299,13 +300,13 @@ cmd_up() {
     for ((i = 1; i <= n; i++)); do
         wait_serving "$i"
     done
-    trap - EXIT INT TERM
     echo "cluster up: $n hosts (ms-h1..ms-h$n, $SUBNET.1..$SUBNET.$n) on bridge $BRIDGE in $HUB," \
         "$([[ $security == tls ]] && echo "mutual TLS (certificates in $STATE_DIR/tls)" || echo "plain TCP")"
     for ((i = 1; i <= n; i++)); do
         echo "  node $i: pid $(node_pid "$i"), control at $(control_addr "$i")"
     done
     echo "logs and state in $STATE_DIR; '$PROG status', '$PROG down'"
+    trap - EXIT INT TERM
 }
 
 up_failed() {
@@ -442,11 +443,18 @@ fault_of() {
     fi
 }
 
+# The peers node I last reported in its log, e.g. [2,3] (empty if it has not yet).
+peers_of() {
+    local log=$STATE_DIR/h$1.log
+    [[ -f $log ]] || return 0
+    sed -n "s/^node $1: peers \(\[.*\]\)$/\1/p" "$log" | tail -n1 | tr -d ' '
+}
+
 cmd_status() {
     require_root
-    local n i ns pid state fault
+    local n i ns pid state fault ctl peers
     n=$(cluster_size)
-    printf '%-5s %-8s %-10s %-8s %-9s %-22s %s\n' host ns address pid node control faults
+    printf '%-5s %-8s %-10s %-8s %-8s %-16s %-10s %s\n' host ns address pid node control peers faults
     for ((i = 1; i <= n; i++)); do
         ns=$(ns_of "$i")
         pid=$(node_pid "$i")
@@ -456,9 +464,12 @@ cmd_status() {
         *) state=running ;;
         esac
         if ns_exists "$ns"; then fault=$(fault_of "$i"); else ns="$ns(gone)" fault=-; fi
-        printf '%-5s %-8s %-10s %-8s %-9s %-22s %s\n' "$i" "$ns" "$SUBNET.$i" "${pid:--}" "$state" \
-            "$(control_addr "$i")" "$fault"
+        ctl=$(control_addr "$i")
+        peers=$(peers_of "$i")
+        printf '%-5s %-8s %-10s %-8s %-8s %-16s %-10s %s\n' "$i" "$ns" "$SUBNET.$i" "${pid:--}" "$state" \
+            "${ctl:--}" "${peers:--}" "$fault"
     done
+    echo "(peers: as node I last logged them; faults: nft rules on its $HOST_IF)"
     echo "hub: $HUB $(ns_exists "$HUB" && echo "(bridge $BRIDGE)" || echo "(gone)"); state in $STATE_DIR;" \
         "security: $(<"$STATE_DIR/security")"
 }

@@ -16,6 +16,8 @@
 //!   and redirectors whose instance sets follow the registry.
 //!
 //! - health probes: a failed probe marks an instance down in the very next beacon;
+//! - [`admin`]: the HTTP admin endpoint — `/metrics` (Prometheus), `/healthz`, and a live
+//!   `/status` page of the cluster as this node sees it;
 //! - [`remote_redirector`]: for clients outside the cluster (no key, no beacons), a
 //!   redirector kept current by asking any known node's control interface.
 //!
@@ -23,6 +25,7 @@
 //! `multispace-tools`.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod beacon;
 mod node;
 pub mod pacer;

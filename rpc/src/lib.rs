@@ -44,6 +44,7 @@
 pub mod buf;
 #[allow(unsafe_code)]
 pub mod driver;
+pub mod metrics;
 pub mod net;
 pub mod proto;
 mod rpc;

@@ -573,3 +573,86 @@ fn any_node_lists_every_member_and_instance_over_its_control_interface() {
         assert_eq!(ctl.members().await.unwrap().len(), 2);
     });
 }
+
+/// `GET path` over our own runtime's TCP (the test's core must not block): status and body.
+async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use multispace_rpc::net::TcpStream;
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n");
+    stream.send_all(bytes::BytesMut::from(req.as_bytes())).await.0.unwrap();
+    let mut all = Vec::new();
+    let mut buf = bytes::BytesMut::with_capacity(64 << 10);
+    loop {
+        buf.clear();
+        buf.reserve(64 << 10);
+        let (n, b) = stream.recv(buf).await;
+        buf = b;
+        if n.unwrap() == 0 {
+            break;
+        }
+        all.extend_from_slice(&buf);
+    }
+    let text = String::from_utf8(all).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, body.to_string())
+}
+
+#[test]
+fn the_admin_endpoint_serves_metrics_health_and_the_cluster_status() {
+    use multispace_node::admin::AdminServer;
+    use multispace_services::calc::CalcClient;
+    each_driver(|kind| async move {
+        let key = key();
+        let p = port(14, kind);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let b = TestNode::start(kind, config(2, p, &key), move |node| {
+            node.register_type(calc::SERVICE, |_| calc::service(Calculator::new("calc")));
+            let admin = AdminServer::bind(node, "127.0.0.1:0".parse().unwrap()).unwrap();
+            tx.send(admin.detach()).unwrap();
+        })
+        .unwrap();
+        let admin = rx.recv().unwrap();
+        let a = start(kind, config(1, p, &key));
+        let rec = b.with(|n| n.start_instance(calc::SERVICE).unwrap());
+        let calc = CalcClient::new(rec.addr.parse().unwrap());
+        for i in 0..5 {
+            assert_eq!(calc.add(i, 1).await.unwrap().to_native(), i + 1);
+        }
+        until("node 2 knows node 1", || b.with(|n| n.members().len()) == 2).await;
+        drop(a);
+
+        let (status, body) = http_get(admin, "/healthz").await;
+        assert_eq!((status, body.as_str()), (200, "ok\n"));
+        let (status, metrics) = http_get(admin, "/metrics").await;
+        assert_eq!(status, 200);
+        // Calls counted on the core that served them, per method, with latency buckets.
+        let calls: u64 = metrics
+            .lines()
+            .filter(|l| l.starts_with("multispace_rpc_calls_total{service=\"Calc\""))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum();
+        assert_eq!(calls, 5, "{metrics}");
+        assert!(metrics.contains("multispace_rpc_call_seconds_bucket{service=\"Calc\""), "{metrics}");
+        assert!(metrics.contains("multispace_beacons_sent_total "), "{metrics}");
+        assert!(metrics.contains("multispace_registry_instances{state=\"up\"} 1"), "{metrics}");
+        let driver = format!("driver=\"{kind}\"");
+        assert!(metrics.contains(&driver), "{metrics}");
+        // Every sample line is `name{labels} value` or `name value` with a number.
+        for line in metrics.lines().filter(|l| !l.starts_with('#')) {
+            let value = line.rsplit(' ').next().unwrap();
+            assert!(value.parse::<f64>().is_ok(), "not a sample: {line}");
+        }
+
+        let (status, json) = http_get(admin, "/status.json").await;
+        assert_eq!(status, 200);
+        let s: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(s["node"], 2);
+        assert_eq!(s["instances"][0]["service"], "Calc");
+        assert_eq!(s["instances"][0]["up"], true);
+        let (status, page) = http_get(admin, "/status").await;
+        assert_eq!(status, 200);
+        assert!(page.contains("/status.json"));
+        assert_eq!(http_get(admin, "/nope").await.0, 404);
+    });
+}

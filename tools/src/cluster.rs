@@ -55,6 +55,7 @@ impl Children {
         let a = &self.base;
         let child = Command::new(&self.exe)
             .args(["node", "--id", &(i as u64 + 1).to_string(), "--port", &a.port.to_string(), "--control-port", "0"])
+            .args(["--admin", "127.0.0.1:0"])
             .args(["--cluster", &a.cluster, "--key", &a.key])
             .args(["--beacon-ms", &a.beacon_ms.to_string(), "--service", "keiretsu"])
             .args(a.tls.to_args())
@@ -105,6 +106,8 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<()> {
         key_file: None,
         ip: std::net::Ipv4Addr::LOCALHOST,
         control_port: 0,
+        admin: "127.0.0.1:0".parse().expect("address"),
+        no_admin: false,
         multicast_if: None,
         services: vec![],
         beacon_ms: 100,

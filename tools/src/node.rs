@@ -40,6 +40,13 @@ pub struct NodeArgs {
     /// free port; the one chosen is printed). Nodes sharing an address need different ports.
     #[arg(long, default_value_t = crate::ctl::DEFAULT_CONTROL_PORT)]
     pub control_port: u16,
+    /// Where the admin endpoint serves /metrics (Prometheus), /healthz and the /status page
+    /// (HTTP; loopback by default — expose it deliberately).
+    #[arg(long, default_value = "127.0.0.1:47902")]
+    pub admin: std::net::SocketAddr,
+    /// No admin endpoint.
+    #[arg(long, conflicts_with = "admin")]
+    pub no_admin: bool,
     /// The address of the interface beacons are sent from and the group is joined on
     /// (default: --ip). Beacons go out with TTL 1, so they never leave that link.
     #[arg(long, value_parser = unicast_ipv4)]
@@ -177,6 +184,16 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
             format!("starting the node (control server on {ip}:{port}; --control-port 0 picks a free port)")
         })?;
         register_demo_types(&node);
+        let _admin = match args.no_admin {
+            true => None,
+            false => {
+                let admin = multispace_node::admin::AdminServer::bind(&node, args.admin).with_context(|| {
+                    format!("admin endpoint on {} (--admin HOST:0 picks a free port, --no-admin for none)", args.admin)
+                })?;
+                println!("node {}: admin at http://{}/status", args.id, admin.local_addr());
+                Some(admin)
+            }
+        };
         for s in &args.services {
             let name = match s.as_str() {
                 "keiretsu" => api::SERVICE,

@@ -41,6 +41,7 @@ fn node(id: u64, beacon_port: u16, control_port: u16, certs: &Path) -> NodeProc 
     let child = Command::new(BIN)
         .args(["node", "--id", &id.to_string(), "--port", &beacon_port.to_string()])
         .args(["--control-port", &control_port.to_string(), "--beacon-ms", "50", "--service", "keiretsu"])
+        .args(["--admin", "127.0.0.1:0"])
         .args(["--cluster", "ctl-test", "--tls-dir"])
         .arg(certs)
         .stdout(Stdio::piped())

@@ -5,8 +5,14 @@
 # within $DEADLINE seconds; any failure exits non-zero with the reason and the node logs.
 #
 #   sudo tools/tests/netcluster.sh          # MULTISPACE_BIN=... to test a given binary
-set -euo pipefail
+set -Eeuo pipefail
 shopt -s inherit_errexit
+
+# A hard limit over everything, whatever hangs: the test re-runs itself under `timeout`
+# (SIGTERM runs the teardown trap below).
+if [[ -z ${NETCLUSTER_TEST_WATCHDOG:-} ]]; then
+    NETCLUSTER_TEST_WATCHDOG=1 exec timeout -k 10 120 "$0" "$@"
+fi
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 NC=$HERE/../netcluster.sh
@@ -36,7 +42,7 @@ root_links() { ip -o link show | awk -F': ' '{print $2}' | sort; }
 # The peers node I last reported (its log after byte OFFSET), e.g. "2, 3".
 peers_of() {
     local i=$1 off=${2:-0}
-    tail -c +$((off + 1)) "$D/h$i.log" 2>/dev/null | sed -n "s/^node $i: peers \[\(.*\)\]$/\1/p" | tail -n1
+    tail -c +$((off + 1)) "$D/h$i.log" 2>/dev/null | sed -n "s/^node $i: peers \[\(.*\)\]$/\1/p" | tail -n1 || true
 }
 
 # wait_peers SECONDS WHAT I=PEERS[@OFFSET]...: wait until every node I reports exactly PEERS
@@ -79,7 +85,7 @@ wait_peers() {
 # expect_fault I REGEX: host I's faults column in `status` matches REGEX.
 expect_fault() {
     local i=$1 want=$2 got
-    got=$("$NC" status | awk -v h="$i" '$1 == h {for (f = 7; f <= NF; f++) printf "%s%s", $f, (f < NF ? " " : "")}')
+    got=$("$NC" status | awk -v h="$i" '$1 == h {for (f = 8; f <= NF; f++) printf "%s%s", $f, (f < NF ? " " : "")}')
     [[ $got =~ ^($want)$ ]] || fail "status shows host $i faults '$got', expected /$want/"
 }
 
@@ -98,6 +104,8 @@ if [[ -n $(ms_namespaces) || -e $D ]]; then
     fail "a netcluster exists (namespaces: $(ms_namespaces | tr '\n' ' '), dir $D): run 'netcluster.sh down' first"
 fi
 trap '"$NC" down >/dev/null 2>&1 || true' EXIT
+trap 'fail "interrupted (or over the 120 s watchdog)"' INT TERM
+trap 'fail "line $LINENO: \`$BASH_COMMAND\` failed (exit $?)"' ERR
 
 links_before=$(root_links)
 step "up 3 (mutual TLS)"

@@ -328,14 +328,17 @@ fn on_request(
         return Err(FrameError::DuplicateRequestId(id));
     }
     if conn.inflight.borrow().len() >= config.max_in_flight {
+        crate::metrics::refused(ErrorCode::Overloaded);
         conn.outbox.push_error(id, method_id, ErrorCode::Overloaded, "too many calls in flight on this connection");
         return Ok(());
     }
     let Some(svc) = find(services, method_id) else {
+        crate::metrics::refused(ErrorCode::UnknownMethod);
         conn.outbox.push_error(id, method_id, ErrorCode::UnknownMethod, "no such method");
         return Ok(());
     };
     if let Err(why) = svc.check_access(method_id, principal.as_deref()) {
+        crate::metrics::refused(ErrorCode::PermissionDenied);
         conn.outbox.push_error(id, method_id, ErrorCode::PermissionDenied, &why);
         return Ok(());
     }
@@ -347,7 +350,10 @@ fn on_request(
             conn.with_inflight(|m| m.insert(id, task));
         }
         Dispatched::Done => {}
-        Dispatched::Unknown => conn.outbox.push_error(id, method_id, ErrorCode::UnknownMethod, "no such method"),
+        Dispatched::Unknown => {
+            crate::metrics::refused(ErrorCode::UnknownMethod);
+            conn.outbox.push_error(id, method_id, ErrorCode::UnknownMethod, "no such method")
+        }
     }
     Ok(())
 }

@@ -255,11 +255,13 @@ impl ServiceBuilder {
     {
         let handler = Rc::new(handler);
         let pool = Rc::new(RefCell::new(Vec::new()));
+        let metrics = crate::metrics::register(self.name.clone(), method_id);
         let dispatch = move |ctx: CallContext, payload: Bytes, reply: Option<Reply>| {
-            let handler = handler.clone();
+            let (handler, metrics) = (handler.clone(), metrics.clone());
             run_pooled(&pool, async move {
-                let method_id = ctx.method_id;
+                let (method_id, started) = (ctx.method_id, Instant::now());
                 let result = run_handler(ctx, payload, |ctx, msg| handler(ctx, msg)).await;
+                metrics.record(started, result.as_ref().map(|_| ()).map_err(Status::code));
                 if let Some(reply) = reply {
                     match result {
                         Ok(v) => reply.ok(method_id, &v),
@@ -282,10 +284,11 @@ impl ServiceBuilder {
     {
         let handler = Rc::new(handler);
         let pool = Rc::new(RefCell::new(Vec::new()));
+        let metrics = crate::metrics::register(self.name.clone(), method_id);
         let dispatch = move |ctx: CallContext, payload: Bytes, reply: Option<Reply>| {
-            let handler = handler.clone();
+            let (handler, metrics) = (handler.clone(), metrics.clone());
             run_pooled(&pool, async move {
-                let method_id = ctx.method_id;
+                let (method_id, started) = (ctx.method_id, Instant::now());
                 let result = run_handler(ctx, payload, |ctx, msg| {
                     let fut = handler(ctx, msg);
                     async move {
@@ -294,6 +297,7 @@ impl ServiceBuilder {
                     }
                 })
                 .await;
+                metrics.record(started, result.as_ref().map(|_| ()).map_err(Status::code));
                 if let Some(reply) = reply {
                     match result {
                         Ok(()) => reply.ok(method_id, &()),

@@ -140,6 +140,11 @@ pub(crate) fn with_core<R>(f: impl FnOnce(&Core) -> R) -> R {
     })
 }
 
+/// The I/O driver of the core the caller runs on (`None` outside a runtime core).
+pub fn current_driver() -> Option<DriverKind> {
+    CURRENT.with(|c| c.borrow().as_ref().map(|core| core.driver.borrow().kind()))
+}
+
 pub(crate) fn with_driver<R>(f: impl FnOnce(&mut Driver) -> R) -> R {
     with_core(|c| f(&mut c.driver.borrow_mut()))
 }
