@@ -113,4 +113,9 @@ pub trait NodeControl {
 
     /// Stop a local instance; false if there was none with this id.
     async fn stop_instance(&self, id: u64) -> bool;
+
+    /// Begin a lame-duck exit (see `Node::drain`): goodbye now, new calls refused, calls in
+    /// flight given `grace_ms` to finish, then the node stops. Answers at once with the
+    /// number of calls in flight.
+    async fn drain(&self, grace_ms: u64) -> u32;
 }

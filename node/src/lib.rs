@@ -41,8 +41,8 @@ pub mod control {
 
 pub use beacon::{BeaconAuth, BeaconError, ClusterKey, KeyId, Keyring, KeyringError};
 pub use node::{
-    BeaconTransport, Health, KeyringHandle, Node, NodeConfig, NodeError, NodeStats, Probe, ServiceFactory, WeakNode,
-    BEACON_METHOD,
+    BeaconTransport, DrainReport, Health, KeyringHandle, Node, NodeConfig, NodeError, NodeStats, Probe, ServiceFactory,
+    WeakNode, BEACON_METHOD,
 };
 pub use registry::{BeaconOutcome, Registry, RegistryStats};
 pub use remote::remote_redirector;

@@ -110,7 +110,10 @@ fn control_service(imp: ControlImpl, admins: &[String]) -> multispace_rpc::Servi
         acl = acl.allow_method(id, "*");
     }
     for admin in admins {
-        acl = acl.allow_method(m::START_INSTANCE, admin).allow_method(m::STOP_INSTANCE, admin);
+        acl = acl
+            .allow_method(m::START_INSTANCE, admin)
+            .allow_method(m::STOP_INSTANCE, admin)
+            .allow_method(m::DRAIN, admin);
     }
     svc.with_access(acl)
 }
@@ -171,6 +174,17 @@ pub struct Health {
 struct ServiceType {
     factory: ServiceFactory,
     probe: Option<Probe>,
+}
+
+/// What [`Node::drain`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Calls running on local instances when the drain began.
+    pub in_flight_at_start: u32,
+    /// Calls still running when the grace period ran out (cut off by the stop).
+    pub abandoned: u32,
+    /// How long the drain took.
+    pub took: Duration,
 }
 
 /// Counters a node keeps.
@@ -660,6 +674,45 @@ impl Node {
         self.halt(true);
     }
 
+    /// Lame-duck exit. Says goodbye at once (every registry drops this node's instances, so
+    /// redirectors stop choosing them), refuses new calls on every local instance with
+    /// `ShuttingDown` (callers that still arrive retry elsewhere: the call did not run), lets
+    /// the calls in flight finish for up to `grace`, then stops the node as [`Node::stop`]
+    /// does. The control interface answers until the end.
+    pub async fn drain(&self, grace: Duration) -> DrainReport {
+        let started = Instant::now();
+        let loads: Vec<multispace_rpc::ServerLoad> =
+            self.inner.running.borrow().values().map(|r| r.load.clone()).collect();
+        let in_flight = || loads.iter().map(|l| l.in_flight()).sum::<u32>();
+        let at_start = in_flight();
+        for l in &loads {
+            l.drain();
+        }
+        if !self.inner.stopped.get() {
+            self.inner.close_beacons(true);
+        }
+        tracing::info!(id = self.id(), in_flight = at_start, grace_ms = grace.as_millis() as u64, "draining");
+        while in_flight() > 0 && started.elapsed() < grace {
+            multispace_rpc::runtime::time::sleep(Duration::from_millis(5)).await;
+        }
+        let abandoned = in_flight();
+        self.halt(false);
+        self.inner.link.ended.wait().await;
+        let report = DrainReport { in_flight_at_start: at_start, abandoned, took: started.elapsed() };
+        tracing::info!(id = self.id(), ?report, "drained");
+        report
+    }
+
+    /// Calls running now on this node's instances.
+    pub fn in_flight(&self) -> u32 {
+        self.inner.running.borrow().values().map(|r| r.load.in_flight()).sum()
+    }
+
+    /// True once the node was stopped (or drained): the process hosting it may exit.
+    pub fn is_stopped(&self) -> bool {
+        self.inner.stopped.get()
+    }
+
     /// [`Node::stop`], and wait until the goodbye has been sent.
     pub async fn shutdown(&self) {
         self.stop();
@@ -934,5 +987,19 @@ impl control::NodeControl for ControlImpl {
 
     async fn stop_instance(&self, _ctx: &CallContext, id: &Archived<u64>) -> Result<bool, Status> {
         Ok(self.node()?.stop_instance(id.to_native()))
+    }
+
+    async fn drain(&self, _ctx: &CallContext, grace_ms: &Archived<u64>) -> Result<u32, Status> {
+        let node = self.node()?;
+        let in_flight = node.in_flight();
+        // The drain outlives this call and ends by stopping the node, control server included:
+        // begin it a moment after this reply is on its way, so the caller hears it.
+        let grace = Duration::from_millis(grace_ms.to_native());
+        spawn(async move {
+            multispace_rpc::runtime::time::sleep(Duration::from_millis(50)).await;
+            node.drain(grace).await;
+        })
+        .detach();
+        Ok(in_flight)
     }
 }

@@ -205,3 +205,41 @@ fn connect_refused_is_a_typed_error() {
         assert!(err.is_retryable() && err.did_not_run());
     });
 }
+
+#[test]
+fn a_draining_server_finishes_calls_in_flight_and_refuses_new_ones_as_not_run() {
+    each_driver(|_| async {
+        // SLOW waits until released; ECHO answers at once.
+        let release = Rc::new(Cell::new(false));
+        let svc = {
+            let release = release.clone();
+            Service::builder("drain")
+                .method(HANG, move |_ctx, _req: Message<()>| {
+                    let release = release.clone();
+                    async move {
+                        until("released", || release.get()).await;
+                        Ok::<u32, Status>(7)
+                    }
+                })
+                .method(ECHO, |_ctx, req: Message<u32>| async move { Ok::<u32, Status>(req.to_native()) })
+                .build()
+        };
+        let server = Server::bind("127.0.0.1:0".parse().unwrap(), [svc]).unwrap();
+        let (addr, load) = (server.local_addr(), server.load());
+        spawn(server.serve()).detach();
+        let client = Client::new(addr);
+        let slow = spawn({
+            let client = client.clone();
+            async move { client.call::<(), u32>(HANG, &(), CallOptions::default()).await.map(|r| r.to_native()) }
+        });
+        until("the slow call runs", || load.in_flight() == 1).await;
+        load.drain();
+        assert!(load.is_draining());
+        let e = client.call::<u32, u32>(ECHO, &5, CallOptions::default()).await.unwrap_err();
+        assert!(e.did_not_run() && e.is_retryable(), "{e:?}");
+        assert!(e.to_string().contains("draining"), "{e}");
+        release.set(true);
+        assert_eq!(must("the call in flight finishes", slow).await.unwrap(), 7);
+        assert_eq!(load.in_flight(), 0);
+    });
+}

@@ -656,3 +656,56 @@ fn the_admin_endpoint_serves_metrics_health_and_the_cluster_status() {
         assert_eq!(http_get(admin, "/nope").await.0, 404);
     });
 }
+
+#[test]
+fn a_draining_node_says_goodbye_refuses_new_calls_and_finishes_those_in_flight() {
+    use multispace_rpc::{CallOptions, Client, Status};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    const SLOW: u32 = 1;
+    each_driver(|kind| async move {
+        let key = key();
+        let p = port(15, kind);
+        let release = Arc::new(AtomicBool::new(false));
+        let r = release.clone();
+        let b = TestNode::start(kind, config(2, p, &key), move |node| {
+            node.register_type("slow", move |_| {
+                let r = r.clone();
+                Service::builder("slow")
+                    .method(SLOW, move |_ctx, _req: Message<()>| {
+                        let r = r.clone();
+                        async move {
+                            until("released", || r.load(Ordering::SeqCst)).await;
+                            Ok::<u32, Status>(7)
+                        }
+                    })
+                    .build()
+            });
+        })
+        .unwrap();
+        let a = start(kind, config(1, p, &key));
+        let rec = b.with(|n| n.start_instance("slow").unwrap());
+        until("node 1 sees the instance", || a.with(|n| n.lookup("slow").len()) == 1).await;
+        let client = Client::new(rec.addr.parse().unwrap());
+        let slow = spawn({
+            let client = client.clone();
+            async move { client.call::<(), u32>(SLOW, &(), CallOptions::default()).await.map(|r| r.to_native()) }
+        });
+        until("the call is running", || b.with(|n| n.in_flight()) == 1).await;
+        let (tx, rx) = std::sync::mpsc::channel();
+        b.with(move |n| {
+            let n = n.clone();
+            spawn(async move { tx.send(n.drain(Duration::from_secs(20)).await).unwrap() }).detach();
+        });
+        // The goodbye reaches node 1 at once: redirectors there stop choosing node 2.
+        until("node 1 forgets node 2", || a.with(|n| n.lookup("slow").is_empty() && n.peers().is_empty())).await;
+        // A call that still arrives is refused as not run (so a redirector retries elsewhere).
+        let e = client.call::<(), u32>(SLOW, &(), CallOptions::default()).await.unwrap_err();
+        assert!(e.did_not_run() && e.is_retryable(), "{e:?}");
+        release.store(true, Ordering::SeqCst);
+        assert_eq!(slow.await.unwrap(), 7, "the call in flight finished");
+        let report = rx.recv().unwrap();
+        assert_eq!((report.in_flight_at_start, report.abandoned), (1, 0), "{report:?}");
+        assert!(b.with(|n| n.is_stopped()));
+    });
+}

@@ -99,7 +99,7 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<()> {
     let pid = std::process::id();
     // A port, cluster label and key of this run's own, so concurrent runs (or tests) cannot mix.
     let base = NodeArgs {
-        id: 0,
+        id: None,
         port: 47_900 + (pid % 40) as u16 * 2,
         cluster: format!("demo {pid}"),
         key: format!("multispace demo {pid}"),
@@ -108,6 +108,8 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<()> {
         control_port: 0,
         admin: "127.0.0.1:0".parse().expect("address"),
         no_admin: false,
+        drain_grace_ms: 10_000,
+        config: None,
         multicast_if: None,
         services: vec![],
         beacon_ms: 100,
@@ -137,7 +139,7 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<()> {
     let conn = TlsArgs { tls_name: Some("demo".into()), ..base.tls.clone() }.conn("demo")?;
     let rt = LocalRuntime::new(Config { conn, ..Config::default() })?;
     rt.block_on(async move {
-        let me = Node::start(NodeArgs { id: 1_000, ..base }.config()?).await?;
+        let me = Node::start(NodeArgs { id: Some(1_000), ..base }.config()?).await?;
         let t =
             wait_for("every instance in the registry", Duration::from_secs(20), || me.lookup(api::SERVICE).len() == n)
                 .await?;

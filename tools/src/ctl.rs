@@ -327,6 +327,33 @@ pub fn run_svc(args: SvcArgs) -> anyhow::Result<()> {
     }
 }
 
+/// `multispace node drain`: start the drain, then wait until the node is gone.
+pub fn drain(conn: &NodeConn, grace_ms: u64) -> anyhow::Result<()> {
+    runtime(conn)?.block_on(async move {
+        let started = std::time::Instant::now();
+        let in_flight = bounded(conn, "starting the drain", control(conn.node).drain(grace_ms)).await?;
+        out::print(&format!(
+            "node at {}: draining ({} calls in flight, at most {grace_ms} ms)\n",
+            conn.node,
+            in_flight.to_native()
+        ));
+        // Gone when its control server stops answering; bounded by the grace period plus a
+        // margin for the goodbye and the exit.
+        let limit = Duration::from_millis(grace_ms) + Duration::from_secs(10);
+        while started.elapsed() < limit {
+            multispace_rpc::runtime::time::sleep(Duration::from_millis(100)).await;
+            let ctl = control(conn.node);
+            // A refused or lost connection means the node is gone; a slow answer does not.
+            if let Ok(Err(_)) = multispace_rpc::runtime::time::timeout(Duration::from_millis(500), ctl.members()).await
+            {
+                out::print(&format!("node at {}: gone after {} ms\n", conn.node, started.elapsed().as_millis()));
+                return Ok(());
+            }
+        }
+        anyhow::bail!("node at {} still answers {} ms after the drain began", conn.node, limit.as_millis())
+    })
+}
+
 /// The control address of node `id`, from the cluster's membership as `conn.node` sees it.
 async fn control_of(conn: &NodeConn, id: u64) -> anyhow::Result<SocketAddr> {
     let m = members(conn).await?;

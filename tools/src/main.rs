@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "multispace", version, about = "multispace cluster substrate", after_help = out::EXIT_CODES)]
-struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     command: Command,
 }
@@ -23,8 +23,9 @@ enum Command {
     /// The main demo: a local cluster of node processes running Keiretsu, with nodes killed
     /// and restarted while messages flow.
     Cluster(cluster::ClusterArgs),
-    /// One node process (what `cluster` starts), until killed.
-    Node(node::NodeArgs),
+    /// One node process (what `cluster` starts): `node [start]` runs one, `node drain` retires
+    /// one gracefully.
+    Node(Box<node::NodeCmd>),
     /// The cluster's nodes as one node sees them (any node answers).
     Members(ctl::MembersArgs),
     /// Service instances: list them, start and stop them anywhere in the cluster.
@@ -45,13 +46,24 @@ fn main() {
 }
 
 fn run() -> anyhow::Result<()> {
+    // `multispace node [start] --config FILE`: the file's settings become defaults that the
+    // environment and flags override (read before clap, which reads the environment).
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("node") && argv.get(2).map(String::as_str) != Some("drain") {
+        let flag = argv.iter().position(|a| a == "--config").and_then(|i| argv.get(i + 1).cloned());
+        let inline = argv.iter().find_map(|a| a.strip_prefix("--config=").map(str::to_string));
+        let env = std::env::var("MULTISPACE_CONFIG").ok();
+        if let Some(path) = flag.or(inline).or(env) {
+            node::apply_config_file(std::path::Path::new(&path))?;
+        }
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
         Command::Cluster(args) => cluster::run(args),
-        Command::Node(args) => node::run(args),
+        Command::Node(args) => node::run(*args),
         Command::Demo(args) => demo::run(args),
         Command::Dht(args) => dht::run(args),
         Command::Cert(args) => security::run(args),

@@ -23,54 +23,94 @@ once a beacon period), so keys rotate without a restart: add the new key on ever
 move it to the first line on every node, then remove the old key once every peer signs with \
 the new one. A file that does not parse is reported and the keys in use are kept.";
 
+/// `multispace node [start] ...` and `multispace node drain`.
+#[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct NodeCmd {
+    #[command(subcommand)]
+    sub: Option<NodeSub>,
+    /// `multispace node --id N ...` is short for `multispace node start --id N ...`.
+    #[command(flatten)]
+    start: NodeArgs,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum NodeSub {
+    /// Run a node until it is killed, drained, or gets SIGTERM/Ctrl-C (which drain it).
+    Start(NodeArgs),
+    /// Lame-duck exit of a running node: it says goodbye (the cluster stops routing to it at
+    /// once), refuses new calls (callers retry elsewhere), lets calls in flight finish for
+    /// up to --grace-ms, then exits. Waits until the node is gone.
+    Drain(DrainArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DrainArgs {
+    /// Longest time calls in flight get to finish.
+    #[arg(long, default_value_t = 10_000)]
+    grace_ms: u64,
+    #[command(flatten)]
+    conn: crate::ctl::NodeConn,
+}
+
 #[derive(clap::Args, Clone, Debug)]
 pub struct NodeArgs {
-    /// The node's id, unique in the cluster.
-    #[arg(long)]
-    pub id: u64,
+    /// The node's id, unique in the cluster (required).
+    #[arg(long, env = "MULTISPACE_ID")]
+    pub id: Option<u64>,
     /// The multicast port the cluster beacons on (group 239.255.77.1).
-    #[arg(long, default_value_t = 47_900)]
+    #[arg(long, env = "MULTISPACE_PORT", default_value_t = 47_900)]
     pub port: u16,
     /// The address the control server and instances bind to, and so the address they are
     /// advertised at in beacons: peers dial it, and under mutual TLS this node's certificate
     /// must name it. Loopback keeps the node on this host.
-    #[arg(long, default_value_t = Ipv4Addr::LOCALHOST, value_parser = unicast_ipv4)]
+    #[arg(long, env = "MULTISPACE_IP", default_value_t = Ipv4Addr::LOCALHOST, value_parser = unicast_ipv4)]
     pub ip: Ipv4Addr,
     /// The control server's port, where `multispace members`/`svc` reach this node (0: any
     /// free port; the one chosen is printed). Nodes sharing an address need different ports.
-    #[arg(long, default_value_t = crate::ctl::DEFAULT_CONTROL_PORT)]
+    #[arg(long, env = "MULTISPACE_CONTROL_PORT", default_value_t = crate::ctl::DEFAULT_CONTROL_PORT)]
     pub control_port: u16,
     /// Where the admin endpoint serves /metrics (Prometheus), /healthz and the /status page
     /// (HTTP; loopback by default — expose it deliberately).
-    #[arg(long, default_value = "127.0.0.1:47902")]
+    #[arg(long, env = "MULTISPACE_ADMIN", default_value = "127.0.0.1:47902")]
     pub admin: std::net::SocketAddr,
     /// No admin endpoint.
-    #[arg(long, conflicts_with = "admin")]
+    #[arg(long, env = "MULTISPACE_NO_ADMIN", conflicts_with = "admin")]
     pub no_admin: bool,
     /// The address of the interface beacons are sent from and the group is joined on
     /// (default: --ip). Beacons go out with TTL 1, so they never leave that link.
-    #[arg(long, value_parser = unicast_ipv4)]
+    #[arg(long, env = "MULTISPACE_MULTICAST_IF", value_parser = unicast_ipv4)]
     pub multicast_if: Option<Ipv4Addr>,
     /// The cluster's name, signed into every beacon: clusters sharing a key or a network do
     /// not take in each other's beacons.
-    #[arg(long, default_value = "multispace")]
+    #[arg(long, env = "MULTISPACE_CLUSTER", default_value = "multispace")]
     pub cluster: String,
     /// The cluster's shared secret, as a passphrase (key id 0).
-    #[arg(long, default_value = "multispace demo")]
+    #[arg(long, env = "MULTISPACE_KEY", hide_env_values = true, default_value = "multispace demo")]
     pub key: String,
     /// A file of beacon keys, re-read when it changes (see --help).
-    #[arg(long, conflicts_with = "key", long_help = KEY_FILE_HELP)]
+    #[arg(long, env = "MULTISPACE_KEY_FILE", conflicts_with = "key", long_help = KEY_FILE_HELP)]
     pub key_file: Option<PathBuf>,
     /// Services to start an instance of (`keiretsu`, `calc`); may repeat.
-    #[arg(long = "service", default_values_t = [String::from("keiretsu")])]
+    #[arg(long = "service", env = "MULTISPACE_SERVICE", value_delimiter = ',', default_values_t = [String::from("keiretsu")])]
     pub services: Vec<String>,
     /// Milliseconds between beacons (each ±10%).
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, env = "MULTISPACE_BEACON_MS", default_value_t = 100)]
     pub beacon_ms: u64,
     /// Beacons sent further than this many milliseconds from this node's clock are dropped as
     /// stale.
-    #[arg(long, default_value_t = 30_000)]
+    #[arg(long, env = "MULTISPACE_BEACON_WINDOW_MS", default_value_t = 30_000)]
     pub beacon_window_ms: u64,
+    /// On SIGTERM or Ctrl-C: drain (goodbye, refuse new calls, let calls in flight finish)
+    /// for at most this many milliseconds, then exit.
+    #[arg(long, env = "MULTISPACE_DRAIN_GRACE_MS", default_value_t = 10_000)]
+    pub drain_grace_ms: u64,
+    /// A file of settings, one `flag = value` a line with the long flag names (`id = 3`,
+    /// `service = keiretsu,calc`, `tls-dir = /etc/multispace`); `#` starts a comment.
+    /// Precedence: flags, then MULTISPACE_* environment variables, then this file, then the
+    /// defaults.
+    #[arg(long, env = "MULTISPACE_CONFIG")]
+    pub config: Option<PathBuf>,
     #[command(flatten)]
     pub tls: TlsArgs,
 }
@@ -94,7 +134,7 @@ impl NodeArgs {
             ttl: 1,
         };
         NodeConfig {
-            id: self.id,
+            id: self.id.unwrap_or_default(),
             ip: self.ip.into(),
             control_port: self.control_port,
             beacons: BeaconTransport::Multicast(group),
@@ -166,7 +206,56 @@ pub fn register_demo_types(node: &Node) {
     node.register_type(calc::SERVICE, |_| calc::service(Calculator::new("calc")));
 }
 
-pub fn run(args: NodeArgs) -> anyhow::Result<()> {
+pub fn run(cmd: NodeCmd) -> anyhow::Result<()> {
+    match cmd.sub {
+        Some(NodeSub::Start(args)) => start(args),
+        None => start(cmd.start),
+        Some(NodeSub::Drain(args)) => crate::ctl::drain(&args.conn, args.grace_ms),
+    }
+}
+
+/// Settings from `--config FILE` (or MULTISPACE_CONFIG) become MULTISPACE_* environment
+/// variables where those are not set already, before the command line is parsed: so flags
+/// beat the environment, which beats the file, which beats the defaults. A key that is not
+/// a `multispace node` flag is an error that names the line.
+pub fn apply_config_file(path: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+    let cmd = <NodeArgs as clap::Args>::augment_args(clap::Command::new("node"));
+    let settings: Vec<(String, String)> = cmd
+        .get_arguments()
+        .filter_map(|a| Some((a.get_long()?.to_string(), a.get_env()?.to_str()?.to_string())))
+        .filter(|(long, _)| long != "config")
+        .collect();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or_default().trim();
+        if line.is_empty() {
+            continue;
+        }
+        let where_ = || format!("{} line {}", path.display(), n + 1);
+        let (key, value) = line.split_once('=').with_context(|| format!("{}: expected `flag = value`", where_()))?;
+        let (key, value) = (key.trim(), value.trim().trim_matches('"'));
+        let Some((_, env)) = settings.iter().find(|(long, _)| long == key) else {
+            let known: Vec<&str> = settings.iter().map(|(l, _)| l.as_str()).collect();
+            anyhow::bail!("{}: unknown setting `{key}` (known: {})", where_(), known.join(", "));
+        };
+        if std::env::var_os(env).is_none() {
+            std::env::set_var(env, value);
+        }
+    }
+    Ok(())
+}
+
+fn start(args: NodeArgs) -> anyhow::Result<()> {
+    let Some(id) = args.id else {
+        // clap's usage error (exit code 2), as for any missing flag.
+        use clap::CommandFactory as _;
+        crate::Cli::command()
+            .error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "--id N is required (or MULTISPACE_ID, or `id = N` in --config)",
+            )
+            .exit();
+    };
     let (mut key_file, config) = match &args.key_file {
         Some(path) => {
             let (f, keys) = KeyFile::open(path)?;
@@ -176,8 +265,13 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     };
     // Its control server, instances and every client it makes: mutual TLS as node-ID
     // (or plain TCP if explicitly asked).
-    let conn = args.tls.conn(&format!("node-{}", args.id))?;
+    let conn = args.tls.conn(&format!("node-{}", id))?;
     let rt = LocalRuntime::new(Config { conn, ..Config::default() }).context("starting the runtime")?;
+    // SIGTERM (what service managers send) and Ctrl-C drain the node instead of killing it.
+    let term = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, term.clone()).context("installing the signal handler")?;
+    }
     rt.block_on(async move {
         let (ip, port) = (config.ip, config.control_port);
         let node = Node::start(config).await.with_context(|| {
@@ -190,7 +284,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
                 let admin = multispace_node::admin::AdminServer::bind(&node, args.admin).with_context(|| {
                     format!("admin endpoint on {} (--admin HOST:0 picks a free port, --no-admin for none)", args.admin)
                 })?;
-                println!("node {}: admin at http://{}/status", args.id, admin.local_addr());
+                println!("node {}: admin at http://{}/status", id, admin.local_addr());
                 Some(admin)
             }
         };
@@ -201,23 +295,41 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
                 other => anyhow::bail!("unknown service `{other}` (keiretsu, calc)"),
             };
             let rec = node.start_instance(name)?;
-            println!("node {}: {} instance {:#x} at {}", args.id, rec.service, rec.id, rec.addr);
+            println!("node {}: {} instance {:#x} at {}", id, rec.service, rec.id, rec.addr);
         }
-        println!("node {}: control at {}, beaconing every {} ms", args.id, node.control_addr(), args.beacon_ms);
+        println!("node {}: control at {}, beaconing every {} ms", id, node.control_addr(), args.beacon_ms);
         let mut peers = Vec::new();
         let mut peer_keys = std::collections::BTreeMap::new();
         let mut dropped = (0, 0);
         loop {
             multispace_rpc::runtime::time::sleep(Duration::from_millis(args.beacon_ms)).await;
+            if term.load(std::sync::atomic::Ordering::Relaxed) {
+                println!("node {}: signalled; draining (at most {} ms)", id, args.drain_grace_ms);
+                let r = node.drain(Duration::from_millis(args.drain_grace_ms)).await;
+                println!(
+                    "node {}: drained in {} ms: {} calls were in flight, {} cut off; exiting",
+                    id,
+                    r.took.as_millis(),
+                    r.in_flight_at_start,
+                    r.abandoned
+                );
+                return Ok(());
+            }
+            if node.is_stopped() {
+                // Drained through the control interface: wait for the goodbye, then exit.
+                node.shutdown().await;
+                println!("node {}: drained; exiting", id);
+                return Ok(());
+            }
             let now = node.peers();
             if now != peers {
-                println!("node {}: peers {:?}", args.id, now);
+                println!("node {}: peers {:?}", id, now);
                 peers = now;
             }
             // What tells the operator an old key can be retired: no peer signs with it.
             let keys = node.peer_keys();
             if keys != peer_keys && key_file.is_some() {
-                println!("node {}: keys peers sign with (peer: key id) {keys:?}", args.id);
+                println!("node {}: keys peers sign with (peer: key id) {keys:?}", id);
             }
             peer_keys = keys;
             let s = node.registry_stats();
@@ -225,15 +337,15 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
                 dropped = (s.rejected(), s.replayed);
                 println!(
                     "node {}: beacons dropped: {} bad MAC, {} unknown key, {} stale, {} malformed, {} replayed",
-                    args.id, s.bad_mac, s.unknown_key, s.stale, s.malformed, s.replayed
+                    id, s.bad_mac, s.unknown_key, s.stale, s.malformed, s.replayed
                 );
             }
             match key_file.as_mut().map(KeyFile::poll) {
                 Some(Ok(Some(ring))) => {
-                    println!("node {}: key file re-read: keys {:?}, primary {}", args.id, ring.ids(), ring.primary());
+                    println!("node {}: key file re-read: keys {:?}, primary {}", id, ring.ids(), ring.primary());
                     node.keyring().replace(ring);
                 }
-                Some(Err(e)) => eprintln!("node {}: {e:#}; keeping the keys in use", args.id),
+                Some(Err(e)) => eprintln!("node {}: {e:#}; keeping the keys in use", id),
                 Some(Ok(None)) | None => {}
             }
         }

@@ -24,7 +24,7 @@ pub struct TlsArgs {
     pub tls_name: Option<String>,
     /// Plain TCP instead of mutual TLS: for benchmarks and loopback-only setups. Never chosen
     /// silently; every member of a cluster must agree.
-    #[arg(long, conflicts_with = "tls_dir")]
+    #[arg(long, env = "MULTISPACE_INSECURE_PLAIN", conflicts_with = "tls_dir")]
     pub insecure_plain: bool,
 }
 

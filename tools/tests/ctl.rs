@@ -164,3 +164,98 @@ fn operators_list_start_and_stop_services_across_the_cluster() {
     watch.stderr.take().unwrap().read_to_string(&mut err).unwrap();
     assert!(status.success() && err.is_empty(), "{status}: {err}");
 }
+
+/// Starts `multispace node` with `args` and `env`; its stdout lines arrive on the channel.
+fn node_with(args: &[&str], env: &[(&str, &str)]) -> (NodeProc, std::sync::mpsc::Receiver<String>) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (NodeProc(child), rx)
+}
+
+/// The first line from `rx` containing `want`, waiting at most 20 seconds.
+fn line_with(rx: &std::sync::mpsc::Receiver<String>, want: &str) -> String {
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains(want) => return line,
+            Ok(_) => {}
+            Err(e) => panic!("no line with `{want}`: {e}"),
+        }
+    }
+}
+
+#[test]
+fn settings_come_from_flags_then_environment_then_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("node.conf");
+    let port = free_port().to_string();
+    std::fs::write(
+        &file,
+        format!(
+            "# a node's settings\nid = 5\nbeacon-ms = 70\nbeacon-window-ms = 9000\ncontrol-port = 0\nport = {port}\ninsecure-plain = true\nno-admin = true\n"
+        ),
+    )
+    .unwrap();
+    let conf = file.to_str().unwrap();
+    // The file alone.
+    let (_n, rx) = node_with(&["node", "--config", conf], &[]);
+    assert!(line_with(&rx, "control at").contains("node 5: control at 127.0.0.1:"));
+    // The environment beats the file; a flag beats both.
+    let (_n, rx) = node_with(&["node", "start", "--config", conf, "--id", "6"], &[("MULTISPACE_BEACON_MS", "90")]);
+    let line = line_with(&rx, "control at");
+    assert!(line.starts_with("node 6:") && line.ends_with("beaconing every 90 ms"), "{line}");
+    // A setting that is not a flag names its line.
+    std::fs::write(&file, "id = 5\nbogus = 1\n").unwrap();
+    let out = Command::new(BIN).args(["node", "--config", conf]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("line 2: unknown setting `bogus`"), "{err}");
+}
+
+#[test]
+fn a_node_drains_on_command_and_on_sigterm_and_the_cluster_routes_around_it_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = certs(dir.path());
+    let beacons = free_port().to_string();
+    let (c1, c2) = (free_port().to_string(), free_port().to_string());
+    let common = ["--port", &beacons, "--beacon-ms", "50", "--cluster", "drain-test", "--admin", "127.0.0.1:0"];
+    let tls = [("MULTISPACE_TLS_DIR", certs.to_str().unwrap())];
+    let (mut n1, rx1) = node_with(&[&["node", "--id", "1", "--control-port", &c1][..], &common].concat(), &tls);
+    let (mut n2, rx2) = node_with(&[&["node", "--id", "2", "--control-port", &c2][..], &common].concat(), &tls);
+    line_with(&rx1, "peers [2]");
+    // `multispace node drain` against node 2: it says goodbye, so node 1 drops it at once
+    // (long before the five missed beacons expiry would take), and its process exits cleanly.
+    let at2 = format!("127.0.0.1:{c2}");
+    let out = cli(&["node", "drain", "--node", &at2, "--grace-ms", "2000"], &certs, "admin");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("draining") && text.contains("gone after"), "{text}");
+    line_with(&rx2, "drained; exiting");
+    assert!(n2.0.wait().unwrap().success());
+    line_with(&rx1, "peers []");
+    let m = json(&cli(&["members", "--node", &format!("127.0.0.1:{c1}"), "-o", "json"], &certs, "admin"));
+    assert_eq!(m.as_array().unwrap().len(), 1);
+    assert!(json(&cli(&["members", "--node", &format!("127.0.0.1:{c1}"), "-o", "json"], &certs, "admin"))[0]
+        ["this_node"]
+        .as_bool()
+        .unwrap());
+    // SIGTERM drains too.
+    let killed = Command::new("kill").args(["-TERM", &n1.0.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    assert!(line_with(&rx1, "drained in").contains("0 cut off"));
+    assert!(n1.0.wait().unwrap().success());
+}

@@ -41,18 +41,37 @@ pub struct Server {
     listener: TcpListener,
     services: Rc<[Service]>,
     config: ServerConfig,
-    load: Rc<Cell<u32>>,
+    load: Rc<ServerState>,
 }
 
-/// A live view of how busy a server is (readable while it serves).
+/// What a server's connections share: how busy it is, and whether it is draining.
+#[derive(Debug, Default)]
+struct ServerState {
+    in_flight: Cell<u32>,
+    draining: Cell<bool>,
+}
+
+/// A live view of how busy a server is, and its lame-duck switch (usable while it serves).
 #[derive(Debug, Clone)]
-pub struct ServerLoad(Rc<Cell<u32>>);
+pub struct ServerLoad(Rc<ServerState>);
 
 impl ServerLoad {
     /// Handlers running now, over all connections (calls that finished inside dispatch do
     /// not count).
     pub fn in_flight(&self) -> u32 {
-        self.0.get()
+        self.0.in_flight.get()
+    }
+
+    /// Lame-duck mode: from now on every new call is refused with `ShuttingDown` (which
+    /// clients and redirectors know did not run, so they retry elsewhere), while the calls
+    /// already running finish and get their replies. Connections stay open meanwhile.
+    pub fn drain(&self) {
+        self.0.draining.set(true);
+    }
+
+    /// True once [`ServerLoad::drain`] was called.
+    pub fn is_draining(&self) -> bool {
+        self.0.draining.get()
     }
 }
 
@@ -60,8 +79,8 @@ impl ServerLoad {
 pub(crate) struct ServerConn {
     pub(crate) outbox: Rc<Outbox>,
     inflight: RefCell<HashMap<u64, JoinHandle<()>>>,
-    /// The server-wide count of running handlers this connection adds to.
-    load: Rc<Cell<u32>>,
+    /// The server-wide count of running handlers this connection adds to, and its drain flag.
+    load: Rc<ServerState>,
 }
 
 impl ServerConn {
@@ -72,7 +91,8 @@ impl ServerConn {
         let r = f(&mut map);
         let after = map.len() as u32;
         // This connection's handlers are part of the total, so it never goes below zero.
-        self.load.set((self.load.get() + after).saturating_sub(before));
+        let n = &self.load.in_flight;
+        n.set((n.get() + after).saturating_sub(before));
         r
     }
 
@@ -192,7 +212,7 @@ fn is_transient_accept_error(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
 }
 
-async fn serve_conn(stream: TcpStream, services: Rc<[Service]>, config: ConnConfig, load: Rc<Cell<u32>>) {
+async fn serve_conn(stream: TcpStream, services: Rc<[Service]>, config: ConnConfig, load: Rc<ServerState>) {
     let peer = stream.peer_addr().ok();
     let stream = Rc::new(stream);
     let session = match &config.tls {
@@ -326,6 +346,11 @@ fn on_request(
     }
     if conn.inflight.borrow().contains_key(&id) {
         return Err(FrameError::DuplicateRequestId(id));
+    }
+    if conn.load.draining.get() {
+        crate::metrics::refused(ErrorCode::ShuttingDown);
+        conn.outbox.push_error(id, method_id, ErrorCode::ShuttingDown, "draining: not taking new calls");
+        return Ok(());
     }
     if conn.inflight.borrow().len() >= config.max_in_flight {
         crate::metrics::refused(ErrorCode::Overloaded);
