@@ -1,4 +1,4 @@
-//! `multispace cluster`: the main demo. Starts a local cluster of node processes on loopback,
+//! `multispace demo` (alias `cluster`): the main demo. Starts a local cluster of node processes on loopback,
 //! runs Keiretsu with a speedometer and a driver, kills nodes one by one while the driver
 //! keeps going, restarts them, and reports what it saw.
 

@@ -1,4 +1,4 @@
-//! The loopback demo: a server on one core, a client on another, null calls between them.
+//! `multispace pingpong`: a server on one core, a client on another, null calls between them.
 
 use std::time::{Duration, Instant};
 

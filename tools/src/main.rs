@@ -22,8 +22,9 @@ pub(crate) struct Cli {
 enum Command {
     /// The main demo: a local cluster of node processes running Keiretsu, with nodes killed
     /// and restarted while messages flow.
-    Cluster(cluster::ClusterArgs),
-    /// One node process (what `cluster` starts): `node [start]` runs one, `node drain` retires
+    #[command(alias = "cluster")]
+    Demo(cluster::ClusterArgs),
+    /// One node process (what `demo` starts): `node [start]` runs one, `node drain` retires
     /// one gracefully.
     Node(Box<node::NodeCmd>),
     /// The cluster's nodes as one node sees them (any node answers).
@@ -33,7 +34,12 @@ enum Command {
     /// The replicated table: run a node, or get/put/del/cas/stat as a client.
     Dht(dht::DhtArgs),
     /// Ping-pong null calls between two cores on loopback and print their latency.
-    Demo(demo::DemoArgs),
+    Pingpong(demo::DemoArgs),
+    /// Print a shell completion script: `source <(multispace completions bash)`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// A cluster CA and node/client certificates for mutual TLS.
     Cert(security::CertArgs),
 }
@@ -62,9 +68,16 @@ fn run() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Cluster(args) => cluster::run(args),
+        Command::Demo(args) => cluster::run(args),
         Command::Node(args) => node::run(*args),
-        Command::Demo(args) => demo::run(args),
+        Command::Pingpong(args) => demo::run(args),
+        Command::Completions { shell } => {
+            use clap::CommandFactory as _;
+            let mut text = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "multispace", &mut text);
+            out::print(&String::from_utf8_lossy(&text));
+            Ok(())
+        }
         Command::Dht(args) => dht::run(args),
         Command::Cert(args) => security::run(args),
         Command::Members(args) => ctl::run_members(args),
