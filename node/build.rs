@@ -1,3 +1,4 @@
 fn main() {
-    multispace_stubgen::compile("interfaces/control.rs");
+    // With JSON access (`multispace call node.METHOD`).
+    multispace_stubgen::Builder::new().json(true).compile("interfaces/control.rs");
 }

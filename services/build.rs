@@ -1,5 +1,8 @@
 fn main() {
-    multispace_stubgen::compile("interfaces/calc.rs");
-    multispace_stubgen::compile("interfaces/keiretsu.rs");
+    // Calc and Keiretsu with JSON access too (`multispace call`); the client endpoint is
+    // called only by the service.
+    let json = multispace_stubgen::Builder::new().json(true);
+    json.compile("interfaces/calc.rs");
+    json.compile("interfaces/keiretsu.rs");
     multispace_stubgen::compile("interfaces/keiretsu_client.rs");
 }

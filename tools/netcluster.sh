@@ -17,6 +17,8 @@ readonly HOST_IF=veth0        # each host's end of its veth pair, inside its nam
 readonly SUBNET=10.77.0       # host I is $SUBNET.I/24
 readonly BEACON_PORT=47900    # multicast group 239.255.77.1, this port
 readonly NFT_TABLE=multispace # the netdev table `cut`/`loss` put on a host's veth
+readonly DHT_PORT=7101        # with `up --dht`: each host's table node, at $SUBNET.I:$DHT_PORT
+readonly DHT_PARTITIONS=4     # ... and the replica groups the table's key space is split into
 readonly MAX_HOSTS=200
 readonly STATE_DIR=${MULTISPACE_NETCLUSTER_DIR:-/tmp/multispace-netcluster}
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -32,25 +34,34 @@ A multispace cluster of N network hosts on this machine: namespaces ms-h1..ms-hN
 (10.77.0.I/24) on a bridge in namespace ms-hub, one \`multispace node\` per host, beacons on
 multicast 239.255.77.1:$BEACON_PORT out of each host's veth with TTL 1. Needs root.
 
-  up N [--insecure-plain] [--force]
+  up N [--insecure-plain] [--force] [--dht]
                     make the hosts and start a node on each: mutual TLS with a throwaway CA
                     (node I is principal node-I, its certificate names 10.77.0.I; an
                     \`admin\` client certificate for operator commands), or plain TCP with
                     --insecure-plain. Fails if a cluster exists, unless --force tears it
                     down first. Cleans up after itself if it fails or is interrupted.
-  kill I            SIGKILL node I
-  start I           start node I again (after kill)
-  pause I           SIGSTOP node I
-  resume I          SIGCONT node I
+                    --dht: also run a replicated table node on each host (\`multispace dht
+                    serve --id I\` at 10.77.0.I:$DHT_PORT, same identity node-I, durable, data
+                    in the state dir; $DHT_PARTITIONS partitions, min(N,3) replicas each)
+  kill I [node|dht] SIGKILL node I, and with --dht its table node (or just the one named)
+  start I [node|dht]
+                    start node I (and its table node) again, whichever is not running
+  pause I [node|dht]
+                    SIGSTOP node I (and its table node)
+  resume I [node|dht]
+                    SIGCONT node I (and its table node)
   cut I             cut host I off: drop every packet in and out of its veth (lo still works)
   loss I PCT        drop PCT% of packets in and out of host I's veth, at random
   heal I            remove host I's cut/loss rules
   exec I CMD...     run CMD in host I's namespace, with \`multispace\` on PATH,
                     MULTISPACE_TLS_DIR set to the certificates (clients default to the
-                    \`admin\` identity) and MULTISPACE_NODE to node I's control address
+                    \`admin\` identity) and MULTISPACE_NODE to node I's control address;
+                    with --dht also MULTISPACE_DHT_SEEDS (10.77.0.I:$DHT_PORT first), so
+                    \`exec I multispace dht stat\` (put, get, ...) just works
   status            per host: namespace, node pid and state, the peers it last reported,
-                    fault rules (with packets dropped)
-  logs I            node I's log
+                    fault rules (with packets dropped); with --dht also each table node's
+                    pid, state and replica roles (as it reports itself, asked from its host)
+  logs I [dht]      node I's log (or its table node's)
   down              kill every node, delete the namespaces, remove the state directory
                     (also after a partial or failed \`up\`)
   help              this text
@@ -60,10 +71,12 @@ Environment:
                              /tmp/multispace-netcluster)
   MULTISPACE_BIN             the multispace binary (default: target/release/multispace, else
                              target/debug/multispace, else built with cargo, release)
-  RUST_LOG                   the nodes' log filter (default info,multispace_node=debug)
+  RUST_LOG                   the nodes' log filter (default info,multispace_node=debug;
+                             table nodes: info,raft=debug, which logs elections)
 
 Examples:
   sudo $PROG up 3
+  sudo $PROG up 3 --dht --force; sudo $PROG exec 1 multispace dht put k v
   sudo $PROG cut 3; sudo $PROG status; sudo $PROG heal 3
   sudo $PROG exec 1 ping -c1 10.77.0.2
   sudo $PROG down
@@ -157,10 +170,16 @@ find_bin() {
 
 # The pid of node I if it is alive (running or stopped) inside ms-hI; nothing otherwise.
 # Checking the namespace guards against a pid reused by some other process.
-node_pid() {
-    local i=$1 pid state
-    [[ -f $STATE_DIR/h$i.pid ]] || return 0
-    pid=$(<"$STATE_DIR/h$i.pid")
+node_pid() { pid_in_ns "$1" "$STATE_DIR/h$1.pid"; }
+
+# The same for host I's table node (`up --dht`).
+dht_pid() { pid_in_ns "$1" "$STATE_DIR/h$1.dht.pid"; }
+
+# The pid in file F if that process is alive inside ms-hI.
+pid_in_ns() {
+    local i=$1 f=$2 pid state
+    [[ -f $f ]] || return 0
+    pid=$(<"$f")
     [[ $pid =~ ^[0-9]+$ ]] || return 0
     state=$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) || return 0
     [[ $state == Z || -z $state ]] && return 0
@@ -193,21 +212,75 @@ start_node() {
     else
         args+=(--tls-dir "$STATE_DIR/tls")
     fi
-    rm -f "$pidf"
     echo "=== $(date '+%F %T') starting node $i in $ns" >>"$log"
+    spawn_in "$ns" "$pidf" "$log" "${RUST_LOG:-info,multispace_node=debug}" "$bin" "${args[@]}" ||
+        die "node $i did not start within 5 s (see $log)"
+}
+
+# spawn_in NS PIDFILE LOG FILTER CMD...: run CMD in namespace NS, in the background and in a
+# session of its own, logging to LOG; fails if its pid file is not there within 5 s.
+spawn_in() {
+    local ns=$1 pidf=$2 log=$3 filter=$4
+    shift 4
+    rm -f "$pidf"
     # The operator's own MULTISPACE_TLS_* must not choose the node's identity; NO_COLOR
     # keeps escape codes out of the log file.
     # shellcheck disable=SC2016 # $$, $0 and $@ are the inner shell's
     setsid ip netns exec "$ns" env -u MULTISPACE_TLS_DIR -u MULTISPACE_TLS_NAME \
-        RUST_LOG="${RUST_LOG:-info,multispace_node=debug}" NO_COLOR=1 \
-        sh -c 'echo $$ >"$0" && exec "$@"' "$pidf" "$bin" "${args[@]}" \
+        -u MULTISPACE_INSECURE_PLAIN RUST_LOG="$filter" NO_COLOR=1 \
+        sh -c 'echo $$ >"$0" && exec "$@"' "$pidf" "$@" \
         </dev/null >>"$log" 2>&1 &
     local t
     for ((t = 0; t < 50; t++)); do
         [[ -s $pidf ]] && return 0
         sleep 0.1
     done
-    die "node $i did not start within 5 s (see $log)"
+    return 1
+}
+
+dht_enabled() { [[ -f $STATE_DIR/dht ]]; }
+
+# Every table node as `id=ip:port`, comma-separated (the same list on every node).
+dht_nodes() {
+    local n i list=''
+    n=$(cluster_size)
+    for ((i = 1; i <= n; i++)); do list+="${list:+,}$i=$SUBNET.$i:$DHT_PORT"; done
+    echo "$list"
+}
+
+# Start host I's table node, durable, its data in the state dir. It presents node-I's
+# certificate (which names $SUBNET.I, the address its peers dial).
+start_dht() {
+    local i=$1 n bin log
+    n=$(cluster_size)
+    bin=$(<"$STATE_DIR/bin")
+    log=$STATE_DIR/h$i.dht.log
+    local args=(dht serve --id "$i" --nodes "$(dht_nodes)" --partitions "$DHT_PARTITIONS"
+        --replicas $((n < 3 ? n : 3)) --data-dir "$STATE_DIR/h$i.dht")
+    if [[ $(<"$STATE_DIR/security") == plain ]]; then
+        args+=(--insecure-plain)
+    else
+        args+=(--tls-dir "$STATE_DIR/tls")
+    fi
+    echo "=== $(date '+%F %T') starting table node $i in $(ns_of "$i")" >>"$log"
+    spawn_in "$(ns_of "$i")" "$STATE_DIR/h$i.dht.pid" "$log" "${RUST_LOG:-info,raft=debug}" "$bin" "${args[@]}" ||
+        die "table node $i did not start within 5 s (see $log)"
+}
+
+# Wait (at most 15 s) until host I's table node says it is serving (in its log after byte
+# OFFSET, default 0).
+wait_dht_serving() {
+    local i=$1 off=${2:-0} log=$STATE_DIR/h$1.dht.log t
+    for ((t = 0; t < 150; t++)); do
+        tail -c +$((off + 1)) "$log" | grep -q "^dht node $i: serving at " && return 0
+        if [[ -z $(dht_pid "$i") ]]; then
+            tail -n 20 "$log" >&2 || true
+            die "table node $i exited during startup (log above: $log)"
+        fi
+        sleep 0.1
+    done
+    tail -n 20 "$log" >&2 || true
+    die "table node $i not serving after 15 s (log above: $log)"
 }
 
 # Wait (at most 15 s) until node I prints its control address, i.e. it is serving.
@@ -226,11 +299,12 @@ wait_serving() {
 }
 
 cmd_up() {
-    local n='' security=tls force=0 a
+    local n='' security=tls force=0 dht=0 a
     for a in "$@"; do
         case $a in
         --insecure-plain) security=plain ;;
         --force) force=1 ;;
+        --dht) dht=1 ;;
         *) [[ -z $n ]] || die "up: unexpected argument '$a'"; n=$a ;;
         esac
     done
@@ -246,6 +320,9 @@ cmd_up() {
     fi
     local bin
     bin=$(find_bin)
+    if ((dht)) && ! timeout 20 "$bin" dht serve --help >/dev/null 2>&1; then
+        die "up --dht: $bin has no \`dht serve\`"
+    fi
     mkdir -m 700 "$STATE_DIR" # fails if another `up` made it meanwhile
     touch "$STATE_DIR/.netcluster" # what tells `down` the directory is ours to remove
     # From here on anything that fails or is interrupted undoes what was made so far.
@@ -255,6 +332,7 @@ cmd_up() {
     echo "$n" >"$STATE_DIR/size"
     echo "$security" >"$STATE_DIR/security"
     echo "$bin" >"$STATE_DIR/bin"
+    ((dht)) && dht_nodes >"$STATE_DIR/dht"
     mkdir "$STATE_DIR/bin.d"
     ln -s "$bin" "$STATE_DIR/bin.d/multispace"
     # A beacon key of this cluster's own (the default passphrase is public).
@@ -300,11 +378,24 @@ cmd_up() {
     for ((i = 1; i <= n; i++)); do
         wait_serving "$i"
     done
+    if ((dht)); then
+        for ((i = 1; i <= n; i++)); do
+            start_dht "$i"
+        done
+        for ((i = 1; i <= n; i++)); do
+            wait_dht_serving "$i"
+        done
+    fi
     echo "cluster up: $n hosts (ms-h1..ms-h$n, $SUBNET.1..$SUBNET.$n) on bridge $BRIDGE in $HUB," \
         "$([[ $security == tls ]] && echo "mutual TLS (certificates in $STATE_DIR/tls)" || echo "plain TCP")"
     for ((i = 1; i <= n; i++)); do
         echo "  node $i: pid $(node_pid "$i"), control at $(control_addr "$i")"
     done
+    if ((dht)); then
+        for ((i = 1; i <= n; i++)); do
+            echo "  table node $i: pid $(dht_pid "$i"), at $SUBNET.$i:$DHT_PORT, data in $STATE_DIR/h$i.dht"
+        done
+    fi
     echo "logs and state in $STATE_DIR; '$PROG status', '$PROG down'"
     trap - EXIT INT TERM
 }
@@ -355,25 +446,64 @@ cmd_down() {
     echo "cluster down"
 }
 
+# The processes of a host that kill/start/pause/resume act on: the one named (node or dht),
+# else the node and, with --dht, its table node.
+procs_of() {
+    case ${1:-} in
+    '') if dht_enabled; then echo node dht; else echo node; fi ;;
+    node) echo node ;;
+    dht) dht_enabled || die "no table nodes: the cluster was not started with 'up N --dht'"; echo dht ;;
+    *) die "expected node or dht, got '$1'" ;;
+    esac
+}
+
+proc_pid() { if [[ $1 == dht ]]; then dht_pid "$2"; else node_pid "$2"; fi; }
+proc_name() { if [[ $1 == dht ]]; then echo "table node $2"; else echo "node $2"; fi; }
+
 cmd_signal() {
-    local sig=$1 what=$2 i pid
+    local sig=$1 what=$2 i p pid procs acted=0
     require_root
     i=$(host_arg "${3:-}")
-    pid=$(node_pid "$i")
-    [[ -n $pid ]] || die "node $i is not running"
-    kill "-$sig" "$pid"
-    echo "node $i (pid $pid): $what"
+    procs=$(procs_of "${4:-}")
+    for p in $procs; do
+        pid=$(proc_pid "$p" "$i")
+        if [[ -z $pid ]]; then
+            [[ $procs == *' '* ]] && note "$(proc_name "$p" "$i") is not running"
+            continue
+        fi
+        kill "-$sig" "$pid"
+        echo "$(proc_name "$p" "$i") (pid $pid): $what"
+        acted=1
+    done
+    ((acted)) || die "$(proc_name "${procs%% *}" "$i") is not running"
 }
 
 cmd_start() {
-    local i
+    local i p pid procs todo=()
     require_root
     i=$(host_arg "${1:-}")
-    [[ -z $(node_pid "$i") ]] || die "node $i is already running (pid $(node_pid "$i"))"
+    procs=$(procs_of "${2:-}")
+    for p in $procs; do
+        [[ -z $(proc_pid "$p" "$i") ]] && todo+=("$p")
+    done
+    if ((${#todo[@]} == 0)); then
+        p=${procs%% *}
+        die "$(proc_name "$p" "$i") is already running (pid $(proc_pid "$p" "$i"))"
+    fi
     ns_exists "$(ns_of "$i")" || die "namespace $(ns_of "$i") is gone"
-    start_node "$i"
-    wait_serving "$i"
-    echo "node $i started (pid $(node_pid "$i")), control at $(control_addr "$i")"
+    for p in "${todo[@]}"; do
+        if [[ $p == node ]]; then
+            start_node "$i"
+            wait_serving "$i"
+            echo "node $i started (pid $(node_pid "$i")), control at $(control_addr "$i")"
+        else
+            local off=0
+            [[ -f $STATE_DIR/h$i.dht.log ]] && off=$(stat -c %s "$STATE_DIR/h$i.dht.log")
+            start_dht "$i"
+            wait_dht_serving "$i" "$off"
+            echo "table node $i started (pid $(dht_pid "$i")), at $SUBNET.$i:$DHT_PORT"
+        fi
+    done
 }
 
 # Replace host I's fault table with the given chains, in one nft transaction (the first
@@ -470,14 +600,45 @@ cmd_status() {
             "${ctl:--}" "${peers:--}" "$fault"
     done
     echo "(peers: as node I last logged them; faults: nft rules on its $HOST_IF)"
+    if dht_enabled; then
+        printf '%-5s %-8s %-8s %-16s %s\n' table pid state address 'replicas (group:role)'
+        local roles
+        for ((i = 1; i <= n; i++)); do
+            pid=$(dht_pid "$i")
+            case $(if [[ -n $pid ]]; then proc_state "$pid"; fi) in
+            '') state=dead ;;
+            T | t) state=paused ;;
+            *) state=running ;;
+            esac
+            roles=-
+            [[ $state == running ]] && roles=$(dht_roles "$i")
+            printf '%-5s %-8s %-8s %-16s %s\n' "$i" "${pid:--}" "$state" "$SUBNET.$i:$DHT_PORT" "${roles:-?}"
+        done
+        echo "(replicas: as table node I reports itself, asked from its own host; 'exec I multispace dht stat' for more)"
+    fi
     echo "hub: $HUB $(ns_exists "$HUB" && echo "(bridge $BRIDGE)" || echo "(gone)"); state in $STATE_DIR;" \
         "security: $(<"$STATE_DIR/security")"
+}
+
+# Host I's table node's replicas as it reports itself, e.g. "1:leader 2:follower", asked from
+# inside host I (so it answers even when the host is cut off); empty if it does not answer.
+dht_roles() {
+    local i=$1 sec=()
+    if [[ $(<"$STATE_DIR/security") == plain ]]; then sec=(--insecure-plain); else sec=(--tls-dir "$STATE_DIR/tls"); fi
+    timeout 10 ip netns exec "$(ns_of "$i")" env -u MULTISPACE_TLS_NAME -u MULTISPACE_INSECURE_PLAIN NO_COLOR=1 \
+        "$(<"$STATE_DIR/bin")" dht stat --seeds "$SUBNET.$i:$DHT_PORT" --timeout-ms 500 "${sec[@]}" 2>/dev/null |
+        awk -v i="$i" '$1 == i && $3 ~ /^[0-9]+$/ {printf "%s%s:%s", (n++ ? " " : ""), $3, $4}
+            $1 == i && $3 == "-" {for (f = 4; f <= NF; f++) printf "%s%s", (f > 4 ? " " : ""), $f}' || true
 }
 
 cmd_logs() {
     local i
     i=$(host_arg "${1:-}")
-    cat "$STATE_DIR/h$i.log"
+    case ${2:-} in
+    '') cat "$STATE_DIR/h$i.log" ;;
+    dht) cat "$STATE_DIR/h$i.dht.log" ;;
+    *) die "logs: expected 'logs I' or 'logs I dht'" ;;
+    esac
 }
 
 cmd_exec() {
@@ -491,6 +652,14 @@ cmd_exec() {
     local ctl
     ctl=$(control_addr "$i")
     [[ -n $ctl ]] && env+=(MULTISPACE_NODE="$ctl")
+    if dht_enabled; then
+        # This host's table node first: a client asks it for the cluster, then the others.
+        local seeds=$SUBNET.$i:$DHT_PORT j n
+        n=$(cluster_size)
+        for ((j = 1; j <= n; j++)); do ((j == i)) || seeds+=",$SUBNET.$j:$DHT_PORT"; done
+        env+=(MULTISPACE_DHT_SEEDS="$seeds")
+        if [[ $(<"$STATE_DIR/security") == plain ]]; then env+=(MULTISPACE_INSECURE_PLAIN=true); fi
+    fi
     exec ip netns exec "$(ns_of "$i")" env "${env[@]}" "$@"
 }
 

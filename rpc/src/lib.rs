@@ -19,6 +19,8 @@
 //! - [`Redirector`]: one client over many instances of a service, with a pluggable
 //!   [`Policy`] and failover that never repeats a non-idempotent call that may have run
 //!   (generated redirector stubs wrap it).
+//! - `json` (feature `json`): calling an interface's methods by name with JSON arguments,
+//!   shared by the stubs stubgen generates with JSON access.
 //!
 //! Unsafe code is confined to `sys` (syscalls), `driver` (buffers handed to the kernel) and
 //! `buf` (access to already-validated archives).
@@ -56,6 +58,15 @@ pub mod tls;
 /// The rkyv this crate archives with (generated stubs derive through it, so a service crate
 /// needs no rkyv dependency of its own unless it defines its own types).
 pub use rkyv;
+/// The serde that stubs generated with JSON access derive through (feature `json`).
+#[cfg(feature = "json")]
+pub use serde;
+/// The serde_json that JSON access speaks (feature `json`).
+#[cfg(feature = "json")]
+pub use serde_json;
+
+#[cfg(feature = "json")]
+pub use rpc::json;
 
 pub use buf::{EncodeError, Message, Payload, Validate};
 pub use driver::{DriverChoice, DriverKind};

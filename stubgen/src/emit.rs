@@ -33,11 +33,19 @@ fn const_name(method: &Ident) -> Ident {
     Ident::new(&method.to_string().trim_start_matches("r#").to_uppercase(), Span::call_site())
 }
 
-pub(crate) fn emit(iface: &Interface) -> TokenStream {
+/// What to generate besides the stubs every interface gets.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Options {
+    /// serde derives on the interface's types, and `json_methods` / `call_json`.
+    pub(crate) json: bool,
+}
+
+pub(crate) fn emit(iface: &Interface, options: Options) -> TokenStream {
     let rpc = quote!(::multispace_rpc);
     let name = &iface.name;
     let service_name = name.to_string();
-    let items = &iface.items;
+    let items: Vec<syn::Item> =
+        if options.json { iface.items.iter().cloned().map(with_serde).collect() } else { iface.items.clone() };
     let docs = &iface.docs;
     let fingerprint = syn::LitInt::new(&format!("{:#018x}", iface.fingerprint), Span::call_site());
     let interface_id = hex(iface.interface_id);
@@ -263,6 +271,8 @@ pub(crate) fn emit(iface: &Interface) -> TokenStream {
          `multispace_rpc::OneWayServer` (one-way and multicast calls)."
     );
 
+    let json = options.json.then(|| emit_json(iface));
+
     quote! {
         #(#items)*
 
@@ -383,6 +393,171 @@ pub(crate) fn emit(iface: &Interface) -> TokenStream {
                 self.redirector.set_instances(instances)
             }
             #(#redirector_methods)*
+        }
+
+        #json
+    }
+}
+
+/// `item` with serde derives (through `multispace_rpc::serde`) if it is a struct or enum that
+/// does not derive serde itself. Added at emission only: method ids hash the file as written.
+fn with_serde(mut item: syn::Item) -> syn::Item {
+    let attrs = match &mut item {
+        syn::Item::Struct(s) => &mut s.attrs,
+        syn::Item::Enum(e) => &mut e.attrs,
+        _ => return item,
+    };
+    let derives_serde = attrs.iter().any(|a| {
+        (a.path().is_ident("derive") && quote!(#a).to_string().contains("serde")) || a.path().is_ident("serde")
+    });
+    if !derives_serde {
+        // The derive first: `#[serde]` is its helper attribute, and must come after it.
+        attrs.push(
+            syn::parse_quote!(#[derive(::multispace_rpc::serde::Serialize, ::multispace_rpc::serde::Deserialize)]),
+        );
+        attrs.push(syn::parse_quote!(#[serde(crate = "::multispace_rpc::serde")]));
+    }
+    item
+}
+
+/// A type as text for people: `Vec<Point>`, `Option<(String, u32)>`.
+pub(crate) fn type_text(ty: &syn::Type) -> String {
+    let mut s = quote!(#ty).to_string();
+    for (from, to) in [
+        (" :: ", "::"),
+        (":: ", "::"),
+        (" <", "<"),
+        ("< ", "<"),
+        (" >", ">"),
+        (" ,", ","),
+        ("( ", "("),
+        (" )", ")"),
+        ("[ ", "["),
+        (" ]", "]"),
+        (" ;", ";"),
+    ] {
+        s = s.replace(from, to);
+    }
+    s
+}
+
+/// The first paragraph of a doc comment, on one line.
+fn first_paragraph(docs: &[syn::Attribute]) -> String {
+    let mut words: Vec<String> = Vec::new();
+    for a in docs {
+        let syn::Meta::NameValue(nv) = &a.meta else { continue };
+        let syn::Expr::Lit(syn::ExprLit { lit: syn::Lit::Str(text), .. }) = &nv.value else { continue };
+        let text = text.value();
+        // `///` alone is an attribute with an empty string: a blank line.
+        for line in text.lines().chain(text.trim().is_empty().then_some("")) {
+            let line = line.trim();
+            if line.is_empty() {
+                if !words.is_empty() {
+                    return words.join(" ");
+                }
+            } else {
+                words.push(line.to_owned());
+            }
+        }
+    }
+    words.join(" ")
+}
+
+/// `json_methods()` and `call_json`: every method by name, with JSON arguments and result.
+fn emit_json(iface: &Interface) -> TokenStream {
+    let rpc = quote!(::multispace_rpc);
+    let json = quote!(#rpc::json);
+    let service_name = iface.name.to_string();
+    let descriptions = iface.methods.iter().map(|m| {
+        let n = m.name.to_string();
+        let params = m.args.iter().map(|a| {
+            let (n, t) = (a.name.to_string(), type_text(&a.ty));
+            quote!((#n, #t))
+        });
+        let returns = m.ret.as_ref().map_or("()".to_owned(), type_text);
+        let one_way = m.kind.is_one_way();
+        let doc = first_paragraph(&m.docs);
+        quote! {
+            #json::JsonMethod { service: SERVICE, name: #n, params: &[#(#params),*], returns: #returns, one_way: #one_way, doc: #doc }
+        }
+    });
+    let arms = iface.methods.iter().enumerate().map(|(i, m)| {
+        let c = const_name(&m.name);
+        let s = format_ident!("{}", args_struct_name(&m.name));
+        let request = match m.args.len() {
+            0 => quote! {
+                #json::no_args(__m, &args)?;
+                let __req = #s {};
+            },
+            1 => {
+                let f = &m.args[0].name;
+                quote!(let __req = #s { #f: #json::one_arg(__m, &args)? };)
+            }
+            _ => {
+                let fields = m.args.iter().enumerate().map(|(i, a)| {
+                    let f = &a.name;
+                    quote!(#f: #json::arg(__m, #i, &__v)?)
+                });
+                quote! {
+                    let __v = #json::split_args(__m, args)?;
+                    let __req = #s { #(#fields),* };
+                }
+            }
+        };
+        let r = m.ret.as_ref().map_or(quote!(()), |t| quote!(#t));
+        let call = quote! {
+            client.call::<#s, #r>(method_id::#c, &__req, options).await.map_err(|e| #json::call_failed(__m, e))?
+        };
+        let answer = if m.ret.is_some() {
+            quote!(#json::result(__m, #call.to_owned()))
+        } else {
+            quote! {
+                #call;
+                ::std::result::Result::Ok(#rpc::serde_json::Value::Null)
+            }
+        };
+        quote!(#i => { #request #answer })
+    });
+    let dispatch = if iface.methods.is_empty() {
+        quote! {
+            let _ = (client, args, options);
+            ::std::result::Result::Err(#json::unknown_method(SERVICE, method, json_methods()))
+        }
+    } else {
+        quote! {
+            let __methods = json_methods();
+            let ::std::option::Option::Some(__i) = #json::find(__methods, method) else {
+                return ::std::result::Result::Err(#json::unknown_method(SERVICE, method, __methods));
+            };
+            let __m = &__methods[__i];
+            match __i {
+                #(#arms)*
+                _ => ::std::result::Result::Err(#json::unknown_method(SERVICE, method, __methods)),
+            }
+        }
+    };
+    let call_doc = format!(
+        " Call `method` of the `{service_name}` instance behind `client` with JSON arguments: an array of \
+         positional values, an object keyed by parameter name, or (one parameter) the bare value; `null` for \
+         none. The arguments become the same request the typed client sends; the result comes back as JSON \
+         (`null` for none). One-way methods are called reliably. Method names match exactly, or else \
+         ignoring case, `_` and `-`."
+    );
+    quote! {
+        /// Every method, described for JSON callers and help texts (see [`call_json`]).
+        pub fn json_methods() -> &'static [#json::JsonMethod] {
+            const METHODS: &[#json::JsonMethod] = &[#(#descriptions),*];
+            METHODS
+        }
+
+        #[doc = #call_doc]
+        pub async fn call_json(
+            client: &#rpc::Client,
+            method: &str,
+            args: #rpc::serde_json::Value,
+            options: #rpc::CallOptions,
+        ) -> ::std::result::Result<#rpc::serde_json::Value, #json::JsonCallError> {
+            #dispatch
         }
     }
 }

@@ -21,7 +21,9 @@
 //!   repeats only methods marked `#[idempotent]` (or calls that certainly did not run), and
 //!   key affinity for the argument marked `#[key]`;
 //! - wire ids per method, derived from the service name, method name and signature (build
-//!   fails on a collision), and an interface fingerprint a client can check against a server.
+//!   fails on a collision), and an interface fingerprint a client can check against a server;
+//! - opt-in ([`Builder::json`]): serde derives on the interface's types, and `call_json`,
+//!   which calls any method by name with JSON arguments (what `multispace call` uses).
 //!
 //! A bad interface fails the build with the file, line and column, and what to do instead.
 //! The run-time half (redirector, interface check) lives in `multispace_rpc`.
@@ -67,8 +69,13 @@ pub enum Error {
 }
 
 /// Generate the stubs for the interface source `source`; `file_name` names it in errors and
-/// in the generated header. Returns formatted Rust.
+/// in the generated header. Returns formatted Rust. (With default settings; see
+/// [`Builder::generate_source`].)
 pub fn generate(source: &str, file_name: &str) -> Result<String, Error> {
+    Builder::new().generate_source(source, file_name)
+}
+
+fn generate_with(source: &str, file_name: &str, options: emit::Options) -> Result<String, Error> {
     let located = |span: proc_macro2::Span, message: String, help: Option<String>| {
         let start = span.start();
         Error::Interface {
@@ -81,7 +88,7 @@ pub fn generate(source: &str, file_name: &str) -> Result<String, Error> {
     };
     let file = syn::parse_file(source).map_err(|e| located(e.span(), e.to_string(), None))?;
     let iface = model::parse(file).map_err(|p| located(p.span, p.message, p.help))?;
-    let tokens = emit::emit(&iface);
+    let tokens = emit::emit(&iface, options);
     let file: syn::File = syn::parse2(tokens).map_err(|e| Error::Interface {
         file: file_name.to_owned(),
         line: 1,
@@ -99,6 +106,7 @@ pub fn generate(source: &str, file_name: &str) -> Result<String, Error> {
 #[derive(Debug, Default, Clone)]
 pub struct Builder {
     out_dir: Option<PathBuf>,
+    json: bool,
 }
 
 impl Builder {
@@ -113,13 +121,31 @@ impl Builder {
         self
     }
 
+    /// Also generate JSON access: the interface's structs and enums derive serde's
+    /// `Serialize` and `Deserialize` (through `multispace_rpc::serde`, unless a type derives
+    /// serde itself), and the stubs gain `json_methods()` (each method's name, parameters,
+    /// result and doc as text) and `call_json(client, method, args, options)`, which calls any
+    /// method by name with JSON arguments and returns its result as JSON. The crate including
+    /// the stubs turns on `multispace-rpc`'s `json` feature; result types must derive rkyv's
+    /// `Deserialize` too. Method ids do not change.
+    pub fn json(mut self, on: bool) -> Self {
+        self.json = on;
+        self
+    }
+
+    /// Generate the stubs for the interface source `source` with these settings; `file_name`
+    /// names it in errors and in the generated header. Returns formatted Rust.
+    pub fn generate_source(&self, source: &str, file_name: &str) -> Result<String, Error> {
+        generate_with(source, file_name, emit::Options { json: self.json })
+    }
+
     /// Generate `<out>/<file stem>.rs` from the interface file at `path` (relative to the
     /// crate root in a build script). Returns the written path.
     pub fn generate(&self, path: impl AsRef<Path>) -> Result<PathBuf, Error> {
         let path = path.as_ref();
         let io = |source| Error::Io { path: path.to_owned(), source };
         let source = std::fs::read_to_string(path).map_err(io)?;
-        let code = generate(&source, &path.display().to_string())?;
+        let code = self.generate_source(&source, &path.display().to_string())?;
         let out_dir = match &self.out_dir {
             Some(d) => d.clone(),
             None => std::env::var_os("OUT_DIR").map(PathBuf::from).ok_or(Error::NoOutDir)?,
@@ -138,10 +164,18 @@ impl Builder {
 /// when it changes. On a bad interface, print the error (file, line, column, help) and fail
 /// the build.
 pub fn compile(path: impl AsRef<Path>) {
-    let path = path.as_ref();
-    println!("cargo:rerun-if-changed={}", path.display());
-    if let Err(e) = Builder::new().generate(path) {
-        eprintln!("{e}");
-        std::process::exit(1);
+    Builder::new().compile(path)
+}
+
+impl Builder {
+    /// For `build.rs`: [`compile`] with these settings, e.g.
+    /// `Builder::new().json(true).compile("interfaces/calc.rs")`.
+    pub fn compile(&self, path: impl AsRef<Path>) {
+        let path = path.as_ref();
+        println!("cargo:rerun-if-changed={}", path.display());
+        if let Err(e) = self.generate(path) {
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
     }
 }

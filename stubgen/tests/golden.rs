@@ -46,3 +46,53 @@ fn a_change_to_a_type_used_by_a_method_changes_its_id() {
     assert_ne!(id(base, "F"), id(&changed, "F"), "P is used through Q");
     assert_eq!(id(base, "G"), id(&changed, "G"));
 }
+
+#[test]
+fn generated_json_access_matches_the_checked_in_copy() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let source = std::fs::read_to_string(dir.join("inventory.rs")).unwrap();
+    let builder = multispace_stubgen::Builder::new().json(true);
+    let got = builder.generate_source(&source, "tests/golden/inventory.rs").unwrap();
+    let expected_path = dir.join("inventory.expected.rs");
+    if std::env::var_os("UPDATE_EXPECT").is_some() {
+        std::fs::write(&expected_path, &got).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&expected_path).unwrap_or_default();
+    assert!(got == expected, "generated code changed; review and rerun with UPDATE_EXPECT=1\n{got}");
+}
+
+#[test]
+fn json_access_is_opt_in_and_keeps_the_method_ids() {
+    let source =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/inventory.rs")).unwrap();
+    let plain = multispace_stubgen::generate(&source, "inventory.rs").unwrap();
+    let json = multispace_stubgen::Builder::new().json(true).generate_source(&source, "inventory.rs").unwrap();
+    assert!(!plain.contains("serde") && !plain.contains("call_json"), "off by default");
+    let id_lines = |code: &str| {
+        code.lines().filter(|l| l.contains("pub const") && l.contains(": u32 =")).map(str::to_owned).collect::<Vec<_>>()
+    };
+    assert_eq!(id_lines(&plain).len(), 5, "four methods and the interface method");
+    assert_eq!(id_lines(&plain), id_lines(&json), "serde derives do not change what travels");
+    // Both types derive serde, after their own derives and rkyv attributes.
+    assert_eq!(json.matches("::multispace_rpc::serde::Serialize").count(), 2, "{json}");
+    assert_eq!(json.matches("#[serde(crate = \"::multispace_rpc::serde\")]").count(), 2);
+    // Parameters and results described as written, docs to the first blank line.
+    for want in [
+        r#"("items", "Vec<Item>"),"#,
+        r#"("note", "Option<String>"),"#,
+        r#"returns: "Option<(Place, u32)>""#,
+        r#"doc: "How many items there are.""#,
+        r#"name: "note","#,
+    ] {
+        assert!(json.contains(want), "missing {want}\n{json}");
+    }
+}
+
+#[test]
+fn a_type_that_derives_serde_itself_is_left_alone() {
+    let source = "#[derive(serde::Serialize, serde::Deserialize)]\npub struct P { pub x: i32 }\npub trait S {\n    async fn f(&self, p: P);\n}\n";
+    let json = multispace_stubgen::Builder::new().json(true).generate_source(source, "s.rs").unwrap();
+    assert!(!json.contains("::multispace_rpc::serde::Serialize"), "{json}");
+    assert!(json.contains("pub async fn call_json"));
+}

@@ -98,7 +98,7 @@ enum SvcCommand {
     },
 }
 
-fn parse_id(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_id(s: &str) -> Result<u64, String> {
     let parsed = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
         Some(hex) => u64::from_str_radix(hex, 16),
         None => s.parse(),
@@ -106,17 +106,17 @@ fn parse_id(s: &str) -> Result<u64, String> {
     parsed.map_err(|e| format!("`{s}` is not an instance id (decimal or 0x hex): {e}"))
 }
 
-fn runtime(conn: &NodeConn) -> anyhow::Result<LocalRuntime> {
+pub(crate) fn runtime(conn: &NodeConn) -> anyhow::Result<LocalRuntime> {
     let conn = conn.tls.conn("admin")?;
     LocalRuntime::new(Config { conn, ..Config::default() }).context("starting the runtime")
 }
 
-fn control(addr: SocketAddr) -> NodeControlClient {
+pub(crate) fn control(addr: SocketAddr) -> NodeControlClient {
     NodeControlClient::from_client(Client::new(addr))
 }
 
 /// Await `f` for at most the connection's timeout.
-async fn bounded<T>(
+pub(crate) async fn bounded<T>(
     conn: &NodeConn,
     what: &str,
     f: impl std::future::Future<Output = Result<T, multispace_rpc::CallError>>,

@@ -1,6 +1,7 @@
 //! `multispace`: operator command line — a node process, the local cluster demo, and the
 //! two-core null-call demo.
 
+mod call;
 mod cluster;
 mod ctl;
 mod demo;
@@ -31,6 +32,8 @@ enum Command {
     Members(ctl::MembersArgs),
     /// Service instances: list them, start and stop them anywhere in the cluster.
     Svc(ctl::SvcArgs),
+    /// Call SERVICE.METHOD of a running instance with JSON arguments and print the JSON result.
+    Call(call::CallArgs),
     /// The replicated table: run a node, or get/put/del/cas/stat as a client.
     Dht(dht::DhtArgs),
     /// Ping-pong null calls between two cores on loopback and print their latency.
@@ -82,5 +85,6 @@ fn run() -> anyhow::Result<()> {
         Command::Cert(args) => security::run(args),
         Command::Members(args) => ctl::run_members(args),
         Command::Svc(args) => ctl::run_svc(args),
+        Command::Call(args) => call::run(args),
     }
 }

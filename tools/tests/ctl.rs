@@ -3,82 +3,13 @@
 //! `svc stop` wherever the instance lives, and the exit codes for a missing instance, an
 //! unreachable node and a refused certificate; and output into a closed pipe ends quietly.
 
+mod common;
+
 use std::io::{BufRead as _, BufReader, Read as _};
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_multispace");
-
-/// A node process, killed when dropped.
-struct NodeProc(Child);
-
-impl Drop for NodeProc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn certs(dir: &Path) -> PathBuf {
-    let certs = dir.join("certs");
-    let out = Command::new(BIN)
-        .args(["cert", "init", "--nodes", "2", "--clients", "admin,mallory", "--dir"])
-        .arg(&certs)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "cert init: {}", String::from_utf8_lossy(&out.stderr));
-    certs
-}
-
-/// Starts node `id` and returns it with its control address (from the line it prints).
-fn node(id: u64, beacon_port: u16, control_port: u16, certs: &Path) -> NodeProc {
-    let child = Command::new(BIN)
-        .args(["node", "--id", &id.to_string(), "--port", &beacon_port.to_string()])
-        .args(["--control-port", &control_port.to_string(), "--beacon-ms", "50", "--service", "keiretsu"])
-        .args(["--admin", "127.0.0.1:0"])
-        .args(["--cluster", "ctl-test", "--tls-dir"])
-        .arg(certs)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut child = NodeProc(child);
-    // Wait for the control server line (the process prints it once it listens).
-    let stdout = child.0.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let want = format!("node {id}: control at 127.0.0.1:{control_port}");
-    loop {
-        match lines.next() {
-            Some(Ok(line)) if line.starts_with(&want) => break,
-            Some(Ok(_)) => {}
-            other => panic!("node {id} ended before serving: {other:?}"),
-        }
-    }
-    // Keep draining its output so it never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    child
-}
-
-fn cli(args: &[&str], certs: &Path, name: &str) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env("MULTISPACE_TLS_DIR", certs)
-        .env("MULTISPACE_TLS_NAME", name)
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap()
-}
-
-fn json(out: &Output) -> serde_json::Value {
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
-}
+use common::{certs, cli, free_port, json, line_with, node, spawn_with as node_with, BIN};
 
 /// Repeats `f` until it returns `Some`, for at most 20 seconds.
 fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
@@ -95,11 +26,11 @@ fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 #[test]
 fn operators_list_start_and_stop_services_across_the_cluster() {
     let dir = tempfile::tempdir().unwrap();
-    let certs = certs(dir.path());
+    let certs = certs(dir.path(), 2, "admin,mallory");
     let beacons = free_port();
     let (c1, c2) = (free_port(), free_port());
-    let _n1 = node(1, beacons, c1, &certs);
-    let _n2 = node(2, beacons, c2, &certs);
+    let _n1 = node(1, beacons, c1, "keiretsu", &certs);
+    let _n2 = node(2, beacons, c2, "keiretsu", &certs);
     let at1 = format!("127.0.0.1:{c1}");
 
     // Both nodes, each with its keiretsu instance, as node 1 sees them.
@@ -165,40 +96,6 @@ fn operators_list_start_and_stop_services_across_the_cluster() {
     assert!(status.success() && err.is_empty(), "{status}: {err}");
 }
 
-/// Starts `multispace node` with `args` and `env`; its stdout lines arrive on the channel.
-fn node_with(args: &[&str], env: &[(&str, &str)]) -> (NodeProc, std::sync::mpsc::Receiver<String>) {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    (NodeProc(child), rx)
-}
-
-/// The first line from `rx` containing `want`, waiting at most 20 seconds.
-fn line_with(rx: &std::sync::mpsc::Receiver<String>, want: &str) -> String {
-    let end = Instant::now() + Duration::from_secs(20);
-    loop {
-        let left = end.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) if line.contains(want) => return line,
-            Ok(_) => {}
-            Err(e) => panic!("no line with `{want}`: {e}"),
-        }
-    }
-}
-
 #[test]
 fn settings_come_from_flags_then_environment_then_config_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -229,7 +126,7 @@ fn settings_come_from_flags_then_environment_then_config_file() {
 #[test]
 fn a_node_drains_on_command_and_on_sigterm_and_the_cluster_routes_around_it_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let certs = certs(dir.path());
+    let certs = certs(dir.path(), 2, "admin");
     let beacons = free_port().to_string();
     let (c1, c2) = (free_port().to_string(), free_port().to_string());
     let common = ["--port", &beacons, "--beacon-ms", "50", "--cluster", "drain-test", "--admin", "127.0.0.1:0"];

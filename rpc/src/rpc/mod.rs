@@ -5,6 +5,8 @@ pub(crate) mod client;
 pub(crate) mod conn;
 pub(crate) mod error;
 pub(crate) mod handle;
+#[cfg(feature = "json")]
+pub mod json;
 pub(crate) mod oneway;
 pub(crate) mod redirect;
 pub(crate) mod server;
