@@ -57,6 +57,7 @@ fn kind_index(code: ErrorCode) -> usize {
 pub(crate) struct MethodCell {
     service: Rc<str>,
     method_id: u32,
+    method: Option<&'static str>,
     calls: Cell<u64>,
     errors: [Cell<u64>; ERROR_KINDS.len()],
     buckets: [Cell<u64>; BUCKETS_NS.len() + 1],
@@ -90,10 +91,11 @@ thread_local! {
 }
 
 /// Counters for a method being registered on this core.
-pub(crate) fn register(service: Rc<str>, method_id: u32) -> Rc<MethodCell> {
+pub(crate) fn register(service: Rc<str>, method_id: u32, method: Option<&'static str>) -> Rc<MethodCell> {
     let cell = Rc::new(MethodCell {
         service,
         method_id,
+        method,
         calls: Cell::new(0),
         errors: Default::default(),
         buckets: Default::default(),
@@ -129,6 +131,8 @@ pub struct MethodMetrics {
     pub service: String,
     /// The method id.
     pub method_id: u32,
+    /// The method's name, if the service was built with names (generated services are).
+    pub method: Option<&'static str>,
     /// Calls finished (successfully or not).
     pub calls: u64,
     /// Failed calls, by kind (labels from [`ERROR_KINDS`]); kinds with none are left out.
@@ -149,6 +153,7 @@ pub fn snapshot() -> (Vec<MethodMetrics>, Vec<(&'static str, u64)>) {
                     out.push(MethodMetrics {
                         service: cell.service.to_string(),
                         method_id: cell.method_id,
+                        method: cell.method,
                         calls: 0,
                         errors: Vec::new(),
                         latency: Latency { buckets: vec![0; BUCKETS_NS.len() + 1], sum_seconds: 0.0 },
@@ -189,8 +194,11 @@ pub fn escape_label(s: &str) -> String {
 /// Append the metrics of [`snapshot`] in the Prometheus text format (0.0.4): calls and
 /// errors as counters, latency as a histogram in seconds, refused calls as a counter.
 pub fn render_prometheus(methods: &[MethodMetrics], refused: &[(&'static str, u64)], out: &mut String) {
-    let label =
-        |m: &MethodMetrics| format!("service=\"{}\",method=\"{:#010x}\"", escape_label(&m.service), m.method_id);
+    // Methods by name where the service gave names (generated services do), else by id.
+    let label = |m: &MethodMetrics| match m.method {
+        Some(name) => format!("service=\"{}\",method=\"{}\"", escape_label(&m.service), escape_label(name)),
+        None => format!("service=\"{}\",method=\"{:#010x}\"", escape_label(&m.service), m.method_id),
+    };
     out.push_str("# HELP multispace_rpc_calls_total Calls served, by service and method.\n");
     out.push_str("# TYPE multispace_rpc_calls_total counter\n");
     for m in methods {
@@ -230,12 +238,12 @@ mod tests {
 
     #[test]
     fn calls_land_in_their_bucket_and_errors_by_kind() {
-        let a = register(Rc::from("svc"), 7);
+        let a = register(Rc::from("svc"), 7, None);
         let now = Instant::now();
         a.record(now, Ok(()));
         a.record(now - Duration::from_millis(3), Err(ErrorCode::Application));
         // A second instance of the same service on this core adds to the same line.
-        let b = register(Rc::from("svc"), 7);
+        let b = register(Rc::from("svc"), 7, None);
         b.record(now - Duration::from_secs(10), Err(ErrorCode::DeadlineExceeded));
         refused(ErrorCode::PermissionDenied);
         let (methods, refused) = snapshot();

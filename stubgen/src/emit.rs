@@ -63,6 +63,14 @@ pub(crate) fn emit(iface: &Interface, options: Options) -> TokenStream {
         quote!(#rpc::stub::MethodInfo { name: #n.to_owned(), id: method_id::#c })
     });
 
+    let method_names: Vec<_> = methods
+        .iter()
+        .map(|m| {
+            let (n, c) = (m.name.to_string(), const_name(&m.name));
+            quote!((method_id::#c, #n))
+        })
+        .collect();
+
     let arg_structs = methods.iter().map(|m| {
         let s = format_ident!("{}", args_struct_name(&m.name));
         let fields = m.args.iter().map(|a| {
@@ -292,6 +300,9 @@ pub(crate) fn emit(iface: &Interface, options: Options) -> TokenStream {
         }
 
         /// This interface as built into this crate (what a server reports, and a client checks).
+        /// Each method's wire id and name (how metrics label calls).
+        pub const METHOD_NAMES: &[(u32, &str)] = &[#(#method_names),*];
+
         pub fn interface_info() -> #rpc::stub::InterfaceInfo {
             #rpc::stub::InterfaceInfo {
                 service: SERVICE.to_owned(),
@@ -319,6 +330,7 @@ pub(crate) fn emit(iface: &Interface, options: Options) -> TokenStream {
         /// [`service`] over a shared implementation.
         pub fn service_rc<S: #name>(imp: ::std::rc::Rc<S>) -> #rpc::Service {
             #rpc::Service::builder(SERVICE)
+                .method_names(METHOD_NAMES)
                 #(#registrations)*
                 .method(method_id::INTERFACE, |_ctx: #rpc::CallContext, _req: #rpc::Message<()>| async move {
                     ::std::result::Result::<_, #rpc::Status>::Ok(interface_info())

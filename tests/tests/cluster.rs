@@ -633,7 +633,7 @@ fn the_admin_endpoint_serves_metrics_health_and_the_cluster_status() {
             .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
             .sum();
         assert_eq!(calls, 5, "{metrics}");
-        assert!(metrics.contains("multispace_rpc_call_seconds_bucket{service=\"Calc\""), "{metrics}");
+        assert!(metrics.contains("multispace_rpc_call_seconds_bucket{service=\"Calc\",method=\"add\""), "{metrics}");
         assert!(metrics.contains("multispace_beacons_sent_total "), "{metrics}");
         assert!(metrics.contains("multispace_registry_instances{state=\"up\"} 1"), "{metrics}");
         let driver = format!("driver=\"{kind}\"");

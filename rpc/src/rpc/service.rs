@@ -176,7 +176,7 @@ impl std::fmt::Debug for Service {
 impl Service {
     /// Start building a service called `name`.
     pub fn builder(name: &str) -> ServiceBuilder {
-        ServiceBuilder { name: name.into(), methods: HashMap::new() }
+        ServiceBuilder { name: name.into(), methods: HashMap::new(), method_names: &[] }
     }
 
     /// The service's name.
@@ -231,6 +231,8 @@ impl Service {
 pub struct ServiceBuilder {
     name: Rc<str>,
     methods: HashMap<u32, Rc<Dispatch>>,
+    /// Names of method ids, for metrics (generated stubs give them).
+    method_names: &'static [(u32, &'static str)],
 }
 
 impl std::fmt::Debug for ServiceBuilder {
@@ -240,6 +242,18 @@ impl std::fmt::Debug for ServiceBuilder {
 }
 
 impl ServiceBuilder {
+    /// Names for the method ids registered after this, as metrics label them (generated
+    /// services pass their interface's names; without one, a method is labelled by its id).
+    pub fn method_names(mut self, names: &'static [(u32, &'static str)]) -> Self {
+        self.method_names = names;
+        self
+    }
+
+    fn metrics(&self, method_id: u32) -> Rc<crate::metrics::MethodCell> {
+        let name = self.method_names.iter().find(|(id, _)| *id == method_id).map(|(_, n)| *n);
+        crate::metrics::register(self.name.clone(), method_id, name)
+    }
+
     /// Register a request/response method. The handler gets the validated, archived request
     /// in place; its `Ok` value is archived straight into the connection's outgoing buffer.
     ///
@@ -255,7 +269,7 @@ impl ServiceBuilder {
     {
         let handler = Rc::new(handler);
         let pool = Rc::new(RefCell::new(Vec::new()));
-        let metrics = crate::metrics::register(self.name.clone(), method_id);
+        let metrics = self.metrics(method_id);
         let dispatch = move |ctx: CallContext, payload: Bytes, reply: Option<Reply>| {
             let (handler, metrics) = (handler.clone(), metrics.clone());
             run_pooled(&pool, async move {
@@ -284,7 +298,7 @@ impl ServiceBuilder {
     {
         let handler = Rc::new(handler);
         let pool = Rc::new(RefCell::new(Vec::new()));
-        let metrics = crate::metrics::register(self.name.clone(), method_id);
+        let metrics = self.metrics(method_id);
         let dispatch = move |ctx: CallContext, payload: Bytes, reply: Option<Reply>| {
             let (handler, metrics) = (handler.clone(), metrics.clone());
             run_pooled(&pool, async move {

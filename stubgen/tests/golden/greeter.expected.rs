@@ -23,6 +23,14 @@ pub mod method_id {
     pub const INTERFACE: u32 = 0x92cd23f6;
 }
 /// This interface as built into this crate (what a server reports, and a client checks).
+/// Each method's wire id and name (how metrics label calls).
+pub const METHOD_NAMES: &[(u32, &str)] = &[
+    (method_id::GREET, "greet"),
+    (method_id::LOOKUP, "lookup"),
+    (method_id::VISIT, "visit"),
+    (method_id::NOTE, "note"),
+    (method_id::BROADCAST, "broadcast"),
+];
 pub fn interface_info() -> ::multispace_rpc::stub::InterfaceInfo {
     ::multispace_rpc::stub::InterfaceInfo {
         service: SERVICE.to_owned(),
@@ -130,6 +138,7 @@ pub fn service<S: Greeter>(imp: S) -> ::multispace_rpc::Service {
 /// [`service`] over a shared implementation.
 pub fn service_rc<S: Greeter>(imp: ::std::rc::Rc<S>) -> ::multispace_rpc::Service {
     ::multispace_rpc::Service::builder(SERVICE)
+        .method_names(METHOD_NAMES)
         .method(
             method_id::GREET,
             {

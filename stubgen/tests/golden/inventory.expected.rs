@@ -44,6 +44,13 @@ pub mod method_id {
     pub const INTERFACE: u32 = 0x6ad0af7c;
 }
 /// This interface as built into this crate (what a server reports, and a client checks).
+/// Each method's wire id and name (how metrics label calls).
+pub const METHOD_NAMES: &[(u32, &str)] = &[
+    (method_id::TOTAL, "total"),
+    (method_id::STOCK, "stock"),
+    (method_id::FIND, "find"),
+    (method_id::NOTE, "note"),
+];
 pub fn interface_info() -> ::multispace_rpc::stub::InterfaceInfo {
     ::multispace_rpc::stub::InterfaceInfo {
         service: SERVICE.to_owned(),
@@ -137,6 +144,7 @@ pub fn service<S: Inventory>(imp: S) -> ::multispace_rpc::Service {
 /// [`service`] over a shared implementation.
 pub fn service_rc<S: Inventory>(imp: ::std::rc::Rc<S>) -> ::multispace_rpc::Service {
     ::multispace_rpc::Service::builder(SERVICE)
+        .method_names(METHOD_NAMES)
         .method(
             method_id::TOTAL,
             {
