@@ -479,12 +479,12 @@ cmd_signal() {
 }
 
 cmd_start() {
-    local i p pid procs todo=()
+    local i p procs todo=()
     require_root
     i=$(host_arg "${1:-}")
     procs=$(procs_of "${2:-}")
     for p in $procs; do
-        [[ -z $(proc_pid "$p" "$i") ]] && todo+=("$p")
+        if [[ -z $(proc_pid "$p" "$i") ]]; then todo+=("$p"); fi
     done
     if ((${#todo[@]} == 0)); then
         p=${procs%% *}

@@ -85,6 +85,17 @@ impl std::fmt::Debug for DhtClient {
     }
 }
 
+/// Who to ask next: the leader hint unless it failed during this request, else the members
+/// that have not failed, in turn (all of them again once every one has failed).
+fn pick(members: &[NodeId], hint: Option<NodeId>, failed: &[NodeId], n: usize) -> Option<NodeId> {
+    if let Some(l) = hint.filter(|l| !failed.contains(l)) {
+        return Some(l);
+    }
+    let fresh: Vec<NodeId> = members.iter().copied().filter(|m| !failed.contains(m)).collect();
+    let from = if fresh.is_empty() { members } else { &fresh };
+    (!from.is_empty()).then(|| from[n % from.len()])
+}
+
 /// One attempt's result.
 enum Outcome<T> {
     Done(T),
@@ -145,6 +156,8 @@ impl DhtClient {
                     }
                     return Ok(Self::new(maps, nodes, config));
                 }
+                // The reason alone: the error returned says "could not learn the cluster" once.
+                Err(DhtError::Connect(why)) => last = format!("{addr}: {why}"),
                 Err(e) => last = format!("{addr}: {e}"),
             }
         }
@@ -196,15 +209,12 @@ impl DhtClient {
         )
     }
 
-    /// Who to ask on attempt `n`: the leader hint if there is one, else the members in turn.
-    fn target(&self, group: GroupId, n: usize) -> Option<(NodeId, u64)> {
+    /// Who to ask on attempt `n`: the leader hint if there is one, else the members in turn,
+    /// skipping those that already failed in this request.
+    fn target(&self, group: GroupId, n: usize, failed: &[NodeId]) -> Option<(NodeId, u64)> {
         let maps = self.inner.maps.borrow();
         let g = maps.group(group)?;
-        let node = match g.leader_hint {
-            Some(l) => l,
-            None => g.members[n % g.members.len()],
-        };
-        Some((node, g.epoch))
+        Some((pick(&g.members, g.leader_hint, failed, n)?, g.epoch))
     }
 
     fn on_refusal(&self, group: GroupId, node: NodeId, refusal: Refusal) -> Result<Next, DhtError> {
@@ -271,9 +281,13 @@ impl DhtClient {
     {
         let started = Instant::now();
         let (mut attempt, mut pauses) = (0, 0);
+        // Nodes that timed out or could not be reached during this request: not asked again
+        // while another member has not been tried (a dead leader is not retried before its
+        // live peers, which may have elected a new one).
+        let mut failed: Vec<NodeId> = Vec::new();
         loop {
             let (node, epoch) =
-                self.target(group, attempt).ok_or(DhtError::Invalid(format!("unknown group {group}")))?;
+                self.target(group, attempt, &failed).ok_or(DhtError::Invalid(format!("unknown group {group}")))?;
             let stub = match self.stub(node) {
                 Some(stub) => Some(stub),
                 // A member this client has not heard of: ask the cluster for its address.
@@ -291,6 +305,9 @@ impl DhtClient {
                     Err(e) => self.transport_failed(group, node, e),
                 },
             };
+            if matches!(next, Next::Other(_)) && !failed.contains(&node) {
+                failed.push(node);
+            }
             self.after(next, started, &mut attempt, &mut pauses).await?;
         }
     }
@@ -436,5 +453,27 @@ impl DhtClient {
             WriteResult::CompareFailed { current, .. } => Ok(Err(current)),
             _ => Ok(Ok(())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pick;
+
+    #[test]
+    fn a_node_that_failed_is_not_asked_again_before_the_others() {
+        let members = [3, 1, 2];
+        // The hint first while it has not failed.
+        assert_eq!(pick(&members, Some(1), &[], 0), Some(1));
+        // Node 1 (the old leader) timed out: the hint is skipped, and so is node 1 in turn,
+        // on every attempt number.
+        for n in 0..6 {
+            let next = pick(&members, Some(1), &[1], n).unwrap();
+            assert!(next == 3 || next == 2, "attempt {n} asked {next}");
+        }
+        assert_eq!(pick(&members, None, &[1, 3], 7), Some(2));
+        // All failed: ask them all again rather than nobody.
+        assert!(pick(&members, None, &[1, 2, 3], 4).is_some());
+        assert_eq!(pick(&[], None, &[], 0), None);
     }
 }

@@ -131,8 +131,12 @@ impl Table {
 
 /// The exit code an error means: a typed rpc error anywhere in its chain decides.
 pub fn exit_code(e: &anyhow::Error) -> i32 {
+    use multispace_dht::client::DhtError;
     use multispace_rpc::CallError;
     for cause in e.chain() {
+        if let Some(DhtError::Unavailable { .. } | DhtError::Connect(_)) = cause.downcast_ref::<DhtError>() {
+            return exit::UNREACHABLE;
+        }
         if let Some(call) = cause.downcast_ref::<CallError>() {
             return match call {
                 CallError::PermissionDenied(_) => exit::DENIED,
@@ -168,5 +172,7 @@ mod tests {
         let gone = anyhow::Error::new(multispace_rpc::CallError::DeadlineExceeded);
         assert_eq!(exit_code(&gone), exit::UNREACHABLE);
         assert_eq!(exit_code(&anyhow::anyhow!("other")), 1);
+        let table = multispace_dht::client::DhtError::Connect("no seed answered".into());
+        assert_eq!(exit_code(&anyhow::Error::new(table)), exit::UNREACHABLE);
     }
 }

@@ -191,11 +191,12 @@ acks() { awk -v a="$1" -v b="$2" -v g="${3:-0}" '$3 == 0 && $4 >= a && $5 <= b &
 fails() { awk -v a="$1" -v b="$2" '$3 != 0 && $4 >= a && $5 <= b' "$WORK/writes" | wc -l; }
 rate() { awk -v n="$1" -v ms="$2" 'BEGIN { printf "%.1f/s", (ms > 0 ? n * 1000 / ms : 0) }'; }
 
-# The time (epoch ms) of the latest line of host H's table log after byte OFFSET matching
-# REGEX (empty if none).
+# log_time H OFFSET REGEX [first]: the time (epoch ms) of the latest (or first) line of host H's
+# table log after byte OFFSET matching REGEX (empty if none).
 log_time() {
-    local ts
-    ts=$(tail -c +$(($2 + 1)) "$D/h$1.dht.log" | grep -E "$3" | tail -n1 | awk '{print $1}') || true
+    local ts pick=tail
+    [[ ${4:-} != first ]] || pick='head'
+    ts=$(tail -c +$(($2 + 1)) "$D/h$1.dht.log" | grep -E "$3" | "$pick" -n1 | awk '{print $1}') || true
     [[ -n $ts ]] && date -d "$ts" +%s%3N
     return 0
 }
@@ -279,9 +280,12 @@ key_in_group iso-a "$G" "$P"
 ISO_A=$REPLY
 key_in_group iso-b "$G" "$P"
 ISO_B=$REPLY
-T_CUT=$(now_ms)
+t=$(now_ms)
 "$NC" cut "$L" >/dev/null
-step "cut host $L (leader of group $G at term $OLD_TERM; it leads $(tr ' ' '\n' <<<"$LEADERS" | awk -F: -v l="$L" '$2 == l' | wc -l) of $P groups)"
+# The cut is in place from here on (it took effect somewhere in the last $((T_CUT - t)) ms).
+T_CUT=$(now_ms)
+step "cut host $L (leader of group $G at term $OLD_TERM; it leads $(tr ' ' '\n' <<<"$LEADERS" | awk -F: -v l="$L" '$2 == l' | wc -l)" \
+    "of $P groups; \`netcluster.sh cut\` took $((T_CUT - t)) ms)"
 # At once, while it may still think it leads: a client inside its namespace, talking to it only.
 (
     rc=0
@@ -298,11 +302,15 @@ T_LED=$(now_ms)
 NEW_L=$(field_of "$LEADERS2" "$G" 2)
 NEW_TERM=$(field_of "$LEADERS2" "$G" 3)
 ((NEW_TERM > OLD_TERM)) || fail "group $G led by $NEW_L at term $NEW_TERM, not past the old leader's $OLD_TERM"
-# When the last of the new leaders took over, by their logs (raft logs name no group).
+# When the first and the last of the new leaders took over, by their logs (raft logs name no
+# group).
 T_ELECTED=''
+T_FIRST_ELECTED=''
 for i in "$W" "$M"; do
     ts=$(log_time "$i" "${OFF[$i]}" 'became leader at term')
     if [[ -n $ts ]] && ((ts > ${T_ELECTED:-0})); then T_ELECTED=$ts; fi
+    ts=$(log_time "$i" "${OFF[$i]}" 'became leader at term' first)
+    if [[ -n $ts ]] && ((ts < ${T_FIRST_ELECTED:-ts + 1})); then T_FIRST_ELECTED=$ts; fi
 done
 ELECTION_MS=$((${T_ELECTED:-$T_LED} - T_CUT))
 step "majority side led again: group $G by node $NEW_L at term $NEW_TERM; elected $ELECTION_MS ms after the cut" \
@@ -314,6 +322,10 @@ wait_until 20 "an acknowledged put to group $G after the cut" group_writes
 T_G_OK=$(awk -v a="$T_CUT" -v g="$G" '$3 == 0 && $4 >= a && $2 == g {print $5; exit}' "$WORK/writes")
 WRITE_GAP_MS=$((T_G_OK - T_CUT))
 ((WRITE_GAP_MS < 15000)) || fail "group $G took writes again only $WRITE_GAP_MS ms after the cut"
+# Between the cut and the first new leader, group G had no leader able to commit: nothing sent
+# after the cut may have been acknowledged before that.
+early=$(awk -v a="$T_CUT" -v b="${T_FIRST_ELECTED:-0}" -v g="$G" '$3 == 0 && $4 >= a && $5 < b && $2 == g' "$WORK/writes")
+[[ -z $early ]] || fail "SPLIT BRAIN? put(s) to group $G sent after the cut were acknowledged before any new leader was elected ($((T_FIRST_ELECTED - T_CUT)) ms after the cut): $(tr '\n' ';' <<<"$early")"
 step "writes to group $G acknowledged again $WRITE_GAP_MS ms after the cut" \
     "($(fails "$T_CUT" "$(now_ms)") puts failed since the cut, each giving up after 6 s at most)"
 

@@ -1,6 +1,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
@@ -34,6 +35,12 @@ impl TcpStream {
         let sock = crate::sys::socket_from_accepted(fd);
         sock.set_nodelay(true)?;
         Ok(TcpStream { inner: Registered::new(sock)? })
+    }
+
+    /// Abort the connection when sent data stays unacknowledged for `timeout`
+    /// (TCP_USER_TIMEOUT); `None` restores the kernel's behaviour.
+    pub fn set_user_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.inner.sock.set_tcp_user_timeout(timeout)
     }
 
     /// Receive into the spare capacity of `buf` (reserve first). `Ok(0)` is end of stream.

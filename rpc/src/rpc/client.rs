@@ -118,6 +118,7 @@ impl Client {
             }
         }
         let stream = Rc::new(TcpStream::connect(self.inner.addr).await.map_err(CallError::Connect)?);
+        stream.set_user_timeout(self.inner.config.tcp_user_timeout).map_err(CallError::Connect)?;
         // Another task may have connected while we did; keep theirs if it is alive.
         if let Some(c) = self.inner.conn.borrow().as_ref() {
             if c.alive() {

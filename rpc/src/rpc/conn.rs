@@ -34,6 +34,12 @@ pub struct ConnConfig {
     pub frame_timeout: Duration,
     /// Bytes read per receive, and the initial buffer size (default 64 KiB).
     pub read_chunk: usize,
+    /// Sent data left unacknowledged this long aborts the connection (TCP_USER_TIMEOUT;
+    /// default 5 s; `None`: the kernel's, which retries for many minutes). A peer cut off by
+    /// a partition or a dead host then fails the connection, and the next call reconnects
+    /// as soon as the path is back — instead of waiting out TCP's retransmission backoff,
+    /// which doubles for as long as the cut lasted. Idle connections are not affected.
+    pub tcp_user_timeout: Option<Duration>,
     /// Mutual TLS for every connection made or accepted with this configuration; `None`
     /// (the default) is plain TCP. Never a fallback: with TLS configured, a connection
     /// whose handshake fails carries no calls. The handshake must finish within
@@ -66,6 +72,7 @@ impl Default for ConnConfig {
             max_outbox: 4 << 20,
             frame_timeout: Duration::from_secs(10),
             read_chunk: 64 << 10,
+            tcp_user_timeout: Some(Duration::from_secs(5)),
             tls: None,
         }
     }

@@ -164,6 +164,9 @@ impl Server {
                 Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => continue,
                 Err(e) => return Err(ServeError::Accept(e)),
             };
+            if let Err(e) = stream.set_user_timeout(self.config.conn.tcp_user_timeout) {
+                tracing::debug!(error = %e, "could not set TCP_USER_TIMEOUT on an accepted connection");
+            }
             if conns.borrow().len() >= self.config.max_connections {
                 tracing::warn!(limit = self.config.max_connections, "connection limit reached; closing new connection");
                 continue;
