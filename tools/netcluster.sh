@@ -18,6 +18,7 @@ readonly SUBNET=10.77.0       # host I is $SUBNET.I/24
 readonly BEACON_PORT=47900    # multicast group 239.255.77.1, this port
 readonly NFT_TABLE=multispace # the netdev table `cut`/`loss` put on a host's veth
 readonly DHT_PORT=7101        # with `up --dht`: each host's table node, at $SUBNET.I:$DHT_PORT
+readonly ADMIN_PORT=47902     # each node's admin endpoint (status page, /metrics), on its host's loopback
 readonly DHT_PARTITIONS=4     # ... and the replica groups the table's key space is split into
 readonly MAX_HOSTS=200
 readonly STATE_DIR=${MULTISPACE_NETCLUSTER_DIR:-/tmp/multispace-netcluster}
@@ -62,6 +63,8 @@ multicast 239.255.77.1:$BEACON_PORT out of each host's veth with TTL 1. Needs ro
                     fault rules (with packets dropped); with --dht also each table node's
                     pid, state and replica roles (as it reports itself, asked from its host)
   logs I [dht]      node I's log (or its table node's)
+  forward I [PORT]  serve node I's status page and metrics at http://127.0.0.1:PORT on this
+                    machine (default 4791I; socat, installed if missing; loopback only)
   down              kill every node, delete the namespaces, remove the state directory
                     (also after a partial or failed \`up\`)
   help              this text
@@ -411,7 +414,12 @@ up_failed() {
 
 cmd_down() {
     require_root
-    local namespaces ns pid t left
+    local namespaces ns pid t left f
+    # Status-page forwarders live in the root namespace: stop each one's process group.
+    for f in "$STATE_DIR"/forward*.pid; do
+        [[ -f $f ]] || continue
+        kill -TERM -- "-$(<"$f")" 2>/dev/null || kill -TERM "$(<"$f")" 2>/dev/null || true
+    done
     namespaces=$(our_namespaces)
     # Every process in our namespaces (nodes, and whatever `exec` left running): resumed so
     # a paused one can die, then killed.
@@ -528,6 +536,37 @@ EOF
 
 # Faults act on the host's veth (netdev ingress/egress hooks), like a cable or a lossy
 # link: packets vanish silently instead of the sender getting an error, and lo is untouched.
+# The status page of host I's node in a browser on this machine: a listener on the root
+# namespace's loopback (only), each connection carried by socat into host I's namespace to
+# the node's admin endpoint on that namespace's own loopback. Nothing is routed or bridged.
+cmd_forward() {
+    local i port
+    require_root
+    i=$(host_arg "${1:-}")
+    port=${2:-$((47910 + i))}
+    [[ $port =~ ^[0-9]+$ ]] || die "expected a port number, got '$port'"
+    if ! command -v socat >/dev/null; then
+        note "installing socat"
+        DEBIAN_FRONTEND=noninteractive timeout 300 apt-get install -y -qq socat >/dev/null 2>&1 ||
+            die "could not install socat (apt-get install -y socat)"
+    fi
+    local pidfile=$STATE_DIR/forward$i.pid
+    if [[ -f $pidfile ]] && kill -0 "$(<"$pidfile")" 2>/dev/null; then
+        die "host $i is already forwarded (pid $(<"$pidfile"))"
+    fi
+    setsid socat "TCP-LISTEN:$port,bind=127.0.0.1,reuseaddr,fork" \
+        "EXEC:ip netns exec $(ns_of "$i") socat STDIO TCP\:127.0.0.1\:$ADMIN_PORT" \
+        >"$STATE_DIR/forward$i.log" 2>&1 &
+    echo $! >"$pidfile"
+    # Bounded wait until it listens, so the URL printed works at once.
+    local t
+    for ((t = 0; t < 50; t++)); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+        sleep 0.1
+    done
+    echo "node $i's status page: http://127.0.0.1:$port/status  (also /metrics; stopped by 'down')"
+}
+
 cmd_cut() {
     local i
     require_root
@@ -679,6 +718,7 @@ main() {
     exec) cmd_exec "$@" ;;
     status) cmd_status ;;
     logs) cmd_logs "$@" ;;
+    forward) cmd_forward "$@" ;;
     help | -h | --help) usage ;;
     *)
         usage >&2
