@@ -681,21 +681,18 @@ impl Node {
     /// does. The control interface answers until the end.
     pub async fn drain(&self, grace: Duration) -> DrainReport {
         let started = Instant::now();
-        let loads: Vec<multispace_rpc::ServerLoad> =
-            self.inner.running.borrow().values().map(|r| r.load.clone()).collect();
-        let in_flight = || loads.iter().map(|l| l.in_flight()).sum::<u32>();
-        let at_start = in_flight();
-        for l in &loads {
-            l.drain();
+        let at_start = self.in_flight();
+        for r in self.inner.running.borrow().values() {
+            r.load.drain();
         }
         if !self.inner.stopped.get() {
             self.inner.close_beacons(true);
         }
         tracing::info!(id = self.id(), in_flight = at_start, grace_ms = grace.as_millis() as u64, "draining");
-        while in_flight() > 0 && started.elapsed() < grace {
+        while self.in_flight() > 0 && started.elapsed() < grace {
             multispace_rpc::runtime::time::sleep(Duration::from_millis(5)).await;
         }
-        let abandoned = in_flight();
+        let abandoned = self.in_flight();
         self.halt(false);
         self.inner.link.ended.wait().await;
         let report = DrainReport { in_flight_at_start: at_start, abandoned, took: started.elapsed() };

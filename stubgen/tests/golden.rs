@@ -3,12 +3,13 @@
 
 use std::path::Path;
 
-#[test]
-fn generated_code_matches_the_checked_in_copy() {
+/// Generates `tests/golden/NAME.rs` with `generate(source, path)` and compares the result
+/// with `NAME.expected.rs` (or rewrites that under `UPDATE_EXPECT=1`).
+fn check_golden(name: &str, generate: impl Fn(&str, &str) -> String) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
-    let source = std::fs::read_to_string(dir.join("greeter.rs")).unwrap();
-    let got = multispace_stubgen::generate(&source, "tests/golden/greeter.rs").unwrap();
-    let expected_path = dir.join("greeter.expected.rs");
+    let source = std::fs::read_to_string(dir.join(format!("{name}.rs"))).unwrap();
+    let got = generate(&source, &format!("tests/golden/{name}.rs"));
+    let expected_path = dir.join(format!("{name}.expected.rs"));
     if std::env::var_os("UPDATE_EXPECT").is_some() {
         std::fs::write(&expected_path, &got).unwrap();
         return;
@@ -17,13 +18,21 @@ fn generated_code_matches_the_checked_in_copy() {
     assert!(got == expected, "generated code changed; review and rerun with UPDATE_EXPECT=1\n{got}");
 }
 
+/// The line declaring method `m`'s id constant in the code generated for `src`.
+fn id_line(src: &str, m: &str) -> String {
+    let code = multispace_stubgen::generate(src, "s.rs").unwrap();
+    code.lines().find(|l| l.contains(&format!("pub const {m}: u32"))).unwrap().to_owned()
+}
+
+#[test]
+fn generated_code_matches_the_checked_in_copy() {
+    check_golden("greeter", |source, path| multispace_stubgen::generate(source, path).unwrap());
+}
+
 #[test]
 fn method_ids_follow_the_signature_not_the_docs() {
     let base = "pub trait S {\n    async fn f(&self, x: u32) -> u32;\n    async fn g(&self);\n}\n";
-    let id = |src: &str, m: &str| {
-        let code = multispace_stubgen::generate(src, "s.rs").unwrap();
-        code.lines().find(|l| l.contains(&format!("pub const {m}: u32"))).unwrap().to_owned()
-    };
+    let id = id_line;
     let documented = base.replace("    async fn f", "    /// Now with docs.\n    async fn f");
     assert_eq!(id(base, "F"), id(&documented, "F"), "docs do not change ids");
     let changed = base.replace("x: u32) -> u32", "x: u64) -> u32");
@@ -38,10 +47,7 @@ fn method_ids_follow_the_signature_not_the_docs() {
 #[test]
 fn a_change_to_a_type_used_by_a_method_changes_its_id() {
     let base = "pub struct P { pub x: i32 }\npub struct Q { pub p: P }\npub trait S {\n    async fn f(&self, q: Q);\n    async fn g(&self, x: u8);\n}\n";
-    let id = |src: &str, m: &str| {
-        let code = multispace_stubgen::generate(src, "s.rs").unwrap();
-        code.lines().find(|l| l.contains(&format!("pub const {m}: u32"))).unwrap().to_owned()
-    };
+    let id = id_line;
     let changed = base.replace("pub x: i32", "pub x: i64");
     assert_ne!(id(base, "F"), id(&changed, "F"), "P is used through Q");
     assert_eq!(id(base, "G"), id(&changed, "G"));
@@ -49,17 +55,8 @@ fn a_change_to_a_type_used_by_a_method_changes_its_id() {
 
 #[test]
 fn generated_json_access_matches_the_checked_in_copy() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
-    let source = std::fs::read_to_string(dir.join("inventory.rs")).unwrap();
     let builder = multispace_stubgen::Builder::new().json(true);
-    let got = builder.generate_source(&source, "tests/golden/inventory.rs").unwrap();
-    let expected_path = dir.join("inventory.expected.rs");
-    if std::env::var_os("UPDATE_EXPECT").is_some() {
-        std::fs::write(&expected_path, &got).unwrap();
-        return;
-    }
-    let expected = std::fs::read_to_string(&expected_path).unwrap_or_default();
-    assert!(got == expected, "generated code changed; review and rerun with UPDATE_EXPECT=1\n{got}");
+    check_golden("inventory", |source, path| builder.generate_source(source, path).unwrap());
 }
 
 #[test]
