@@ -87,6 +87,9 @@ impl std::fmt::Debug for DhtClient {
 
 /// Who to ask next: the leader hint unless it failed during this request, else the members
 /// that have not failed, in turn (all of them again once every one has failed).
+/// How long a node that failed during a request is passed over (about two elections here).
+const SKIP_FAILED: Duration = Duration::from_millis(1_000);
+
 fn pick(members: &[NodeId], hint: Option<NodeId>, failed: &[NodeId], n: usize) -> Option<NodeId> {
     if let Some(l) = hint.filter(|l| !failed.contains(l)) {
         return Some(l);
@@ -281,13 +284,16 @@ impl DhtClient {
     {
         let started = Instant::now();
         let (mut attempt, mut pauses) = (0, 0);
-        // Nodes that timed out or could not be reached during this request: not asked again
-        // while another member has not been tried (a dead leader is not retried before its
-        // live peers, which may have elected a new one).
-        let mut failed: Vec<NodeId> = Vec::new();
+        // Nodes that timed out or could not be reached during this request, and when: not
+        // asked again for a while, even if named leader, while other members are there to ask
+        // (a dead leader is not retried before its live peers, which may elect a new one). The
+        // while is bounded: a leader that was only slow is asked again once peers still name it.
+        let mut failed: Vec<(NodeId, Instant)> = Vec::new();
         loop {
+            failed.retain(|(_, at)| at.elapsed() < SKIP_FAILED);
+            let skip: Vec<NodeId> = failed.iter().map(|(n, _)| *n).collect();
             let (node, epoch) =
-                self.target(group, attempt, &failed).ok_or(DhtError::Invalid(format!("unknown group {group}")))?;
+                self.target(group, attempt, &skip).ok_or(DhtError::Invalid(format!("unknown group {group}")))?;
             let stub = match self.stub(node) {
                 Some(stub) => Some(stub),
                 // A member this client has not heard of: ask the cluster for its address.
@@ -305,8 +311,8 @@ impl DhtClient {
                     Err(e) => self.transport_failed(group, node, e),
                 },
             };
-            if matches!(next, Next::Other(_)) && !failed.contains(&node) {
-                failed.push(node);
+            if matches!(next, Next::Other(_)) && !skip.contains(&node) {
+                failed.push((node, Instant::now()));
             }
             self.after(next, started, &mut attempt, &mut pauses).await?;
         }

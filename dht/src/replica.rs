@@ -406,10 +406,18 @@ impl Replica {
         };
         if cc.get_changes().iter().any(removes_me) {
             let to = self.successor();
+            tracing::debug!(group = self.group, ?to, "asked to remove myself; handing over");
             if let Some(to) = to {
                 self.raw.transfer_leader(to);
             }
             return Err(ProposeError::NotLeader { leader: to });
+        }
+        // raft-rs turns a change proposed while another may be unapplied into an empty entry
+        // and still answers Ok, so its waiter would never hear back. A new leader counts its
+        // whole log as possibly unapplied until it catches up: refuse, to be retried shortly.
+        if self.raw.raft.has_pending_conf() {
+            let pending = self.log.last_index().saturating_sub(self.sm.applied());
+            return Err(ProposeError::Busy { pending });
         }
         self.raw.propose_conf_change(Vec::new(), cc).map_err(|e| ProposeError::Dropped(e.to_string()))
     }

@@ -445,7 +445,8 @@ impl Inner {
                     }
                 }
                 added.extend(rd.member_updates.drain(..).map(|u| (*gid, u)));
-                if let Some((role, _)) = rd.role_changed {
+                if let Some((role, leader)) = rd.role_changed {
+                    tracing::debug!(node = self.config.id, group = *gid, ?role, ?leader, "role changed");
                     if role != StateRole::Leader {
                         slot.refuse_all(&Refusal::Redirect(group_view(&slot.replica)));
                     }
@@ -560,6 +561,8 @@ impl Inner {
                     "refused ({why}): one membership change at a time, and a learner must exist before it is promoted"
                 )))
                 }
+                // An earlier change (or, just after an election, possibly one) is unapplied.
+                Err(ProposeError::Busy { .. }) => return ChangeAnswer::Refused(Refusal::Busy),
                 Err(_) => return ChangeAnswer::Refused(Refusal::Redirect(group_view(&slot.replica))),
             }
             let (tx, rx) = oneshot::channel();

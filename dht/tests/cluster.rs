@@ -13,6 +13,13 @@ use multispace_dht::thread::DhtThread;
 use multispace_rpc::runtime::time::sleep;
 use multispace_rpc::LocalRuntime;
 
+/// Logs to the test's output when RUST_LOG is set (shown for failing tests).
+fn log() {
+    if let Ok(filter) = std::env::var("RUST_LOG") {
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    }
+}
+
 struct Cluster {
     configs: BTreeMap<u64, DhtConfig>,
     nodes: BTreeMap<u64, DhtThread>,
@@ -26,6 +33,7 @@ fn free_addrs(n: usize) -> Vec<SocketAddr> {
 
 impl Cluster {
     fn start(n: u64, partitions: u32, durability: Durability) -> Cluster {
+        log();
         let addrs = free_addrs(n as usize);
         let nodes: BTreeMap<u64, SocketAddr> = (1..=n).zip(addrs).collect();
         let ids: Vec<u64> = nodes.keys().copied().collect();

@@ -128,3 +128,23 @@ fn a_leader_asked_to_remove_itself_hands_over_first_and_writes_go_on() {
     let wrong = sim.check();
     assert!(wrong.is_empty(), "{wrong:#?}");
 }
+
+#[test]
+fn a_change_proposed_while_another_is_unapplied_is_refused_not_silently_dropped() {
+    // raft-rs replaces such a proposal with an empty entry and still answers Ok, which would
+    // leave its caller waiting for an answer that never comes.
+    let mut sim = Sim::new(11, &[1, 2, 3], 2, config());
+    sim.run(300);
+    assert!(sim.add_learner(4), "the first change is taken");
+    assert!(!sim.add_learner(5), "a second change while the first is unapplied is refused");
+    sim.run(100);
+    let leader = sim.leader().expect("a leader");
+    assert_eq!(sim.replica(leader).unwrap().members().1, vec![4], "only the first change happened");
+    assert!(sim.add_learner(5), "once the first is applied, the next is taken");
+    sim.run(100);
+    let leader = sim.leader().expect("a leader");
+    assert_eq!(sim.replica(leader).unwrap().members().1, vec![4, 5]);
+    assert!(sim.settle(3000));
+    let wrong = sim.check();
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
