@@ -19,6 +19,8 @@
 //! - [`Redirector`]: one client over many instances of a service, with a pluggable
 //!   [`Policy`] and failover that never repeats a non-idempotent call that may have run
 //!   (generated redirector stubs wrap it).
+//! - [`trace`]: trace ids that cross rpc hops (a block in the request, a `tracing` span per
+//!   served call, the trace current while its handler runs).
 //! - `json` (feature `json`): calling an interface's methods by name with JSON arguments,
 //!   shared by the stubs stubgen generates with JSON access.
 //!
@@ -54,6 +56,7 @@ pub mod runtime;
 #[allow(unsafe_code)]
 mod sys;
 pub mod tls;
+pub mod trace;
 
 /// The rkyv this crate archives with (generated stubs derive through it, so a service crate
 /// needs no rkyv dependency of its own unless it defines its own types).

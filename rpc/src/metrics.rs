@@ -65,6 +65,16 @@ pub(crate) struct MethodCell {
 }
 
 impl MethodCell {
+    /// The service's name.
+    pub(crate) fn service(&self) -> &str {
+        &self.service
+    }
+
+    /// The method's name, if the service was built with names.
+    pub(crate) fn method(&self) -> Option<&'static str> {
+        self.method
+    }
+
     /// A call that began at `started` finished with `result`.
     pub(crate) fn record(&self, started: Instant, result: Result<(), ErrorCode>) {
         let ns = started.elapsed().as_nanos().min(u64::MAX as u128) as u64;

@@ -302,3 +302,52 @@ fn oversized_request_is_refused_by_the_client_before_sending() {
         assert_eq!(r.as_str(), "small");
     });
 }
+
+/// A request carrying `block` as its trace context before a good archive.
+fn traced_request(block: [u8; 32]) -> Vec<u8> {
+    let good = rkyv::to_bytes::<rkyv::rancor::Error>(&"x".to_string()).unwrap();
+    let mut payload = block.to_vec();
+    payload.extend_from_slice(&good);
+    let mut h = Header::request(9, ECHO, 0, payload.len() as u32);
+    h.flags |= multispace_rpc::proto::trace::FLAG_TRACE;
+    let mut v = h.encode().to_vec();
+    v.extend_from_slice(&payload);
+    v.resize(HEADER_LEN + payload.len().next_multiple_of(16), 0);
+    v
+}
+
+#[test]
+fn a_bad_trace_context_is_malformed_and_a_good_one_is_served() {
+    use multispace_rpc::trace::{SpanId, TraceContext, TraceId};
+    each_driver(|_| async {
+        let addr = start();
+        let good = TraceContext { trace_id: TraceId(7), span_id: SpanId(9) }.encode();
+        let mut zero_trace = good;
+        zero_trace[..16].fill(0);
+        let mut reserved = good;
+        reserved[28] = 1;
+        for bad in [zero_trace, reserved] {
+            let reply = exchange(addr, &traced_request(bad), false).await;
+            assert_eq!(error_code(&reply), ErrorCode::Malformed);
+        }
+        // The flag on a payload too short to hold the block is refused from the header alone.
+        let mut short = Header::request(9, ECHO, 0, 16);
+        short.flags |= multispace_rpc::proto::trace::FLAG_TRACE;
+        let mut bytes = short.encode().to_vec();
+        bytes.resize(HEADER_LEN + 16, 0);
+        assert_eq!(error_code(&exchange(addr, &bytes, false).await), ErrorCode::Malformed);
+        // A valid block: the archive after it is read as usual.
+        let reply = exchange(addr, &traced_request(good), true).await;
+        match decode_frame(&reply, 1 << 20).unwrap() {
+            Decoded::Frame { header, .. } => {
+                assert_eq!(header.kind, multispace_rpc::proto::frame::FrameKind::Response);
+                let mut archive = rkyv::util::AlignedVec::<16>::new();
+                archive.extend_from_slice(&reply[HEADER_LEN..HEADER_LEN + header.payload_len as usize]);
+                let s = rkyv::access::<rkyv::string::ArchivedString, rkyv::rancor::Error>(&archive).unwrap();
+                assert_eq!(s.as_str(), "x");
+            }
+            Decoded::NeedMore(_) => panic!("no response frame"),
+        }
+        still_serving(addr).await;
+    });
+}

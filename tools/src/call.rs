@@ -50,6 +50,8 @@ pub struct CallArgs {
     output: Option<Format>,
     #[command(flatten)]
     conn: NodeConn,
+    #[command(flatten)]
+    pub trace: ctl::TraceArg,
 }
 
 /// The interfaces this tool was built with (each with generated JSON access).

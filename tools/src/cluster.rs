@@ -114,6 +114,7 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<()> {
         services: vec![],
         beacon_ms: 100,
         beacon_window_ms: 30_000,
+        trace_sample: 0.0,
         tls: Default::default(),
     };
     let n = args.nodes as usize;

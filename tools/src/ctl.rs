@@ -36,6 +36,29 @@ pub struct NodeConn {
     pub tls: TlsArgs,
 }
 
+/// `--trace`: follow one command's calls across hosts.
+#[derive(clap::Args, Debug, Clone, Copy, Default)]
+pub struct TraceArg {
+    /// Start a trace for this command's calls and print its id on stderr. Every node and
+    /// table process the calls reach logs them with that id (`multispace_rpc::calls` at
+    /// INFO, on by default), hop by hop.
+    #[arg(long)]
+    pub trace: bool,
+}
+
+impl TraceArg {
+    /// Run `f` (the command) inside a new trace if `--trace` was given.
+    pub fn run<R>(self, f: impl FnOnce() -> R) -> R {
+        if !self.trace {
+            return f();
+        }
+        let t = multispace_rpc::trace::start();
+        eprintln!("trace {}", t.trace_id);
+        // The command's runtime runs on this thread, so every call it makes carries the trace.
+        multispace_rpc::trace::scope(t, f)
+    }
+}
+
 #[derive(clap::Args, Debug)]
 pub struct MembersArgs {
     /// Redraw as the membership changes, until interrupted.

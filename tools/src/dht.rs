@@ -26,6 +26,7 @@ use multispace_rpc::{Config, LocalRuntime};
 
 use serde_json::json;
 
+use crate::ctl;
 use crate::out::{self, Format, Table, Tone};
 use crate::security::TlsArgs;
 
@@ -110,6 +111,8 @@ struct ConnArgs {
     timeout_ms: u64,
     #[command(flatten)]
     tls: TlsArgs,
+    #[command(flatten)]
+    trace: ctl::TraceArg,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -193,7 +196,20 @@ fn print_value(v: &[u8]) {
 }
 
 pub fn run(args: DhtArgs) -> anyhow::Result<()> {
-    match args.command {
+    let trace = match &args.command {
+        DhtCommand::Serve(_) => ctl::TraceArg::default(),
+        DhtCommand::Get { conn, .. }
+        | DhtCommand::Put { conn, .. }
+        | DhtCommand::Del { conn, .. }
+        | DhtCommand::Cas { conn, .. }
+        | DhtCommand::Member { conn, .. }
+        | DhtCommand::Stat { conn, .. } => conn.trace,
+    };
+    trace.run(|| run_command(args.command))
+}
+
+fn run_command(command: DhtCommand) -> anyhow::Result<()> {
+    match command {
         DhtCommand::Serve(s) => serve(s),
         DhtCommand::Get { key, stale, conn } => rt(&conn.tls, "admin")?.block_on(async move {
             let c = client(&conn).await?;

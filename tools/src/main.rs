@@ -47,6 +47,10 @@ enum Command {
     Cert(security::CertArgs),
 }
 
+/// Logging without `RUST_LOG`: warnings, and the calls served as part of a trace (what
+/// `--trace` asks every process to show).
+const DEFAULT_LOG: &str = "warn,multispace_rpc::calls=info";
+
 fn main() {
     if let Err(e) = run() {
         eprintln!("error: {e:#}");
@@ -67,8 +71,9 @@ fn run() -> anyhow::Result<()> {
         }
     }
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| DEFAULT_LOG.into()))
         .with_writer(std::io::stderr)
+        .with_ansi(out::log_colour())
         .init();
     match Cli::parse().command {
         Command::Demo(args) => cluster::run(args),
@@ -85,6 +90,6 @@ fn run() -> anyhow::Result<()> {
         Command::Cert(args) => security::run(args),
         Command::Members(args) => ctl::run_members(args),
         Command::Svc(args) => ctl::run_svc(args),
-        Command::Call(args) => call::run(args),
+        Command::Call(args) => args.trace.run(|| call::run(args)),
     }
 }

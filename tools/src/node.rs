@@ -111,8 +111,20 @@ pub struct NodeArgs {
     /// defaults.
     #[arg(long, env = "MULTISPACE_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Start a trace for this fraction (0 to 1) of the calls this node makes outside any
+    /// trace; the processes they reach log them under the trace id. Calls that arrive with a
+    /// trace are always followed.
+    #[arg(long, env = "MULTISPACE_TRACE_SAMPLE", default_value_t = 0.0, value_parser = fraction)]
+    pub trace_sample: f64,
     #[command(flatten)]
     pub tls: TlsArgs,
+}
+
+fn fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        _ => Err(format!("`{s}` is not a fraction from 0 to 1")),
+    }
 }
 
 impl NodeArgs {
@@ -256,6 +268,7 @@ fn start(args: NodeArgs) -> anyhow::Result<()> {
             )
             .exit();
     };
+    multispace_rpc::trace::set_sample_rate(args.trace_sample);
     let (mut key_file, config) = match &args.key_file {
         Some(path) => {
             let (f, keys) = KeyFile::open(path)?;

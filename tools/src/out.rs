@@ -33,7 +33,16 @@ pub enum Format {
 
 /// Whether stdout gets colour: a terminal, and `NO_COLOR` unset or empty (no-color.org).
 pub fn colour() -> bool {
-    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+    std::io::stdout().is_terminal() && no_color_unset()
+}
+
+/// Whether the logs (stderr) get colour, by the same rule.
+pub fn log_colour() -> bool {
+    std::io::stderr().is_terminal() && no_color_unset()
+}
+
+fn no_color_unset() -> bool {
+    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// Write to stdout. A closed pipe (`multispace svc ls | head -1`) ends the process quietly

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{certs, cli, free_port, json, node, stderr};
+use common::{certs, cli, free_port, json, line_with, node, stderr};
 
 #[test]
 fn operators_call_any_method_with_json() {
@@ -70,4 +70,26 @@ fn operators_call_any_method_with_json() {
     // Nobody listening: 5.
     let gone = cli(&["call", "calc.add", "[1,2]", "--node", &format!("127.0.0.1:{}", free_port())], &certs, "admin");
     assert_eq!(gone.status.code(), Some(5), "{}", stderr(&gone));
+}
+
+#[test]
+fn a_traced_call_is_logged_under_its_trace_id_at_every_hop() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = certs(dir.path(), 1, "admin");
+    let control = free_port();
+    let (_node, log) = node(1, free_port(), control, "calc", &certs);
+    let at = format!("127.0.0.1:{control}");
+    let out = cli(&["call", "calc.add", "[2,3]", "--trace", "--node", &at], &certs, "admin");
+    assert_eq!(json(&out), 5);
+    let id = stderr(&out)
+        .lines()
+        .find_map(|l| l.strip_prefix("trace ").map(str::to_string))
+        .unwrap_or_else(|| panic!("no trace id on stderr: {}", stderr(&out)));
+    assert_eq!(id.len(), 32, "{id}");
+    // Two hops in the node: the control server's lookup, then the calc instance's add; each
+    // logged once, as served, in its own span of the trace.
+    let hops: Vec<String> = (0..2).map(|_| line_with(&log, &id)).collect();
+    assert!(hops.iter().all(|l| l.contains("served")), "{hops:#?}");
+    assert!(hops.iter().any(|l| l.contains("lookup")), "{hops:#?}");
+    assert!(hops.iter().any(|l| l.contains("add")), "{hops:#?}");
 }

@@ -144,17 +144,22 @@ pub enum EncodeError {
     Serialize(#[source] rancor::Error),
 }
 
-/// Append a frame to `out`: the header made by `header(payload_len)`, then `value` archived in
-/// place, then padding. On error `out` is left as it was.
+/// Append a frame to `out`: the header made by `header(payload_len)`, then `prefix` (a
+/// trace-context block, or nothing; a multiple of 16 bytes), then `value` archived in place,
+/// then padding. `payload_len` counts the prefix. On error `out` is left as it was.
 pub(crate) fn encode_frame<T: Payload>(
     out: &mut BytesMut,
     max_payload: usize,
+    prefix: &[u8],
     value: &T,
     header: impl FnOnce(u32) -> Header,
 ) -> Result<(), EncodeError> {
     let start = out.len();
     debug_assert_eq!(start % FRAME_ALIGN, 0, "frames start 16-aligned");
+    debug_assert_eq!(prefix.len() % FRAME_ALIGN, 0, "the archive after the prefix stays aligned");
     out.put_bytes(0, HEADER_LEN);
+    out.extend_from_slice(prefix);
+    // Archive positions count from the archive's start, which the receiver sees 16-aligned.
     let base = out.len();
     let res = rkyv::api::high::to_bytes_in::<_, rancor::Error>(value, BytesWriter { out: &mut *out, base });
     if let Err(e) = res {
@@ -164,15 +169,18 @@ pub(crate) fn encode_frame<T: Payload>(
     finish_frame(out, start, max_payload, header)
 }
 
-/// Append a frame whose payload is raw bytes (error details, pre-encoded payloads).
+/// Append a frame whose payload is `prefix` then raw bytes (error details, pre-encoded
+/// payloads).
 pub(crate) fn encode_raw(
     out: &mut BytesMut,
     max_payload: usize,
+    prefix: &[u8],
     payload: &[u8],
     header: impl FnOnce(u32) -> Header,
 ) -> Result<(), EncodeError> {
     let start = out.len();
     out.put_bytes(0, HEADER_LEN);
+    out.extend_from_slice(prefix);
     out.extend_from_slice(payload);
     finish_frame(out, start, max_payload, header)
 }

@@ -61,8 +61,10 @@ const OFF_STATUS: usize = 28;
 const OFF_RESERVED: usize = 30;
 
 /// Flag bits a receiver must understand: a frame setting one it does not know is rejected,
-/// because ignoring it could change the frame's meaning. No such bit is defined in version 1.
+/// because ignoring it could change the frame's meaning.
 const MUST_UNDERSTAND_FLAGS: u16 = 0xff00;
+/// The must-understand bits this side knows: [`FLAG_TRACE`](super::trace::FLAG_TRACE).
+const KNOWN_MUST_UNDERSTAND: u16 = super::trace::FLAG_TRACE;
 
 /// What a frame is. The discriminant is the `kind` byte on the wire.
 #[repr(u8)]
@@ -90,8 +92,8 @@ pub struct Header {
     /// What the frame is.
     pub kind: FrameKind,
     /// Feature bits. Bits 0..7 may be ignored by a receiver that does not know them; bits
-    /// 8..15 are must-understand, so [`Header::parse`] rejects a frame setting any of them.
-    /// Version 1 defines none: senders write 0.
+    /// 8..15 are must-understand, so [`Header::parse`] rejects a frame setting one it does not
+    /// know. Defined: bit 8, [`FLAG_TRACE`](super::trace::FLAG_TRACE).
     pub flags: u16,
     /// Chosen by the client, unique among its calls in flight on one connection; responses,
     /// errors and cancels carry the id of their request so they can arrive in any order.
@@ -188,7 +190,7 @@ impl Header {
             [k] => return Err(FrameError::UnknownKind(k)),
         };
         let flags = u16::from_le_bytes(field::<OFF_FLAGS, 2>(b));
-        if flags & MUST_UNDERSTAND_FLAGS != 0 {
+        if flags & MUST_UNDERSTAND_FLAGS & !KNOWN_MUST_UNDERSTAND != 0 {
             return Err(FrameError::UnknownFlags(flags));
         }
         if field::<OFF_RESERVED, 2>(b) != [0, 0] {
@@ -198,7 +200,7 @@ impl Header {
         if payload_len > max_payload {
             return Err(FrameError::TooLarge { len: payload_len, max: max_payload });
         }
-        Ok(Header {
+        let header = Header {
             kind,
             flags,
             request_id: u64::from_le_bytes(field::<OFF_REQUEST_ID, 8>(b)),
@@ -206,7 +208,9 @@ impl Header {
             deadline_us: u32::from_le_bytes(field::<OFF_DEADLINE, 4>(b)),
             payload_len,
             status: u16::from_le_bytes(field::<OFF_STATUS, 2>(b)),
-        })
+        };
+        super::trace::check_header(&header)?;
+        Ok(header)
     }
 
     /// Length of the whole frame on a stream: header, payload and padding.
@@ -389,9 +393,12 @@ pub enum FrameError {
     /// The kind byte is not one of [`FrameKind`]'s values.
     #[error("unknown frame kind {0}: expected 1 to 5")]
     UnknownKind(u8),
-    /// A must-understand flag bit (8..15) is set; this side defines none.
-    #[error("frame flags {0:#06x} set must-understand bits (mask 0xff00) this side does not know")]
+    /// A must-understand flag bit (8..15) this side does not know is set.
+    #[error("frame flags {0:#06x} set must-understand bits (mask 0xfe00) this side does not know")]
     UnknownFlags(u16),
+    /// The trace flag is set on a frame that cannot carry the block, or the block is invalid.
+    #[error("bad trace context: {0}")]
+    BadTraceContext(&'static str),
     /// The reserved header bytes 30..32 are not zero.
     #[error("reserved header bytes are not zero: peer uses an unknown protocol extension")]
     NonZeroReserved,
@@ -560,12 +567,15 @@ mod tests {
 
     #[test]
     fn must_understand_flags_are_rejected_and_low_flags_ignored() {
-        for flags in [0x0100u16, 0x8000, 0xff00, 0x01ff] {
+        for flags in [0x0200u16, 0x8000, 0xff00, 0x03ff] {
             let b = with(Header::cancel(1).encode(), 6, &flags.to_le_bytes());
             let e = parse(b).unwrap_err();
             assert_eq!(e, FrameError::UnknownFlags(flags));
             assert_eq!(e.code(), ErrorCode::Malformed);
         }
+        // The one known must-understand bit (trace) is checked against the kind instead.
+        let b = with(Header::cancel(1).encode(), 6, &0x0100u16.to_le_bytes());
+        assert!(matches!(parse(b), Err(FrameError::BadTraceContext(_))));
         for flags in [0x0001u16, 0x0080, 0x00ff] {
             let b = with(Header::cancel(1).encode(), 6, &flags.to_le_bytes());
             let h = parse(b).expect("ignorable flag bits are accepted");

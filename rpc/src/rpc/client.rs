@@ -16,6 +16,7 @@ use crate::buf::{Message, Payload, Validate};
 use crate::net::TcpStream;
 use crate::proto::calls::CallTable;
 use crate::proto::frame::{ErrorCode, FrameError, FrameKind, Header};
+use crate::proto::trace::FLAG_TRACE;
 use crate::runtime::time::timeout_at;
 use crate::runtime::{spawn, JoinHandle};
 
@@ -172,21 +173,22 @@ impl Client {
         Req: Payload,
         Resp: Validate,
     {
-        let payload = self.call_raw(method_id, opts, |outbox, header| outbox.push(req, header)).await?;
+        let payload =
+            self.call_raw(method_id, opts, |outbox, prefix, header| outbox.push_after(prefix, req, header)).await?;
         Message::new(payload).map_err(CallError::InvalidResponse)
     }
 
     /// Call with an already-archived request payload (the thread-safe handle serializes on the
     /// caller's thread). Returns the raw response payload.
     pub async fn call_bytes(&self, method_id: u32, req: &[u8], opts: CallOptions) -> Result<Bytes, CallError> {
-        self.call_raw(method_id, opts, |outbox, header| outbox.push_raw(req, header)).await
+        self.call_raw(method_id, opts, |outbox, prefix, header| outbox.push_raw_after(prefix, req, header)).await
     }
 
     async fn call_raw(
         &self,
         method_id: u32,
         opts: CallOptions,
-        encode: impl FnOnce(&Outbox, &mut dyn FnMut(u32) -> Header) -> Result<(), crate::buf::EncodeError>,
+        encode: impl FnOnce(&Outbox, &[u8], &mut dyn FnMut(u32) -> Header) -> Result<(), crate::buf::EncodeError>,
     ) -> Result<Bytes, CallError> {
         let now = Instant::now();
         let deadline = match (opts.timeout.map(|t| now + t), current_deadline()) {
@@ -206,7 +208,17 @@ impl Client {
                 let us = d.saturating_duration_since(Instant::now()).as_micros().max(1);
                 u32::try_from(us).unwrap_or(0)
             });
-            if let Err(e) = encode(&conn.outbox, &mut |len| Header::request(id, method_id, budget_us, len)) {
+            // The trace this call belongs to goes with it (a block before the archive).
+            let trace = crate::trace::outgoing().map(|t| t.encode());
+            let prefix: &[u8] = trace.as_ref().map_or(&[], |b| b);
+            let header = &mut |len| {
+                let mut h = Header::request(id, method_id, budget_us, len);
+                if trace.is_some() {
+                    h.flags |= FLAG_TRACE;
+                }
+                h
+            };
+            if let Err(e) = encode(&conn.outbox, prefix, header) {
                 conn.calls.borrow_mut().cancel(id);
                 std::mem::forget(guard);
                 return Err(CallError::Encode(e));

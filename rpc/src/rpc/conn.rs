@@ -265,14 +265,34 @@ impl Outbox {
 
     /// Serialize a frame with `value` as payload straight into the outbox.
     pub(crate) fn push<T: Payload>(&self, value: &T, header: impl FnOnce(u32) -> Header) -> Result<(), EncodeError> {
-        encode_frame(&mut self.pending.borrow_mut(), self.max_payload, value, header)?;
+        self.push_after(&[], value, header)
+    }
+
+    /// [`Outbox::push`] with `prefix` (a trace-context block) before the archive.
+    pub(crate) fn push_after<T: Payload>(
+        &self,
+        prefix: &[u8],
+        value: &T,
+        header: impl FnOnce(u32) -> Header,
+    ) -> Result<(), EncodeError> {
+        encode_frame(&mut self.pending.borrow_mut(), self.max_payload, prefix, value, header)?;
         self.wake_writer();
         Ok(())
     }
 
     /// Queue a frame with a raw payload.
     pub(crate) fn push_raw(&self, payload: &[u8], header: impl FnOnce(u32) -> Header) -> Result<(), EncodeError> {
-        encode_raw(&mut self.pending.borrow_mut(), self.max_payload, payload, header)?;
+        self.push_raw_after(&[], payload, header)
+    }
+
+    /// [`Outbox::push_raw`] with `prefix` (a trace-context block) before the payload.
+    pub(crate) fn push_raw_after(
+        &self,
+        prefix: &[u8],
+        payload: &[u8],
+        header: impl FnOnce(u32) -> Header,
+    ) -> Result<(), EncodeError> {
+        encode_raw(&mut self.pending.borrow_mut(), self.max_payload, prefix, payload, header)?;
         self.wake_writer();
         Ok(())
     }

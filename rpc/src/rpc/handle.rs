@@ -51,6 +51,8 @@ impl ClientHandle {
         let payload = archive(req, self.config.max_payload)?;
         let (addr, config) = (self.addr, self.config.clone());
         let core_id = self.core.shared.id;
+        // The caller's trace (this thread's) goes with the call to the core that makes it.
+        let trace = crate::trace::current();
         let result = self
             .core
             .spawn(move || async move {
@@ -67,7 +69,7 @@ impl ClientHandle {
                         })
                         .clone()
                 });
-                client.call_bytes(method_id, &payload, opts).await
+                crate::trace::in_trace(trace, client.call_bytes(method_id, &payload, opts)).await
             })
             .await
             .map_err(|_| CallError::ConnectionLost)??;

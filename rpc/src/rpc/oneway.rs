@@ -12,6 +12,7 @@ use super::service::{CallContext, Dispatched, Service};
 use crate::buf::{encode_frame, EncodeError, Payload};
 use crate::net::UdpSocket;
 use crate::proto::frame::{decode_datagram, FrameKind, Header, HEADER_LEN};
+use crate::proto::trace::FLAG_TRACE;
 
 /// The largest UDP payload over IPv4 (65535 − 8 − 20).
 pub const MAX_DATAGRAM: usize = 65_507;
@@ -104,7 +105,16 @@ impl OneWaySender {
         let mut buf = self.buf.borrow_mut().take().unwrap_or_else(|| BytesMut::with_capacity(1024));
         buf.clear();
         let max_payload = self.max_datagram.saturating_sub(HEADER_LEN);
-        let res = encode_frame(&mut buf, max_payload, value, |len| Header::one_way(method_id, len));
+        // A one-way call made inside a trace carries it (one-way calls never start one).
+        let trace = crate::trace::current().map(|t| t.encode());
+        let prefix: &[u8] = trace.as_ref().map_or(&[], |b| b);
+        let res = encode_frame(&mut buf, max_payload, prefix, value, |len| {
+            let mut h = Header::one_way(method_id, len);
+            if trace.is_some() {
+                h.flags |= FLAG_TRACE;
+            }
+            h
+        });
         let res = match res {
             Ok(()) => {
                 // The trailing padding is optional on datagrams; leave it off.
@@ -203,14 +213,23 @@ impl OneWayServer {
             let datagram = buf.split_to(buf.len()).freeze();
             match decode_datagram(&datagram[..n], MAX_DATAGRAM as u32) {
                 Ok(h) if h.kind == FrameKind::OneWay => {
+                    let payload = datagram.slice(HEADER_LEN..HEADER_LEN + h.payload_len as usize);
+                    let (trace, payload) = match crate::proto::trace::split(&h, payload) {
+                        Ok(split) => split,
+                        Err(e) => {
+                            tracing::debug!(error = %e, %peer, "datagram with a bad trace context dropped");
+                            self.stats.borrow_mut().dropped += 1;
+                            continue;
+                        }
+                    };
                     let ctx = CallContext {
                         method_id: h.method_id,
                         request_id: 0,
                         deadline: None,
                         peer: Some(peer),
                         principal: None,
+                        trace,
                     };
-                    let payload = datagram.slice(HEADER_LEN..HEADER_LEN + h.payload_len as usize);
                     match self.services.iter().find(|s| s.has_method(h.method_id)) {
                         // Datagrams carry no identity: a service with an access list refuses them.
                         Some(svc) if svc.check_access(h.method_id, None).is_err() => {

@@ -282,12 +282,21 @@ async fn serve_conn(stream: TcpStream, services: Rc<[Service]>, config: ConnConf
                 }
             }
             FrameKind::OneWay => {
+                let (trace, payload) = match crate::proto::trace::split(&header, payload) {
+                    Ok(split) => split,
+                    Err(e) => {
+                        tracing::debug!(?peer, error = %e, "bad trace context; closing connection");
+                        outbox.push_error(0, 0, e.code(), &e.to_string());
+                        break false;
+                    }
+                };
                 let ctx = CallContext {
                     method_id: header.method_id,
                     request_id: 0,
                     deadline: None,
                     peer,
                     principal: principal.clone(),
+                    trace,
                 };
                 let svc = find(&services, header.method_id);
                 let allowed = svc.map(|s| s.check_access(header.method_id, principal.as_deref()));
@@ -350,6 +359,7 @@ fn on_request(
     if conn.inflight.borrow().contains_key(&id) {
         return Err(FrameError::DuplicateRequestId(id));
     }
+    let (trace, payload) = crate::proto::trace::split(&header, payload)?;
     if conn.load.draining.get() {
         crate::metrics::refused(ErrorCode::ShuttingDown);
         conn.outbox.push_error(id, method_id, ErrorCode::ShuttingDown, "draining: not taking new calls");
@@ -372,7 +382,7 @@ fn on_request(
     }
     // The budget is relative: convert on arrival so clock skew between hosts cannot matter.
     let deadline = (header.deadline_us > 0).then(|| Instant::now() + Duration::from_micros(header.deadline_us.into()));
-    let ctx = CallContext { method_id, request_id: id, deadline, peer, principal: principal.clone() };
+    let ctx = CallContext { method_id, request_id: id, deadline, peer, principal: principal.clone(), trace };
     match svc.dispatch(ctx, payload, Some(Reply { conn: conn.clone(), request_id: id })) {
         Dispatched::Running(task) => {
             conn.with_inflight(|m| m.insert(id, task));

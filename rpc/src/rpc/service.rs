@@ -17,9 +17,11 @@ use bytes::Bytes;
 use super::error::Status;
 use super::server::ServerConn;
 use crate::buf::{Message, Payload, Validate};
+use crate::metrics::MethodCell;
 use crate::proto::frame::{ErrorCode, Header};
 use crate::runtime::time::timeout_at;
 use crate::runtime::{spawn, JoinHandle};
+use crate::trace::TraceContext;
 
 /// What a handler knows about the call it serves.
 #[derive(Debug, Clone)]
@@ -35,6 +37,9 @@ pub struct CallContext {
     pub peer: Option<SocketAddr>,
     /// The caller's verified identity (mutual TLS); `None` on plain TCP and one-way UDP.
     pub principal: Option<crate::tls::Principal>,
+    /// The trace the call came in with (the trace, and the caller's span), if any. While the
+    /// handler runs, [`crate::trace::current`] is a new span of this trace.
+    pub trace: Option<crate::trace::TraceContext>,
 }
 
 thread_local! {
@@ -274,7 +279,7 @@ impl ServiceBuilder {
             let (handler, metrics) = (handler.clone(), metrics.clone());
             run_pooled(&pool, async move {
                 let (method_id, started) = (ctx.method_id, Instant::now());
-                let result = run_handler(ctx, payload, |ctx, msg| handler(ctx, msg)).await;
+                let result = run_handler(ctx, payload, &metrics, started, |ctx, msg| handler(ctx, msg)).await;
                 metrics.record(started, result.as_ref().map(|_| ()).map_err(Status::code));
                 if let Some(reply) = reply {
                     match result {
@@ -303,7 +308,7 @@ impl ServiceBuilder {
             let (handler, metrics) = (handler.clone(), metrics.clone());
             run_pooled(&pool, async move {
                 let (method_id, started) = (ctx.method_id, Instant::now());
-                let result = run_handler(ctx, payload, |ctx, msg| {
+                let result = run_handler(ctx, payload, &metrics, started, |ctx, msg| {
                     let fut = handler(ctx, msg);
                     async move {
                         fut.await;
@@ -336,9 +341,72 @@ impl ServiceBuilder {
     }
 }
 
-/// Validate, enforce the deadline, run the handler with its deadline visible to nested
-/// calls, and turn a panic into an `Internal` status.
-async fn run_handler<Req, Resp, F, Fut>(ctx: CallContext, payload: Bytes, handler: F) -> Result<Resp, Status>
+/// The `tracing` target of the per-call spans and events: `RUST_LOG=multispace_rpc::calls=info`
+/// logs traced calls, `=debug` every call.
+pub const CALLS_TARGET: &str = "multispace_rpc::calls";
+
+/// The call's `rpc` span — INFO with trace ids if the call came with a trace, else DEBUG (a
+/// no-op unless debug logging is on) — and the trace context the handler runs in: a new span
+/// of the caller's trace.
+fn call_span(cell: &MethodCell, ctx: &CallContext) -> (tracing::Span, Option<TraceContext>) {
+    let (service, method, method_id) = (cell.service(), cell.method().unwrap_or(""), ctx.method_id);
+    match ctx.trace {
+        Some(caller) => {
+            let mine = crate::trace::child(caller);
+            let span = tracing::info_span!(
+                target: CALLS_TARGET,
+                "rpc",
+                service,
+                method,
+                method_id,
+                trace_id = %caller.trace_id,
+                span_id = %mine.span_id,
+                parent_id = %caller.span_id,
+            );
+            (span, Some(mine))
+        }
+        None => (tracing::debug_span!(target: CALLS_TARGET, "rpc", service, method, method_id), None),
+    }
+}
+
+/// Run one call inside its span and trace, then log how it went on the span.
+async fn run_handler<Req, Resp, F, Fut>(
+    ctx: CallContext,
+    payload: Bytes,
+    cell: &MethodCell,
+    started: Instant,
+    handler: F,
+) -> Result<Resp, Status>
+where
+    Req: Validate,
+    F: FnOnce(CallContext, Message<Req>) -> Fut,
+    Fut: Future<Output = Result<Resp, Status>>,
+{
+    let (span, trace) = call_span(cell, &ctx);
+    if span.is_disabled() {
+        // The common case: no subscriber wants the span.
+        return run_checked(ctx, payload, trace, handler).await;
+    }
+    let res = tracing::Instrument::instrument(run_checked(ctx, payload, trace, handler), span.clone()).await;
+    let elapsed_us = started.elapsed().as_micros() as u64;
+    let status = res.as_ref().err().map(|s| s.code().to_string());
+    let status = status.as_deref().unwrap_or("ok");
+    if trace.is_some() {
+        tracing::info!(target: CALLS_TARGET, parent: &span, elapsed_us, status, "served");
+    } else {
+        tracing::debug!(target: CALLS_TARGET, parent: &span, elapsed_us, status, "served");
+    }
+    res
+}
+
+/// Validate, enforce the deadline, run the handler with its deadline (and `trace`) visible to
+/// nested calls, and turn a panic into an `Internal` status.
+async fn run_checked<Req, Resp, F, Fut>(
+    ctx: CallContext,
+    payload: Bytes,
+    trace: Option<TraceContext>,
+    handler: F,
+) -> Result<Resp, Status>
 where
     Req: Validate,
     F: FnOnce(CallContext, Message<Req>) -> Fut,
@@ -354,12 +422,17 @@ where
         Status::new(ErrorCode::InvalidPayload, format!("request failed validation: {e}"))
     })?;
     let method_id = ctx.method_id;
-    let mut fut = pin!(handler(ctx, msg));
+    // Calling the handler is deferred to the first poll, so its synchronous part also runs
+    // inside the call's deadline and trace, and a panic there is caught too.
+    let mut fut = pin!(async move { handler(ctx, msg).await });
     // Each poll runs with the call's deadline visible to nested calls, and a panic becomes a
     // status instead of unwinding through the core.
     let guarded = poll_fn(move |cx| {
         let prev = CURRENT_DEADLINE.with(|d| d.replace(deadline));
+        // Untraced calls run outside any trace, whatever the polling task's is.
+        let prev_trace = crate::trace::replace(trace);
         let r = std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx)));
+        crate::trace::replace(prev_trace);
         CURRENT_DEADLINE.with(|d| d.set(prev));
         match r {
             Ok(Poll::Pending) => Poll::Pending,

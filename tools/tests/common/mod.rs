@@ -38,26 +38,30 @@ pub fn certs(dir: &Path, nodes: u32, clients: &str) -> PathBuf {
     certs
 }
 
-/// Starts `multispace` with `args` and `env`; its stdout lines arrive on the channel (read
-/// by a thread, so the process never blocks on a full pipe).
+/// Starts `multispace` with `args` and `env`; its stdout and stderr (log) lines arrive on
+/// the channel (read by threads, so the process never blocks on a full pipe).
 pub fn spawn_with(args: &[&str], env: &[(&str, &str)]) -> (NodeProc, Receiver<String>) {
     let mut child = Command::new(BIN)
         .args(args)
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
+    forward_lines(child.stdout.take().unwrap(), tx.clone());
+    forward_lines(child.stderr.take().unwrap(), tx);
+    (NodeProc(child), rx)
+}
+
+fn forward_lines(from: impl std::io::Read + Send + 'static, tx: std::sync::mpsc::Sender<String>) {
     std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        for line in BufReader::new(from).lines().map_while(Result::ok) {
             if tx.send(line).is_err() {
                 break;
             }
         }
     });
-    (NodeProc(child), rx)
 }
 
 /// The first line from `rx` containing `want`, waiting at most 20 seconds.

@@ -1,0 +1,245 @@
+//! Trace ids crossing rpc hops: reliable calls (nested), one-way datagrams and calls from
+//! plain threads carry the caller's trace; each served call runs in a new span of it and
+//! gets one `rpc` tracing span with its ids. Both drivers.
+
+mod common;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{each_driver, must, until};
+use multispace_rpc::trace::{self, TraceContext};
+use multispace_rpc::{
+    spawn, CallContext, CallOptions, Client, ClientHandle, DriverChoice, Message, OneWaySender, OneWayServer,
+    RuntimeBuilder, Server, Service, Status,
+};
+
+const SEEN: u32 = 1;
+const FORWARD: u32 = 2;
+const NOTE: u32 = 3;
+
+/// What a handler saw: the trace id, the caller's span and its own span.
+type Seen = Option<(u128, u64, u64)>;
+
+fn seen(ctx: &CallContext) -> Seen {
+    let current = trace::current();
+    match ctx.trace {
+        None => {
+            assert_eq!(current, None, "an untraced call runs outside any trace");
+            None
+        }
+        Some(caller) => {
+            let me = current.expect("a traced call runs inside its trace");
+            assert_eq!(me.trace_id, caller.trace_id);
+            assert_ne!(me.span_id, caller.span_id, "the handler gets a span of its own");
+            Some((caller.trace_id.0, caller.span_id.0, me.span_id.0))
+        }
+    }
+}
+
+fn serve(svc: Service) -> SocketAddr {
+    let server = Server::bind("127.0.0.1:0".parse().unwrap(), [svc]).unwrap();
+    let addr = server.local_addr();
+    spawn(server.serve()).detach();
+    addr
+}
+
+/// B answers what it saw; A calls B (a nested call) and answers both views.
+fn two_hops() -> SocketAddr {
+    let b = serve(
+        Service::builder("b")
+            // Synchronous part of the handler: it too runs inside the call's trace.
+            .method(SEEN, |ctx, _req: Message<()>| {
+                let s = seen(&ctx);
+                async move { Ok::<Seen, Status>(s) }
+            })
+            .build(),
+    );
+    let client_b = Client::new(b);
+    serve(
+        Service::builder("a")
+            .method(FORWARD, move |ctx, _req: Message<()>| {
+                let client_b = client_b.clone();
+                async move {
+                    let mine = seen(&ctx);
+                    let theirs = client_b
+                        .call::<(), Seen>(SEEN, &(), CallOptions::default())
+                        .await
+                        .map_err(|e| Status::internal(e.to_string()))?;
+                    Ok::<(Seen, Seen), Status>((mine, theirs.to_owned().unwrap()))
+                }
+            })
+            .build(),
+    )
+}
+
+#[test]
+fn a_trace_crosses_two_hops_with_a_new_span_per_hop() {
+    each_driver(|_| async {
+        let client = Client::new(two_hops());
+        let call = || client.call::<(), (Seen, Seen)>(FORWARD, &(), CallOptions::default());
+
+        let untraced = must("untraced call", call()).await.unwrap().to_owned().unwrap();
+        assert_eq!(untraced, (None, None), "no trace unless the caller has one (sampling is off)");
+
+        let root = trace::start();
+        let (a, b) = must("traced call", trace::in_trace(Some(root), call())).await.unwrap().to_owned().unwrap();
+        let (a_trace, a_parent, a_span) = a.expect("A got the trace");
+        let (b_trace, b_parent, b_span) = b.expect("B got the trace from A's nested call");
+        assert_eq!((a_trace, b_trace), (root.trace_id.0, root.trace_id.0));
+        assert_eq!(a_parent, root.span_id.0, "A's parent is the caller's span");
+        assert_eq!(b_parent, a_span, "B's parent is A's span");
+        assert_ne!(a_span, b_span);
+        assert_eq!(trace::current(), None, "the caller's thread is left as it was");
+    });
+}
+
+#[test]
+fn a_one_way_datagram_sent_inside_a_trace_carries_it() {
+    each_driver(|_| async {
+        let got: Rc<RefCell<Vec<Seen>>> = Rc::default();
+        let svc = {
+            let got = got.clone();
+            Service::builder("notes")
+                .one_way(NOTE, move |ctx, _m: Message<String>| {
+                    got.borrow_mut().push(seen(&ctx));
+                    async {}
+                })
+                .build()
+        };
+        let server = OneWayServer::bind("127.0.0.1:0".parse().unwrap(), [svc]).unwrap();
+        let addr = server.local_addr();
+        spawn(server.serve()).detach();
+        let sender = OneWaySender::new().unwrap();
+        sender.send(addr, NOTE, &"plain".to_string()).await.unwrap();
+        until("untraced datagram", || got.borrow().len() == 1).await;
+        let root = trace::start();
+        trace::in_trace(Some(root), sender.send(addr, NOTE, &"traced".to_string())).await.unwrap();
+        until("traced datagram", || got.borrow().len() == 2).await;
+        let got = got.borrow();
+        assert_eq!(got[0], None);
+        let (t, parent, _) = got[1].expect("traced");
+        assert_eq!((t, parent), (root.trace_id.0, root.span_id.0));
+    });
+}
+
+#[test]
+fn a_call_from_a_plain_thread_carries_that_threads_trace() {
+    for kind in common::drivers() {
+        let rt = RuntimeBuilder::new().cores(1).pin(false).driver(DriverChoice::Force(kind)).build().unwrap();
+        let addr = rt
+            .core(0)
+            .run(|| async {
+                serve(
+                    Service::builder("b")
+                        .method(SEEN, |ctx, _req: Message<()>| async move { Ok::<Seen, Status>(seen(&ctx)) })
+                        .build(),
+                )
+            })
+            .unwrap();
+        let handle = ClientHandle::new(rt.core(0).clone(), addr);
+        let opts = CallOptions::timeout(Duration::from_secs(20));
+        let root = trace::start();
+        let traced: Message<Seen> = trace::scope(root, || handle.call_blocking(SEEN, &(), opts)).unwrap();
+        let (t, parent, _) = traced.to_owned().unwrap().expect("the handle sent the thread's trace");
+        assert_eq!((t, parent), (root.trace_id.0, root.span_id.0));
+        let plain: Message<Seen> = handle.call_blocking(SEEN, &(), opts).unwrap();
+        assert_eq!(plain.to_owned().unwrap(), None);
+    }
+}
+
+/// A recorded span: its name and fields.
+type SpanRecord = (String, HashMap<String, String>);
+
+/// A subscriber that records every span's name and fields, and the events logged in them.
+#[derive(Clone, Default)]
+struct Recorder {
+    spans: Arc<Mutex<Vec<SpanRecord>>>,
+    /// (span index, message) of each event logged with a parent span.
+    events: Arc<Mutex<Vec<(usize, String)>>>,
+}
+
+struct Fields<'a>(&'a mut HashMap<String, String>);
+
+impl tracing::field::Visit for Fields<'_> {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name().to_string(), value.to_string());
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(field.name().to_string(), format!("{value:?}"));
+    }
+}
+
+impl tracing::Subscriber for Recorder {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn new_span(&self, attrs: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        let mut fields = HashMap::new();
+        attrs.record(&mut Fields(&mut fields));
+        let mut spans = self.spans.lock().unwrap();
+        spans.push((attrs.metadata().name().to_string(), fields));
+        tracing::span::Id::from_u64(spans.len() as u64)
+    }
+
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+
+    fn event(&self, event: &tracing::Event<'_>) {
+        if let Some(parent) = event.parent() {
+            let mut fields = HashMap::new();
+            event.record(&mut Fields(&mut fields));
+            let message = fields.remove("message").unwrap_or_default();
+            self.events.lock().unwrap().push((parent.into_u64() as usize - 1, message));
+        }
+    }
+
+    fn enter(&self, _: &tracing::span::Id) {}
+
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+#[test]
+fn each_served_call_has_an_rpc_span_with_its_trace_ids() {
+    let recorder = Recorder::default();
+    tracing::subscriber::with_default(recorder.clone(), || {
+        each_driver(|_| async {
+            let client = Client::new(two_hops());
+            let root: TraceContext = trace::start();
+            let (a, b) = must(
+                "traced call",
+                trace::in_trace(Some(root), client.call::<(), (Seen, Seen)>(FORWARD, &(), CallOptions::default())),
+            )
+            .await
+            .unwrap()
+            .to_owned()
+            .unwrap();
+            let (a_span, b_span) = (a.unwrap().2, b.unwrap().2);
+            let spans = recorder.spans.lock().unwrap().clone();
+            let rpc_span = |span_id: u64| {
+                let id = format!("{:016x}", span_id);
+                spans
+                    .iter()
+                    .position(|(name, f)| name == "rpc" && f.get("span_id") == Some(&id))
+                    .unwrap_or_else(|| panic!("no rpc span with span_id {id} in {spans:?}"))
+            };
+            let (ia, ib) = (rpc_span(a_span), rpc_span(b_span));
+            let trace_id = root.trace_id.to_string();
+            assert_eq!(spans[ia].1["trace_id"], trace_id);
+            assert_eq!(spans[ib].1["trace_id"], trace_id);
+            assert_eq!(spans[ia].1["parent_id"], root.span_id.to_string());
+            assert_eq!(spans[ib].1["parent_id"], format!("{a_span:016x}"));
+            assert_eq!((spans[ia].1["service"].as_str(), spans[ib].1["service"].as_str()), ("a", "b"));
+            // Each ends with a `served` event logged on its span.
+            let served = |i: usize| recorder.events.lock().unwrap().iter().any(|(s, m)| *s == i && m == "served");
+            until("both calls logged as served", || served(ia) && served(ib)).await;
+        })
+    });
+}
