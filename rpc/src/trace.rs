@@ -26,9 +26,27 @@ use std::task::{Context, Poll};
 pub use crate::proto::trace::{SpanId, TraceContext, TraceId};
 pub use crate::rpc::service::CALLS_TARGET;
 
+/// The state of the call the code on this thread runs for: its trace, and the deadline that
+/// nested calls inherit. One cell, so a handler's poll sets and restores it in one go.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Ambient {
+    pub(crate) deadline: Option<std::time::Instant>,
+    pub(crate) trace: Option<TraceContext>,
+}
+
 thread_local! {
-    static CURRENT: Cell<Option<TraceContext>> = const { Cell::new(None) };
+    static AMBIENT: Cell<Ambient> = const { Cell::new(Ambient { deadline: None, trace: None }) };
     static RNG: Cell<u64> = Cell::new(seed());
+}
+
+/// This thread's call state.
+pub(crate) fn ambient() -> Ambient {
+    AMBIENT.with(Cell::get)
+}
+
+/// Set this thread's call state, returning the previous one.
+pub(crate) fn replace_ambient(a: Ambient) -> Ambient {
+    AMBIENT.with(|c| c.replace(a))
 }
 
 /// Fraction of untraced calls that start a trace, in units of 2^-32 (0 = none).
@@ -55,7 +73,7 @@ fn next_u64() -> u64 {
 /// A new trace with a new root span.
 pub fn start() -> TraceContext {
     let id = (u128::from(next_u64()) << 64) | u128::from(next_u64());
-    TraceContext { trace_id: TraceId(id), span_id: SpanId(next_u64()) }
+    TraceContext { trace_id: TraceId::new(id), span_id: SpanId(next_u64()) }
 }
 
 /// A new span in `parent`'s trace.
@@ -65,19 +83,23 @@ pub fn child(parent: TraceContext) -> TraceContext {
 
 /// The trace (and span) the code running on this thread belongs to, if any.
 pub fn current() -> Option<TraceContext> {
-    CURRENT.with(Cell::get)
+    ambient().trace
 }
 
 /// Set the current trace, returning the previous one.
-pub(crate) fn replace(ctx: Option<TraceContext>) -> Option<TraceContext> {
-    CURRENT.with(|c| c.replace(ctx))
+fn replace(ctx: Option<TraceContext>) -> Option<TraceContext> {
+    AMBIENT.with(|c| {
+        let mut a = c.get();
+        let prev = std::mem::replace(&mut a.trace, ctx);
+        c.set(a);
+        prev
+    })
 }
 
 /// Run `f` with `ctx` current on this thread (calls it makes through [`crate::ClientHandle`]
 /// or on this core carry the trace).
 pub fn scope<R>(ctx: TraceContext, f: impl FnOnce() -> R) -> R {
-    let prev = CURRENT.with(|c| c.replace(Some(ctx)));
-    let _restore = Restore(prev);
+    let _restore = Restore(replace(Some(ctx)));
     f()
 }
 
@@ -85,7 +107,7 @@ struct Restore(Option<TraceContext>);
 
 impl Drop for Restore {
     fn drop(&mut self) {
-        CURRENT.with(|c| c.set(self.0));
+        replace(self.0);
     }
 }
 
@@ -155,7 +177,7 @@ mod tests {
     fn ids_are_nonzero_and_distinct() {
         let ids: std::collections::HashSet<_> = (0..1000).map(|_| start().trace_id).collect();
         assert_eq!(ids.len(), 1000);
-        assert!(ids.iter().all(|t| t.0 != 0));
+        assert!(ids.iter().all(|t| t.get() != 0));
     }
 
     #[test]

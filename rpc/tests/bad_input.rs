@@ -321,7 +321,7 @@ fn a_bad_trace_context_is_malformed_and_a_good_one_is_served() {
     use multispace_rpc::trace::{SpanId, TraceContext, TraceId};
     each_driver(|_| async {
         let addr = start();
-        let good = TraceContext { trace_id: TraceId(7), span_id: SpanId(9) }.encode();
+        let good = TraceContext { trace_id: TraceId::new(7), span_id: SpanId(9) }.encode();
         let mut zero_trace = good;
         zero_trace[..16].fill(0);
         let mut reserved = good;

@@ -214,6 +214,25 @@ fn handler_panic_becomes_internal_error_and_server_keeps_serving() {
 }
 
 #[test]
+fn a_panic_in_a_handlers_synchronous_part_is_caught_too() {
+    each_driver(|_| async {
+        let svc = Service::builder("eager")
+            .method(21, |_ctx, _req: Message<()>| -> std::future::Ready<Result<(), Status>> {
+                panic!("before returning a future")
+            })
+            .method(ECHO, |_ctx, req: Message<String>| async move { Ok::<String, Status>(req.as_str().to_owned()) })
+            .build();
+        let client = Client::new(start(svc));
+        match client.call::<(), ()>(21, &(), CallOptions::default()).await.unwrap_err() {
+            CallError::Status(s) => assert_eq!(s.code(), ErrorCode::Internal),
+            other => panic!("expected an internal status, got {other:?}"),
+        }
+        let r = client.call::<String, String>(ECHO, &"still here".to_string(), CallOptions::default()).await.unwrap();
+        assert_eq!(r.as_str(), "still here");
+    });
+}
+
+#[test]
 fn unknown_method_is_a_typed_error_and_connection_survives() {
     each_driver(|_| async {
         let client = Client::new(start(service()));

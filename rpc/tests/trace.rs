@@ -36,7 +36,7 @@ fn seen(ctx: &CallContext) -> Seen {
             let me = current.expect("a traced call runs inside its trace");
             assert_eq!(me.trace_id, caller.trace_id);
             assert_ne!(me.span_id, caller.span_id, "the handler gets a span of its own");
-            Some((caller.trace_id.0, caller.span_id.0, me.span_id.0))
+            Some((caller.trace_id.get(), caller.span_id.0, me.span_id.0))
         }
     }
 }
@@ -90,7 +90,7 @@ fn a_trace_crosses_two_hops_with_a_new_span_per_hop() {
         let (a, b) = must("traced call", trace::in_trace(Some(root), call())).await.unwrap().to_owned().unwrap();
         let (a_trace, a_parent, a_span) = a.expect("A got the trace");
         let (b_trace, b_parent, b_span) = b.expect("B got the trace from A's nested call");
-        assert_eq!((a_trace, b_trace), (root.trace_id.0, root.trace_id.0));
+        assert_eq!((a_trace, b_trace), (root.trace_id.get(), root.trace_id.get()));
         assert_eq!(a_parent, root.span_id.0, "A's parent is the caller's span");
         assert_eq!(b_parent, a_span, "B's parent is A's span");
         assert_ne!(a_span, b_span);
@@ -123,7 +123,7 @@ fn a_one_way_datagram_sent_inside_a_trace_carries_it() {
         let got = got.borrow();
         assert_eq!(got[0], None);
         let (t, parent, _) = got[1].expect("traced");
-        assert_eq!((t, parent), (root.trace_id.0, root.span_id.0));
+        assert_eq!((t, parent), (root.trace_id.get(), root.span_id.0));
     });
 }
 
@@ -146,7 +146,7 @@ fn a_call_from_a_plain_thread_carries_that_threads_trace() {
         let root = trace::start();
         let traced: Message<Seen> = trace::scope(root, || handle.call_blocking(SEEN, &(), opts)).unwrap();
         let (t, parent, _) = traced.to_owned().unwrap().expect("the handle sent the thread's trace");
-        assert_eq!((t, parent), (root.trace_id.0, root.span_id.0));
+        assert_eq!((t, parent), (root.trace_id.get(), root.span_id.0));
         let plain: Message<Seen> = handle.call_blocking(SEEN, &(), opts).unwrap();
         assert_eq!(plain.to_owned().unwrap(), None);
     }

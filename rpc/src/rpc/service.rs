@@ -1,7 +1,7 @@
 //! Services: a name and a table of method id → handler. Generated skeletons (stubgen) build
 //! the same table with [`ServiceBuilder::method`] and [`ServiceBuilder::one_way`].
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::poll_fn;
 use std::future::Future;
@@ -42,13 +42,9 @@ pub struct CallContext {
     pub trace: Option<crate::trace::TraceContext>,
 }
 
-thread_local! {
-    static CURRENT_DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
-}
-
 /// The deadline of the handler running on this core right now, if any (nested calls use it).
 pub fn current_deadline() -> Option<Instant> {
-    CURRENT_DEADLINE.with(Cell::get)
+    crate::trace::ambient().deadline
 }
 
 /// Where a handler's result goes: the connection's outbox (reliable) or nowhere (one-way).
@@ -365,11 +361,19 @@ fn call_span(cell: &MethodCell, ctx: &CallContext) -> (tracing::Span, Option<Tra
             );
             (span, Some(mine))
         }
-        None => (tracing::debug_span!(target: CALLS_TARGET, "rpc", service, method, method_id), None),
+        // Checked first (one atomic load) so that untraced calls cost nothing when no one
+        // logs at DEBUG: even a disabled span is not free (tracing's `log` fallback).
+        None if tracing::level_filters::LevelFilter::current() >= tracing::Level::DEBUG => {
+            (tracing::debug_span!(target: CALLS_TARGET, "rpc", service, method, method_id), None)
+        }
+        None => (tracing::Span::none(), None),
     }
 }
 
-/// Run one call inside its span and trace, then log how it went on the span.
+/// Run one call: validate, enforce the deadline, run the handler with its deadline, trace
+/// and span current (for nested calls and logs), turn a panic into an `Internal` status, and
+/// log the outcome on the span. One async layer, so the call's future stays small: it is
+/// moved into a pooled slot on every call.
 async fn run_handler<Req, Resp, F, Fut>(
     ctx: CallContext,
     payload: Bytes,
@@ -383,72 +387,72 @@ where
     Fut: Future<Output = Result<Resp, Status>>,
 {
     let (span, trace) = call_span(cell, &ctx);
-    if span.is_disabled() {
-        // The common case: no subscriber wants the span.
-        return run_checked(ctx, payload, trace, handler).await;
-    }
-    let res = tracing::Instrument::instrument(run_checked(ctx, payload, trace, handler), span.clone()).await;
-    let elapsed_us = started.elapsed().as_micros() as u64;
-    let status = res.as_ref().err().map(|s| s.code().to_string());
-    let status = status.as_deref().unwrap_or("ok");
-    if trace.is_some() {
-        tracing::info!(target: CALLS_TARGET, parent: &span, elapsed_us, status, "served");
-    } else {
-        tracing::debug!(target: CALLS_TARGET, parent: &span, elapsed_us, status, "served");
+    let deadline = ctx.deadline;
+    let method_id = ctx.method_id;
+    let res = 'run: {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            // Expired while queued: the caller has given up, do not run it.
+            break 'run Err(Status::new(ErrorCode::DeadlineExceeded, "deadline expired before the handler ran"));
+        }
+        let msg = match Message::<Req>::new(payload) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!(method_id, error = %e, "request failed validation");
+                break 'run Err(Status::new(ErrorCode::InvalidPayload, format!("request failed validation: {e}")));
+            }
+        };
+        // The handler's synchronous part, and then each poll of its future, runs with the
+        // call's state current; a panic in either becomes a status instead of unwinding
+        // through the core.
+        let created =
+            in_call(deadline, trace, &span, || std::panic::catch_unwind(AssertUnwindSafe(|| handler(ctx, msg))));
+        let Ok(fut) = created else { break 'run Err(panicked(method_id)) };
+        let mut fut = pin!(fut);
+        let guarded = poll_fn(|cx| {
+            match in_call(deadline, trace, &span, || {
+                std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx)))
+            }) {
+                Ok(Poll::Pending) => Poll::Pending,
+                Ok(Poll::Ready(v)) => Poll::Ready(v),
+                Err(_) => Poll::Ready(Err(panicked(method_id))),
+            }
+        });
+        match deadline {
+            Some(d) => timeout_at(d, guarded)
+                .await
+                .unwrap_or_else(|_| Err(Status::new(ErrorCode::DeadlineExceeded, "handler ran past the deadline"))),
+            None => guarded.await,
+        }
+    };
+    if !span.is_disabled() {
+        let elapsed_us = started.elapsed().as_micros() as u64;
+        let status = res.as_ref().err().map(|s| s.code().to_string());
+        let status = status.as_deref().unwrap_or("ok");
+        if trace.is_some() {
+            tracing::info!(target: CALLS_TARGET, parent: &span, elapsed_us, status, "served");
+        } else {
+            tracing::debug!(target: CALLS_TARGET, parent: &span, elapsed_us, status, "served");
+        }
     }
     res
 }
 
-/// Validate, enforce the deadline, run the handler with its deadline (and `trace`) visible to
-/// nested calls, and turn a panic into an `Internal` status.
-async fn run_checked<Req, Resp, F, Fut>(
-    ctx: CallContext,
-    payload: Bytes,
+fn panicked(method_id: u32) -> Status {
+    tracing::error!(method_id, "handler panicked");
+    Status::internal("handler panicked")
+}
+
+/// Run `f` with a call's deadline and trace current on this thread (untraced calls run
+/// outside any trace, whatever the polling task's is) and its span entered.
+fn in_call<R>(
+    deadline: Option<Instant>,
     trace: Option<TraceContext>,
-    handler: F,
-) -> Result<Resp, Status>
-where
-    Req: Validate,
-    F: FnOnce(CallContext, Message<Req>) -> Fut,
-    Fut: Future<Output = Result<Resp, Status>>,
-{
-    let deadline = ctx.deadline;
-    if deadline.is_some_and(|d| Instant::now() >= d) {
-        // Expired while queued: the caller has given up, do not run it.
-        return Err(Status::new(ErrorCode::DeadlineExceeded, "deadline expired before the handler ran"));
-    }
-    let msg = Message::<Req>::new(payload).map_err(|e| {
-        tracing::debug!(method_id = ctx.method_id, error = %e, "request failed validation");
-        Status::new(ErrorCode::InvalidPayload, format!("request failed validation: {e}"))
-    })?;
-    let method_id = ctx.method_id;
-    // Calling the handler is deferred to the first poll, so its synchronous part also runs
-    // inside the call's deadline and trace, and a panic there is caught too.
-    let mut fut = pin!(async move { handler(ctx, msg).await });
-    // Each poll runs with the call's deadline visible to nested calls, and a panic becomes a
-    // status instead of unwinding through the core.
-    let guarded = poll_fn(move |cx| {
-        let prev = CURRENT_DEADLINE.with(|d| d.replace(deadline));
-        // Untraced calls run outside any trace, whatever the polling task's is.
-        let prev_trace = crate::trace::replace(trace);
-        let r = std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx)));
-        crate::trace::replace(prev_trace);
-        CURRENT_DEADLINE.with(|d| d.set(prev));
-        match r {
-            Ok(Poll::Pending) => Poll::Pending,
-            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
-            Err(p) => Poll::Ready(Err(p)),
-        }
-    });
-    let res = match deadline {
-        Some(d) => match timeout_at(d, guarded).await {
-            Ok(r) => r,
-            Err(_) => return Err(Status::new(ErrorCode::DeadlineExceeded, "handler ran past the deadline")),
-        },
-        None => guarded.await,
-    };
-    res.unwrap_or_else(|_| {
-        tracing::error!(method_id, "handler panicked");
-        Err(Status::internal("handler panicked"))
-    })
+    span: &tracing::Span,
+    f: impl FnOnce() -> R,
+) -> R {
+    let _entered = span.enter();
+    let prev = crate::trace::replace_ambient(crate::trace::Ambient { deadline, trace });
+    let r = f();
+    crate::trace::replace_ambient(prev);
+    r
 }
