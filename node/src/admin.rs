@@ -3,7 +3,8 @@
 //!
 //! - `GET /metrics`: Prometheus text — rpc calls, errors by kind and latency per method (this
 //!   core), calls refused before dispatch, beacons sent/accepted/rejected by reason, registry
-//!   size, TLS handshakes, and the I/O driver in use;
+//!   size, TLS handshakes, and the I/O driver in use with its counters (loop turns, kernel
+//!   entries, sleeps, submissions, completions, cross-thread wake-ups);
 //! - `GET /healthz`: `ok` while the node runs;
 //! - `GET /status`: an HTML page of the cluster as this node sees it, refreshed live from
 //! - `GET /status.json`: members, instances with health and load, beacon counters.
@@ -218,6 +219,20 @@ pub fn metrics(node: &Node, started: Instant) -> String {
         "counter",
         &tls,
     );
+    if let Some(d) = multispace_rpc::runtime::current_driver_stats() {
+        let one = |v: u64| [(String::new(), v)];
+        let rows: [(&str, &str, u64); 6] = [
+            ("turns", "Event-loop turns of the node's core.", d.turns),
+            ("enters", "Turns that entered the kernel (io_uring_enter or epoll_wait).", d.enters),
+            ("sleeps", "Turns allowed to sleep in the kernel (nothing ready).", d.sleeps),
+            ("submissions", "io_uring submission entries queued (0 with epoll).", d.submissions),
+            ("completions", "io_uring completions or epoll events reaped.", d.completions),
+            ("remote_wakes", "Wake-ups from other threads through the core's eventfd.", d.remote_wakes),
+        ];
+        for (name, help, v) in rows {
+            counter(&mut out, &format!("multispace_driver_{name}_total"), help, "counter", &one(v));
+        }
+    }
     let (methods, refused) = multispace_rpc::metrics::snapshot();
     multispace_rpc::metrics::render_prometheus(&methods, &refused, &mut out);
     out

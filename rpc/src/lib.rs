@@ -72,7 +72,7 @@ pub use serde_json;
 pub use rpc::json;
 
 pub use buf::{EncodeError, Message, Payload, Validate};
-pub use driver::{DriverChoice, DriverKind};
+pub use driver::{DriverChoice, DriverKind, DriverStats};
 pub use proto::balance::{key_hash, Policy};
 pub use proto::frame::ErrorCode;
 pub use rpc::client::{CallOptions, Client};

@@ -285,3 +285,23 @@ fn nested_calls_from_a_handler() {
         sleep(Duration::ZERO).await;
     });
 }
+
+#[test]
+fn the_driver_counts_its_turns_and_completions() {
+    each_driver(|kind| async move {
+        let before = multispace_rpc::runtime::current_driver_stats().expect("inside a core");
+        let client = Client::new(start(service()));
+        for _ in 0..10 {
+            client.call::<String, String>(ECHO, &"x".to_string(), CallOptions::default()).await.unwrap();
+        }
+        let after = multispace_rpc::runtime::current_driver_stats().unwrap();
+        assert!(after.turns > before.turns && after.completions > before.completions, "{before:?} {after:?}");
+        assert!(after.enters <= after.turns && after.sleeps <= after.enters, "{after:?}");
+        match kind {
+            // Every send and receive was an operation handed to the ring.
+            multispace_rpc::DriverKind::Uring => assert!(after.submissions >= before.submissions + 20, "{after:?}"),
+            multispace_rpc::DriverKind::Epoll => assert_eq!(after.submissions, 0),
+        }
+    });
+    assert_eq!(multispace_rpc::runtime::current_driver_stats(), None, "outside a core");
+}

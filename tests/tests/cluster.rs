@@ -638,6 +638,15 @@ fn the_admin_endpoint_serves_metrics_health_and_the_cluster_status() {
         assert!(metrics.contains("multispace_registry_instances{state=\"up\"} 1"), "{metrics}");
         let driver = format!("driver=\"{kind}\"");
         assert!(metrics.contains(&driver), "{metrics}");
+        // The core's driver counters: it has turned, and reaped events for these calls.
+        let sample = |name: &str| -> u64 {
+            let line =
+                metrics.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("no {name}"));
+            line.rsplit(' ').next().unwrap().parse().unwrap()
+        };
+        assert!(sample("multispace_driver_turns_total") > 0, "{metrics}");
+        assert!(sample("multispace_driver_completions_total") > 0, "{metrics}");
+        assert!(sample("multispace_driver_enters_total") <= sample("multispace_driver_turns_total"));
         // Every sample line is `name{labels} value` or `name value` with a number.
         for line in metrics.lines().filter(|l| !l.starts_with('#')) {
             let value = line.rsplit(' ').next().unwrap();

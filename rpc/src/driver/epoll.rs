@@ -44,13 +44,15 @@ pub(crate) struct EpollDriver {
     events: Events,
     io: Slab<ScheduledIo>,
     wake_fd: RawFd,
+    pub(crate) stats: super::DriverStats,
 }
 
 impl EpollDriver {
     pub(crate) fn new(wake_fd: RawFd) -> io::Result<Self> {
         let poll = Poll::new()?;
         poll.registry().register(&mut SourceFd(&wake_fd), WAKE, Interest::READABLE)?;
-        Ok(EpollDriver { poll, events: Events::with_capacity(256), io: Slab::new(), wake_fd })
+        let events = Events::with_capacity(256);
+        Ok(EpollDriver { poll, events, io: Slab::new(), wake_fd, stats: super::DriverStats::default() })
     }
 
     pub(crate) fn register(&mut self, fd: RawFd) -> io::Result<usize> {
@@ -106,9 +108,14 @@ impl EpollDriver {
     }
 
     pub(crate) fn turn(&mut self, wait: Wait) -> io::Result<bool> {
+        self.stats.turns += 1;
+        self.stats.enters += 1;
         let timeout = match wait {
             Wait::No => Some(std::time::Duration::ZERO),
-            Wait::Sleep(t) => t,
+            Wait::Sleep(t) => {
+                self.stats.sleeps += 1;
+                t
+            }
         };
         match self.poll.poll(&mut self.events, timeout) {
             Ok(()) => {}
@@ -117,7 +124,9 @@ impl EpollDriver {
         }
         let mut woke = false;
         for ev in self.events.iter() {
+            self.stats.completions += 1;
             if ev.token() == WAKE {
+                self.stats.remote_wakes += 1;
                 sys::eventfd_drain(self.wake_fd);
                 woke = true;
                 continue;

@@ -67,6 +67,23 @@ impl DriverChoice {
     }
 }
 
+/// What a core's I/O driver has done since the core started (for `/metrics`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DriverStats {
+    /// Event-loop turns (one driver turn each).
+    pub turns: u64,
+    /// Turns that entered the kernel (`io_uring_enter` or `epoll_wait`).
+    pub enters: u64,
+    /// Of those, turns that were allowed to sleep (nothing ready, not busy-polling).
+    pub sleeps: u64,
+    /// Operations handed to the kernel (io_uring submission entries; 0 for epoll).
+    pub submissions: u64,
+    /// Completions (io_uring) or readiness events (epoll) reaped.
+    pub completions: u64,
+    /// Wake-ups from other threads through the core's eventfd.
+    pub remote_wakes: u64,
+}
+
 /// How long one driver turn may block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Wait {
@@ -121,6 +138,14 @@ impl Driver {
         match self {
             Driver::Uring(d) => d.turn(wait),
             Driver::Epoll(d) => d.turn(wait),
+        }
+    }
+
+    /// Counters since the core started.
+    pub(crate) fn stats(&self) -> DriverStats {
+        match self {
+            Driver::Uring(d) => d.stats,
+            Driver::Epoll(d) => d.stats,
         }
     }
 

@@ -58,6 +58,7 @@ pub(crate) struct UringDriver {
     free_bgids: Vec<u16>,
     /// Rings of abandoned multishot ops that finished during a completion pass.
     finished_rings: Vec<MultiData>,
+    pub(crate) stats: super::DriverStats,
 }
 
 impl UringDriver {
@@ -78,6 +79,7 @@ impl UringDriver {
             next_bgid: 0,
             free_bgids: Vec::new(),
             finished_rings: Vec::new(),
+            stats: super::DriverStats::default(),
         };
         d.arm_wake();
         Ok(d)
@@ -88,6 +90,7 @@ impl UringDriver {
             // SAFETY: every entry pushed here points only at memory that outlives its
             // completion: op data parked in `self.ops` or the boxed `wake_buf`.
             if unsafe { self.ring.submission().push(entry) }.is_ok() {
+                self.stats.submissions += 1;
                 return;
             }
             // Queue full: hand what we have to the kernel and retry.
@@ -224,6 +227,11 @@ impl UringDriver {
     }
 
     pub(crate) fn turn(&mut self, wait: Wait) -> io::Result<bool> {
+        self.stats.turns += 1;
+        if matches!(wait, Wait::Sleep(_)) {
+            self.stats.enters += 1;
+            self.stats.sleeps += 1;
+        }
         let res = match wait {
             Wait::No => {
                 let sq = self.ring.submission();
@@ -232,6 +240,7 @@ impl UringDriver {
                 if idle {
                     Ok(0)
                 } else {
+                    self.stats.enters += 1;
                     self.ring.submit()
                 }
             }
@@ -250,8 +259,10 @@ impl UringDriver {
         let mut woke = false;
         let mut rearm = false;
         for cqe in self.ring.completion() {
+            self.stats.completions += 1;
             match cqe.user_data() {
                 WAKE_TOKEN => {
+                    self.stats.remote_wakes += 1;
                     woke = true;
                     rearm = true;
                 }

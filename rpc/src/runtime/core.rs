@@ -145,6 +145,11 @@ pub fn current_driver() -> Option<DriverKind> {
     CURRENT.with(|c| c.borrow().as_ref().map(|core| core.driver.borrow().kind()))
 }
 
+/// What the current core's I/O driver has done so far; `None` outside a core.
+pub fn current_driver_stats() -> Option<crate::driver::DriverStats> {
+    CURRENT.with(|c| c.borrow().as_ref().map(|core| core.driver.borrow().stats()))
+}
+
 pub(crate) fn with_driver<R>(f: impl FnOnce(&mut Driver) -> R) -> R {
     with_core(|c| f(&mut c.driver.borrow_mut()))
 }

@@ -10,7 +10,7 @@ mod multi;
 pub mod time;
 pub(crate) mod wheel;
 
-pub use self::core::{current_driver, Config, LocalRuntime, WaitMode};
+pub use self::core::{current_driver, current_driver_stats, Config, LocalRuntime, WaitMode};
 pub use self::executor::{spawn, yield_now, JoinHandle};
 pub use self::multi::{block_on_thread, CoreGone, CoreHandle, Runtime, RuntimeBuilder};
 
