@@ -43,7 +43,8 @@ multicast 239.255.77.1:$BEACON_PORT out of each host's veth with TTL 1. Needs ro
                     down first. Cleans up after itself if it fails or is interrupted.
                     --dht: also run a replicated table node on each host (\`multispace dht
                     serve --id I\` at 10.77.0.I:$DHT_PORT, same identity node-I, durable, data
-                    in the state dir; $DHT_PARTITIONS partitions, min(N,3) replicas each)
+                    in the state dir; $DHT_PARTITIONS partitions, min(N,3) replicas each;
+                    each node's status page then shows the partitions and their leaders)
   kill I [node|dht] SIGKILL node I, and with --dht its table node (or just the one named)
   start I [node|dht]
                     start node I (and its table node) again, whichever is not running
@@ -210,6 +211,10 @@ start_node() {
     bin=$(<"$STATE_DIR/bin")
     local args=(node --id "$i" --ip "$SUBNET.$i" --multicast-if "$SUBNET.$i" --port "$BEACON_PORT"
         --cluster netcluster --key-file "$STATE_DIR/beacon.keys" --service keiretsu)
+    # With a table: the node's status page shows its partitions, asking the local table node.
+    if dht_enabled; then
+        args+=(--dht "$SUBNET.$i:$DHT_PORT")
+    fi
     if [[ $(<"$STATE_DIR/security") == plain ]]; then
         args+=(--insecure-plain)
     else

@@ -7,7 +7,8 @@
 //!   entries, sleeps, submissions, completions, cross-thread wake-ups);
 //! - `GET /healthz`: `ok` while the node runs;
 //! - `GET /status`: an HTML page of the cluster as this node sees it, refreshed live from
-//! - `GET /status.json`: members, instances with health and load, beacon counters.
+//! - `GET /status.json`: members, instances with health and load, beacon counters, and the
+//!   [`Sections`] other components add (the replicated table's partitions and leaders).
 //!
 //! Requests are parsed and answered by [`respond`] (sans-IO, unit-tested); [`AdminServer`]
 //! only moves bytes. Every connection is answered once and closed; a request that is slow,
@@ -15,6 +16,7 @@
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -96,8 +98,37 @@ pub fn parse(buf: &[u8]) -> Result<Option<(String, String)>, Response> {
     }
 }
 
+/// More parts of `/status.json` (and so of the `/status` page), each a name and a function
+/// giving its current value: what other components of the process add, such as the
+/// replicated table's partitions and leaders (`table`). Functions run on the node's core and
+/// must answer at once (serve a cached value).
+#[derive(Clone, Default)]
+pub struct Sections(Vec<(&'static str, SectionFn)>);
+
+/// What gives one section's current value.
+type SectionFn = Rc<dyn Fn() -> serde_json::Value>;
+
+impl std::fmt::Debug for Sections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.iter().map(|(name, _)| name)).finish()
+    }
+}
+
+impl Sections {
+    /// No extra sections.
+    pub fn new() -> Sections {
+        Sections::default()
+    }
+
+    /// Add the section `name` (a top-level key of `/status.json`).
+    pub fn with(mut self, name: &'static str, value: impl Fn() -> serde_json::Value + 'static) -> Sections {
+        self.0.push((name, Rc::new(value)));
+        self
+    }
+}
+
 /// The answer to `method path` from `node` (`None`: the node has stopped).
-pub fn respond(method: &str, path: &str, node: Option<&Node>, started: Instant) -> Response {
+pub fn respond(method: &str, path: &str, node: Option<&Node>, started: Instant, sections: &Sections) -> Response {
     if method != "GET" && method != "HEAD" {
         return Response::text(405, "only GET\n");
     }
@@ -107,7 +138,7 @@ pub fn respond(method: &str, path: &str, node: Option<&Node>, started: Instant) 
     match path {
         "/healthz" => Response::text(200, "ok\n"),
         "/metrics" => Response::new(200, "text/plain; version=0.0.4; charset=utf-8", metrics(node, started)),
-        "/status.json" => Response::new(200, "application/json", status_json(node, started).to_string()),
+        "/status.json" => Response::new(200, "application/json", status_json(node, started, sections).to_string()),
         "/" | "/status" => Response::new(200, "text/html; charset=utf-8", STATUS_PAGE),
         _ => Response::text(404, "not found: try /status, /metrics, /healthz\n"),
     }
@@ -239,7 +270,7 @@ pub fn metrics(node: &Node, started: Instant) -> String {
 }
 
 /// The data of the `/status` page.
-pub fn status_json(node: &Node, started: Instant) -> serde_json::Value {
+pub fn status_json(node: &Node, started: Instant, sections: &Sections) -> serde_json::Value {
     let members: Vec<serde_json::Value> = node
         .members()
         .iter()
@@ -265,7 +296,7 @@ pub fn status_json(node: &Node, started: Instant) -> serde_json::Value {
         })
         .collect();
     let b = node.beacon_counters();
-    json!({
+    let mut status = json!({
         "node": node.id(),
         "incarnation": node.incarnation(),
         "control": node.control_addr().to_string(),
@@ -277,7 +308,11 @@ pub fn status_json(node: &Node, started: Instant) -> serde_json::Value {
             "bad_mac": b.bad_mac, "malformed": b.malformed, "stale": b.stale,
             "goodbyes": b.goodbyes, "expired": b.expired,
         },
-    })
+    });
+    for (name, value) in &sections.0 {
+        status[*name] = value();
+    }
+    status
 }
 
 /// The admin endpoint of one node, serving on the node's core until dropped.
@@ -291,6 +326,11 @@ impl AdminServer {
     /// Serve `node`'s admin endpoint on `addr` (port 0: any). It holds only a weak
     /// reference: once the node stops, requests get 503.
     pub fn bind(node: &Node, addr: SocketAddr) -> std::io::Result<AdminServer> {
+        Self::bind_with(node, addr, Sections::new())
+    }
+
+    /// [`AdminServer::bind`], with more sections on the status page.
+    pub fn bind_with(node: &Node, addr: SocketAddr, sections: Sections) -> std::io::Result<AdminServer> {
         let listener = TcpListener::bind(addr, false)?;
         let addr = listener.local_addr()?;
         let (weak, started) = (node.downgrade(), Instant::now());
@@ -298,7 +338,7 @@ impl AdminServer {
             loop {
                 match listener.accept().await {
                     Ok(stream) => {
-                        spawn(answer(stream, weak.clone(), started)).detach();
+                        spawn(answer(stream, weak.clone(), started, sections.clone())).detach();
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "admin endpoint: accept failed");
@@ -325,7 +365,7 @@ impl AdminServer {
     }
 }
 
-async fn answer(stream: multispace_rpc::net::TcpStream, node: WeakNode, started: Instant) {
+async fn answer(stream: multispace_rpc::net::TcpStream, node: WeakNode, started: Instant, sections: Sections) {
     let read = async {
         let mut buf = BytesMut::with_capacity(1024);
         loop {
@@ -347,7 +387,9 @@ async fn answer(stream: multispace_rpc::net::TcpStream, node: WeakNode, started:
         Err(_) => (Response::text(408, "request took too long\n"), false),
         Ok(None) => return,
         Ok(Some(Err(resp))) => (resp, false),
-        Ok(Some(Ok((method, path)))) => (respond(&method, &path, node.upgrade().as_ref(), started), method == "HEAD"),
+        Ok(Some(Ok((method, path)))) => {
+            (respond(&method, &path, node.upgrade().as_ref(), started, &sections), method == "HEAD")
+        }
     };
     let _ = stream.send_all(BytesMut::from(&response.to_bytes(head)[..])).await;
     let _ = stream.shutdown(std::net::Shutdown::Write);
@@ -377,8 +419,9 @@ mod tests {
     #[test]
     fn routes_answer_without_a_node_with_503_and_reject_other_methods() {
         let t = Instant::now();
-        assert_eq!(respond("POST", "/metrics", None, t).status, 405);
-        assert_eq!(respond("GET", "/metrics", None, t).status, 503);
+        let none = Sections::new();
+        assert_eq!(respond("POST", "/metrics", None, t, &none).status, 405);
+        assert_eq!(respond("GET", "/metrics", None, t, &none).status, 503);
         let r = Response::text(200, "ok\n");
         let wire = String::from_utf8(r.to_bytes(false)).unwrap();
         assert!(String::from_utf8(r.to_bytes(true))

@@ -115,6 +115,7 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<()> {
         beacon_ms: 100,
         beacon_window_ms: 30_000,
         trace_sample: 0.0,
+        dht: vec![],
         tls: Default::default(),
     };
     let n = args.nodes as usize;

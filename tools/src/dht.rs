@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use multispace_dht::api::table::MemberChange;
+use multispace_dht::api::table::{ClusterView, MemberChange, ReplicaStatus};
 use multispace_dht::client::{ClientConfig, DhtClient};
 use multispace_dht::maps::Maps;
 use multispace_dht::server::{DhtConfig, DhtServer, Durability};
@@ -258,15 +258,85 @@ fn run_command(command: DhtCommand) -> anyhow::Result<()> {
     }
 }
 
-async fn stat(output: Format, conn: ConnArgs) -> anyhow::Result<()> {
-    let c = client(&conn).await?;
+/// Each table node with what it says of its replicas (`None`: it did not answer).
+pub(crate) type NodeViews = Vec<(u64, SocketAddr, Option<ClusterView>)>;
+
+/// Ask every node the client knows for its view, `timeout` each.
+pub(crate) async fn views(c: &DhtClient, timeout: Duration) -> NodeViews {
     let mut rows = Vec::new();
     for (id, addr) in c.nodes() {
-        match DhtClient::view_of(addr, Duration::from_millis(conn.timeout_ms.min(2000))).await {
-            Ok(view) => rows.push((id, addr, Some(view))),
-            Err(_) => rows.push((id, addr, None)),
+        rows.push((id, addr, DhtClient::view_of(addr, timeout).await.ok()));
+    }
+    rows
+}
+
+/// The table by partition, as the node's status page shows it: each group's leader (the
+/// replica that says it leads, in the highest term), term, members and every replica's role,
+/// applied index and keys; and how many table nodes answered.
+pub(crate) fn partitions_json(rows: &NodeViews) -> serde_json::Value {
+    let mut groups: BTreeMap<u64, Vec<(u64, &ReplicaStatus)>> = BTreeMap::new();
+    for (id, _, view) in rows {
+        for r in view.iter().flat_map(|v| &v.replicas) {
+            groups.entry(r.group).or_default().push((*id, r));
         }
     }
+    let partitions: Vec<serde_json::Value> = groups
+        .iter()
+        .map(|(group, replicas)| {
+            let leader = replicas.iter().filter(|(_, r)| r.role == "leader").max_by_key(|(_, r)| r.term);
+            // Membership as the most advanced replica has applied it.
+            let newest = replicas.iter().max_by_key(|(_, r)| (r.epoch, r.applied)).map(|(_, r)| *r);
+            json!({
+                "group": group,
+                "leader": leader.map(|(id, _)| id),
+                "term": replicas.iter().map(|(_, r)| r.term).max(),
+                "epoch": newest.map(|r| r.epoch),
+                "voters": newest.map(|r| r.voters.clone()),
+                "learners": newest.map(|r| r.learners.clone()),
+                "keys": leader.or(replicas.first()).map(|(_, r)| r.keys),
+                "replicas": replicas.iter().map(|(id, r)| json!({
+                    "node": id, "role": r.role, "applied": r.applied, "keys": r.keys,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let failed: Vec<serde_json::Value> = rows
+        .iter()
+        .filter_map(|(id, _, v)| v.as_ref()?.failed.as_ref().map(|why| json!({ "node": id, "failed": why })))
+        .collect();
+    json!({
+        "nodes": rows.len(),
+        "reachable": rows.iter().filter(|(_, _, v)| v.is_some()).count(),
+        "failed": failed,
+        "partitions": partitions,
+    })
+}
+
+/// Keep `into` up to date with the table's partitions (for a node's status page): asks
+/// every table node once a second, learning them from `seeds`. Runs until its core stops.
+pub(crate) async fn watch_partitions(seeds: Vec<SocketAddr>, into: std::rc::Rc<std::cell::RefCell<serde_json::Value>>) {
+    let config = ClientConfig { deadline: Duration::from_secs(2), attempt_timeout: Duration::from_secs(1) };
+    let mut client = None;
+    loop {
+        if client.is_none() {
+            match DhtClient::connect(&seeds, config).await {
+                Ok(c) => client = Some(c),
+                Err(e) => {
+                    *into.borrow_mut() = json!({ "partitions": [], "error": format!("no table node answered: {e}") })
+                }
+            }
+        }
+        if let Some(c) = &client {
+            let rows = views(c, Duration::from_millis(500)).await;
+            *into.borrow_mut() = partitions_json(&rows);
+        }
+        multispace_rpc::runtime::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn stat(output: Format, conn: ConnArgs) -> anyhow::Result<()> {
+    let c = client(&conn).await?;
+    let rows = views(&c, Duration::from_millis(conn.timeout_ms.min(2000))).await;
     match output {
         Format::Table => {
             let mut t = Table::new(&["NODE", "ADDRESS", ">GROUP", "ROLE", ">TERM", ">LEADER", ">APPLIED", ">KEYS"]);
@@ -280,7 +350,7 @@ async fn stat(output: Format, conn: ConnArgs) -> anyhow::Result<()> {
                     }
                     Some(v) => {
                         for r in &v.replicas {
-                            let role = if r.role == "Leader" { Tone::Good } else { Tone::Plain };
+                            let role = if r.role == "leader" { Tone::Good } else { Tone::Plain };
                             t.toned_row(vec![
                                 id.clone(),
                                 addr.clone(),
@@ -339,4 +409,52 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         drop(server);
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replica(group: u64, role: &str, term: u64, leader: Option<u64>, applied: u64, keys: u64) -> ReplicaStatus {
+        ReplicaStatus {
+            group,
+            epoch: 1,
+            role: role.into(),
+            term,
+            leader,
+            applied,
+            last_index: applied,
+            keys,
+            voters: vec![1, 2, 3],
+            learners: vec![],
+        }
+    }
+
+    fn view(node: u64, replicas: Vec<ReplicaStatus>) -> Option<ClusterView> {
+        let maps = Maps::even(&[1, 2, 3], 1, 3).unwrap();
+        Some(ClusterView { node, maps, nodes: vec![], replicas, durability: "durable".into(), failed: None })
+    }
+
+    #[test]
+    fn partitions_show_the_leader_in_the_highest_term_and_unreachable_nodes() {
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let rows: NodeViews = vec![
+            // Node 1 still thinks it leads, in an old term; node 2 leads in the newer one.
+            (1, addr, view(1, vec![replica(1, "leader", 2, Some(1), 9, 4)])),
+            (2, addr, view(2, vec![replica(1, "leader", 3, Some(2), 12, 5)])),
+            (3, addr, None),
+        ];
+        let j = partitions_json(&rows);
+        assert_eq!((j["nodes"].as_u64(), j["reachable"].as_u64()), (Some(3), Some(2)));
+        let p = &j["partitions"][0];
+        assert_eq!(p["group"], 1);
+        assert_eq!(p["leader"], 2);
+        assert_eq!(p["term"], 3);
+        assert_eq!(p["keys"], 5, "the leader's count");
+        assert_eq!(p["voters"], json!([1, 2, 3]));
+        assert_eq!(p["replicas"].as_array().unwrap().len(), 2);
+        // No leader anywhere: null, which the page shows as `none`.
+        let rows: NodeViews = vec![(1, addr, view(1, vec![replica(1, "candidate", 4, None, 9, 4)]))];
+        assert!(partitions_json(&rows)["partitions"][0]["leader"].is_null());
+    }
 }

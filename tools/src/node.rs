@@ -116,6 +116,10 @@ pub struct NodeArgs {
     /// trace are always followed.
     #[arg(long, env = "MULTISPACE_TRACE_SAMPLE", default_value_t = 0.0, value_parser = fraction)]
     pub trace_sample: f64,
+    /// Replicated-table nodes (`ip:port`, comma-separated) whose partitions, leaders and
+    /// replicas the status page shows, refreshed every second.
+    #[arg(long = "dht", env = "MULTISPACE_DHT", value_delimiter = ',')]
+    pub dht: Vec<std::net::SocketAddr>,
     #[command(flatten)]
     pub tls: TlsArgs,
 }
@@ -294,9 +298,19 @@ fn start(args: NodeArgs) -> anyhow::Result<()> {
         let _admin = match args.no_admin {
             true => None,
             false => {
-                let admin = multispace_node::admin::AdminServer::bind(&node, args.admin).with_context(|| {
-                    format!("admin endpoint on {} (--admin HOST:0 picks a free port, --no-admin for none)", args.admin)
-                })?;
+                let mut sections = multispace_node::admin::Sections::new();
+                if !args.dht.is_empty() {
+                    let table = std::rc::Rc::new(std::cell::RefCell::new(serde_json::json!({ "partitions": [] })));
+                    multispace_rpc::spawn(crate::dht::watch_partitions(args.dht.clone(), table.clone())).detach();
+                    sections = sections.with("table", move || table.borrow().clone());
+                }
+                let admin =
+                    multispace_node::admin::AdminServer::bind_with(&node, args.admin, sections).with_context(|| {
+                        format!(
+                            "admin endpoint on {} (--admin HOST:0 picks a free port, --no-admin for none)",
+                            args.admin
+                        )
+                    })?;
                 println!("node {}: admin at http://{}/status", id, admin.local_addr());
                 Some(admin)
             }

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # End-to-end test of a node's /status page in a real browser (run as root): a 3-host
-# cluster from tools/netcluster.sh, headless Chromium inside host 1's namespace loading
-# http://127.0.0.1:47902/status. It checks the DOM the page's script builds (members,
-# instances, `data-loaded`), saves a screenshot, then cuts host 3 off and checks the page
-# follows the cluster live. Every wait is bounded and the test (after installing Chromium,
+# cluster with its replicated table from tools/netcluster.sh (`up 3 --dht`), headless
+# Chromium inside host 1's namespace loading http://127.0.0.1:47902/status. It checks the
+# DOM the page's script builds (members, instances, table partitions with their leaders,
+# `data-loaded`), saves a screenshot, then cuts host 3 off and checks the page follows the
+# cluster live (members, instances, and every partition led from hosts 1 and 2). Every wait is bounded and the test (after installing Chromium,
 # which it does with apt if it is missing) must finish within $DEADLINE seconds; any failure
 # exits non-zero with the reason, the browser's output and the node logs.
 #
@@ -21,6 +22,7 @@ readonly WATCHDOG=110          # seconds: the hard limit over the same (SIGTERM)
 readonly WATCHDOG_KILL=40      # ...then SIGKILL this much later (a Chromium run must end first)
 readonly CHROME_LIMIT=30       # seconds, for any one Chromium run
 readonly BUDGET_MS=5000        # virtual time a page gets: several of its 1 s refreshes
+readonly PARTITIONS=4          # netcluster.sh's DHT_PARTITIONS
 T0=$(date +%s%N)
 
 elapsed_ms() { echo $((($(date +%s%N) - T0) / 1000000)); }
@@ -143,6 +145,50 @@ wait_status() {
     done
 }
 
+# wait_table SECONDS WHAT REACHABLE LEADERS: wait until node 1's /status.json shows the
+# table with REACHABLE table nodes answering and all $PARTITIONS partitions led, each by a
+# node matching the regex LEADERS (e.g. "[12]").
+wait_table() {
+    local limit=$1 what=$2 reachable=$3 leaders=$4 start now json p l r
+    start=$(elapsed_ms)
+    while :; do
+        json=$(admin_get /status.json)
+        p=$(count "$json" '"group":[0-9]+')
+        l=$(count "$json" "\"leader\":${leaders}[,}]")
+        r=$(count "$json" "\"reachable\":${reachable}[,}]")
+        now=$(elapsed_ms)
+        if ((p == PARTITIONS && l == PARTITIONS && r == 1)); then
+            pass "$what (after $((now - start)) ms)"
+            return 0
+        fi
+        if ((now - start > limit * 1000 || now > DEADLINE * 1000)); then
+            fail "$what: not within $limit s: $p partitions, $l led by $leaders, reachable=$reachable $r times: ${json: -600}"
+        fi
+        sleep 0.2
+    done
+}
+
+# wait_keys SECONDS WHAT N: wait until the partitions' leaders hold N keys in all, as node
+# 1's /status.json shows them.
+wait_keys() {
+    local limit=$1 what=$2 want=$3 start now got
+    start=$(elapsed_ms)
+    while :; do
+        # A partition's own `keys` is the one right before its `replicas`.
+        got=$(admin_get /status.json | grep -oE '"keys":[0-9]+,"replicas"' | grep -oE '[0-9]+' |
+            awk '{s += $1} END {print s + 0}')
+        now=$(elapsed_ms)
+        if ((got == want)); then
+            pass "$what (after $((now - start)) ms)"
+            return 0
+        fi
+        if ((now - start > limit * 1000 || now > DEADLINE * 1000)); then
+            fail "$what: not within $limit s: $got keys"
+        fi
+        sleep 0.2
+    done
+}
+
 # chrome NAME ARGS...: run headless Chromium in host 1's namespace with a profile, home and
 # cache of its own under $TMP, killed after $CHROME_LIMIT s; its stdout to $TMP/NAME.out,
 # stderr to $TMP/NAME.log. Flags keep it from reaching for a network it does not have.
@@ -208,6 +254,18 @@ check_dom() {
     [[ $inodes == "$want" && $(lines "$instances") -eq $n ]] ||
         fail "$name: want one keiretsu instance up at 10.77.0.I for each node I of [$want], got [$inodes]; rows:"$'\n'"$instances"
     pass "$name: instances table: keiretsu up on nodes $inodes at $(cut -d'|' -f4 <<<"$instances" | xargs | sed 's/ /, /g')"
+    # partition | leader | term | epoch | voters | learners | keys | replicas
+    local partitions led
+    partitions=$(table_rows partitions "$f")
+    led=$(awk -F'|' -v want="$want" 'BEGIN { split(want, w, " "); for (i in w) ok[w[i]] = 1 }
+        $1 ~ /^[0-9]+$/ && ($2 in ok) && $8 ~ /leader/ {print $1}' <<<"$partitions" | sort -n | xargs)
+    [[ $(lines "$partitions") -eq $PARTITIONS && $(wc -w <<<"$led") -eq $PARTITIONS ]] ||
+        fail "$name: want $PARTITIONS table partitions each led by one of [$want], got [$led]; rows:"$'\n'"$partitions"
+    local keys
+    keys=$(awk -F'|' '{s += $7} END {print s + 0}' <<<"$partitions")
+    ((keys == 8)) || fail "$name: the partitions table counts $keys keys, want 8; rows:"$'\n'"$partitions"
+    pass "$name: table partitions [$led], leaders $(cut -d'|' -f2 <<<"$partitions" | xargs | sed 's/ /, /g'), 8 keys"
+
 }
 
 [[ $EUID -eq 0 ]] || fail "run as root (network namespaces)"
@@ -222,13 +280,18 @@ trap 'fail "interrupted (or over the $WATCHDOG s watchdog)"' INT TERM
 trap 'fail "line $LINENO: \`$BASH_COMMAND\` failed (exit $?)"' ERR
 
 step "$(chromium --version 2>/dev/null || echo chromium); screenshot to $SHOT"
-step "up 3"
-"$NC" up 3 >"$TMP/up.log" 2>&1 || {
+step "up 3 --dht"
+"$NC" up 3 --dht >"$TMP/up.log" 2>&1 || {
     cat "$TMP/up.log" >&2
-    fail "netcluster.sh up 3 failed"
+    fail "netcluster.sh up 3 --dht failed"
 }
 wait_peers 20 "node 1 sees nodes 2 and 3" 1 2,3
 wait_status 10 "node 1's /status.json: 3 members, 3 instances up" 3 3
+wait_table 20 "node 1's /status.json: 3 table nodes, $PARTITIONS partitions led" 3 '[123]'
+for k in 1 2 3 4 5 6 7 8; do
+    "$NC" exec 1 timeout 10 multispace dht put "user:$k" "value $k" >/dev/null 2>&1 || fail "dht put user:$k failed"
+done
+wait_keys 10 "node 1's /status.json: the partitions hold the 8 keys" 8
 
 # Which headless mode this Chromium has: the new one, else the old.
 start=$(elapsed_ms)
@@ -263,6 +326,7 @@ step "cut 3"
 "$NC" cut 3 >/dev/null || fail "netcluster.sh cut 3 failed"
 wait_peers 15 "node 1 no longer lists node 3" 1 2 "$off"
 wait_status 10 "node 1's /status.json: 2 members, 2 instances up" 2 2
+wait_table 20 "node 1's /status.json: 2 table nodes answer, every partition led from 1 or 2" 2 '[12]'
 dump_dom cut
 check_dom cut "1 2"
 
