@@ -20,6 +20,7 @@ readonly NFT_TABLE=multispace # the netdev table `cut`/`loss` put on a host's ve
 readonly DHT_PORT=7101        # with `up --dht`: each host's table node, at $SUBNET.I:$DHT_PORT
 readonly ADMIN_PORT=47902     # each node's admin endpoint (status page, /metrics), on its host's loopback
 readonly DHT_PARTITIONS=4     # ... and the replica groups the table's key space is split into
+readonly DHT_ADMIN_PORT=47903 # ... and its admin endpoint (/metrics), on the host's loopback
 readonly MAX_HOSTS=200
 readonly STATE_DIR=${MULTISPACE_NETCLUSTER_DIR:-/tmp/multispace-netcluster}
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -44,6 +45,7 @@ multicast 239.255.77.1:$BEACON_PORT out of each host's veth with TTL 1. Needs ro
                     --dht: also run a replicated table node on each host (\`multispace dht
                     serve --id I\` at 10.77.0.I:$DHT_PORT, same identity node-I, durable, data
                     in the state dir; $DHT_PARTITIONS partitions, min(N,3) replicas each;
+                    /metrics at 127.0.0.1:$DHT_ADMIN_PORT inside the host;
                     each node's status page then shows the partitions and their leaders)
   kill I [node|dht] SIGKILL node I, and with --dht its table node (or just the one named)
   start I [node|dht]
@@ -264,7 +266,7 @@ start_dht() {
     bin=$(<"$STATE_DIR/bin")
     log=$STATE_DIR/h$i.dht.log
     local args=(dht serve --id "$i" --nodes "$(dht_nodes)" --partitions "$DHT_PARTITIONS"
-        --replicas $((n < 3 ? n : 3)) --data-dir "$STATE_DIR/h$i.dht")
+        --replicas $((n < 3 ? n : 3)) --data-dir "$STATE_DIR/h$i.dht" --admin "127.0.0.1:$DHT_ADMIN_PORT")
     if [[ $(<"$STATE_DIR/security") == plain ]]; then
         args+=(--insecure-plain)
     else

@@ -347,6 +347,11 @@ impl DhtServer {
     pub fn fsyncs(&self) -> u64 {
         self.inner.disk.as_ref().map_or(0, DiskWorker::fsyncs)
     }
+
+    /// Why it stopped serving the table (its disk failed), if it did.
+    pub fn failed(&self) -> Option<String> {
+        self.inner.state.borrow().failed.clone()
+    }
 }
 
 impl Drop for DhtServer {

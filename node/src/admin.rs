@@ -26,7 +26,7 @@ use multispace_rpc::runtime::JoinHandle;
 use multispace_rpc::spawn;
 use serde_json::json;
 
-use crate::node::{Node, WeakNode};
+use crate::node::Node;
 
 /// Largest request head accepted (request line and headers).
 const MAX_REQUEST: usize = 8 << 10;
@@ -45,11 +45,13 @@ pub struct Response {
 }
 
 impl Response {
-    fn new(status: u16, content_type: &'static str, body: impl Into<String>) -> Response {
+    /// A response with this status, content type and body.
+    pub fn new(status: u16, content_type: &'static str, body: impl Into<String>) -> Response {
         Response { status, content_type, body: body.into() }
     }
 
-    fn text(status: u16, body: impl Into<String>) -> Response {
+    /// A plain-text response.
+    pub fn text(status: u16, body: impl Into<String>) -> Response {
         Response::new(status, "text/plain; charset=utf-8", body)
     }
 
@@ -105,6 +107,9 @@ pub fn parse(buf: &[u8]) -> Result<Option<(String, String)>, Response> {
 #[derive(Clone, Default)]
 pub struct Sections(Vec<(&'static str, SectionFn)>);
 
+/// What answers a request: method and path in, response out.
+type Route = Rc<dyn Fn(&str, &str) -> Response>;
+
 /// What gives one section's current value.
 type SectionFn = Rc<dyn Fn() -> serde_json::Value>;
 
@@ -144,7 +149,9 @@ pub fn respond(method: &str, path: &str, node: Option<&Node>, started: Instant, 
     }
 }
 
-fn counter(out: &mut String, name: &str, help: &str, kind: &str, lines: &[(String, u64)]) {
+/// Write one metric family in the Prometheus text format: `lines` are (labels, value), the
+/// labels as `k="v",...` or empty.
+pub fn counter(out: &mut String, name: &str, help: &str, kind: &str, lines: &[(String, u64)]) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
     for (labels, v) in lines {
         if labels.is_empty() {
@@ -235,6 +242,13 @@ pub fn metrics(node: &Node, started: Instant) -> String {
         "counter",
         &[(String::new(), s.pulls)],
     );
+    core_metrics(&mut out);
+    out
+}
+
+/// The metrics of the current core that any process serving rpc has: TLS handshakes, I/O
+/// driver counters, and calls per method (`/metrics` of a node, and of a table node).
+pub fn core_metrics(out: &mut String) {
     let t = multispace_rpc::tls::handshake_counts();
     let tls = [
         ("side=\"client\",kind=\"full\"", t.client_full),
@@ -243,17 +257,11 @@ pub fn metrics(node: &Node, started: Instant) -> String {
         ("side=\"server\",kind=\"resumed\"", t.server_resumed),
     ];
     let tls: Vec<(String, u64)> = tls.iter().map(|(l, n)| (l.to_string(), *n)).collect();
-    counter(
-        &mut out,
-        "multispace_tls_handshakes_total",
-        "TLS handshakes completed on the node's core.",
-        "counter",
-        &tls,
-    );
+    counter(out, "multispace_tls_handshakes_total", "TLS handshakes completed on this core.", "counter", &tls);
     if let Some(d) = multispace_rpc::runtime::current_driver_stats() {
         let one = |v: u64| [(String::new(), v)];
         let rows: [(&str, &str, u64); 6] = [
-            ("turns", "Event-loop turns of the node's core.", d.turns),
+            ("turns", "Event-loop turns of this core.", d.turns),
             ("enters", "Turns that entered the kernel (io_uring_enter or epoll_wait).", d.enters),
             ("sleeps", "Turns allowed to sleep in the kernel (nothing ready).", d.sleeps),
             ("submissions", "io_uring submission entries queued (0 with epoll).", d.submissions),
@@ -261,12 +269,11 @@ pub fn metrics(node: &Node, started: Instant) -> String {
             ("remote_wakes", "Wake-ups from other threads through the core's eventfd.", d.remote_wakes),
         ];
         for (name, help, v) in rows {
-            counter(&mut out, &format!("multispace_driver_{name}_total"), help, "counter", &one(v));
+            counter(out, &format!("multispace_driver_{name}_total"), help, "counter", &one(v));
         }
     }
     let (methods, refused) = multispace_rpc::metrics::snapshot();
-    multispace_rpc::metrics::render_prometheus(&methods, &refused, &mut out);
-    out
+    multispace_rpc::metrics::render_prometheus(&methods, &refused, out);
 }
 
 /// The data of the `/status` page.
@@ -331,14 +338,22 @@ impl AdminServer {
 
     /// [`AdminServer::bind`], with more sections on the status page.
     pub fn bind_with(node: &Node, addr: SocketAddr, sections: Sections) -> std::io::Result<AdminServer> {
+        let (weak, started) = (node.downgrade(), Instant::now());
+        Self::serve(addr, move |method, path| respond(method, path, weak.upgrade().as_ref(), started, &sections))
+    }
+
+    /// Serve other routes the same way (a table node's admin endpoint, say): `route` answers
+    /// each request's method and path, on this core; requests are read and bounded as for a
+    /// node's.
+    pub fn serve(addr: SocketAddr, route: impl Fn(&str, &str) -> Response + 'static) -> std::io::Result<AdminServer> {
         let listener = TcpListener::bind(addr, false)?;
         let addr = listener.local_addr()?;
-        let (weak, started) = (node.downgrade(), Instant::now());
+        let route: Route = Rc::new(route);
         let task = spawn(async move {
             loop {
                 match listener.accept().await {
                     Ok(stream) => {
-                        spawn(answer(stream, weak.clone(), started, sections.clone())).detach();
+                        spawn(answer(stream, route.clone())).detach();
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "admin endpoint: accept failed");
@@ -365,7 +380,7 @@ impl AdminServer {
     }
 }
 
-async fn answer(stream: multispace_rpc::net::TcpStream, node: WeakNode, started: Instant, sections: Sections) {
+async fn answer(stream: multispace_rpc::net::TcpStream, route: Route) {
     let read = async {
         let mut buf = BytesMut::with_capacity(1024);
         loop {
@@ -387,9 +402,7 @@ async fn answer(stream: multispace_rpc::net::TcpStream, node: WeakNode, started:
         Err(_) => (Response::text(408, "request took too long\n"), false),
         Ok(None) => return,
         Ok(Some(Err(resp))) => (resp, false),
-        Ok(Some(Ok((method, path)))) => {
-            (respond(&method, &path, node.upgrade().as_ref(), started, &sections), method == "HEAD")
-        }
+        Ok(Some(Ok((method, path)))) => (route(&method, &path), method == "HEAD"),
     };
     let _ = stream.send_all(BytesMut::from(&response.to_bytes(head)[..])).await;
     let _ = stream.shutdown(std::net::Shutdown::Write);

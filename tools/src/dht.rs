@@ -29,6 +29,7 @@ use serde_json::json;
 use crate::ctl;
 use crate::out::{self, Format, Table, Tone};
 use crate::security::TlsArgs;
+use multispace_node::admin::{self, AdminServer, Response as AdminResponse};
 
 #[derive(clap::Args, Debug)]
 pub struct DhtArgs {
@@ -143,6 +144,15 @@ pub struct ServeArgs {
     /// Raft tick in milliseconds (elections after 10-20 ticks without a leader).
     #[arg(long, default_value_t = 20)]
     pub tick_ms: u64,
+    /// Where the admin endpoint serves /metrics (Prometheus: rpc calls per method, the
+    /// replicas' role, term, applied index and keys, fsyncs, the I/O driver), /healthz and
+    /// /status.json (HTTP). The default is a free loopback port, printed at start (several
+    /// table nodes may share a host).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub admin: SocketAddr,
+    /// No admin endpoint.
+    #[arg(long, conflicts_with = "admin")]
+    pub no_admin: bool,
     #[command(flatten)]
     pub tls: TlsArgs,
 }
@@ -402,13 +412,112 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.config()?;
     let rt = rt(&args.tls, &format!("node-{}", args.id))?;
     rt.block_on(async move {
-        let server = DhtServer::start(config).context("starting the table node")?;
+        let server = std::rc::Rc::new(DhtServer::start(config).context("starting the table node")?);
         println!("dht node {}: serving at {}", args.id, server.local_addr());
+        let _admin = match args.no_admin {
+            true => None,
+            false => {
+                let (s, id, durability) = (server.clone(), args.id, if args.memory { "memory" } else { "durable" });
+                let admin = AdminServer::serve(args.admin, move |method, path| {
+                    let view = TableNodeView {
+                        node: id,
+                        durability,
+                        replicas: s.status(),
+                        fsyncs: s.fsyncs(),
+                        failed: s.failed(),
+                    };
+                    table_route(method, path, &view)
+                })
+                .with_context(|| {
+                    format!("admin endpoint on {} (--admin HOST:0 picks a free port, --no-admin for none)", args.admin)
+                })?;
+                println!("dht node {}: admin at http://{}/metrics", args.id, admin.local_addr());
+                Some(admin)
+            }
+        };
         // Serve until killed.
         std::future::pending::<()>().await;
         drop(server);
         Ok(())
     })
+}
+
+/// What a table node's admin endpoint reports, read fresh for each request.
+struct TableNodeView {
+    node: u64,
+    durability: &'static str,
+    replicas: Vec<ReplicaStatus>,
+    fsyncs: u64,
+    failed: Option<String>,
+}
+
+/// A table node's admin endpoint (sans-IO): `/healthz` (503 once its disk failed),
+/// `/metrics` (its replicas, fsyncs, and the core's rpc and driver metrics) and
+/// `/status.json` (its replicas).
+fn table_route(method: &str, path: &str, v: &TableNodeView) -> AdminResponse {
+    if method != "GET" && method != "HEAD" {
+        return AdminResponse::text(405, "only GET\n");
+    }
+    match path {
+        "/healthz" => match &v.failed {
+            None => AdminResponse::text(200, "ok\n"),
+            Some(why) => AdminResponse::text(503, format!("{why}\n")),
+        },
+        "/metrics" => {
+            let mut out = String::new();
+            let info = format!("node=\"{}\",durability=\"{}\"", v.node, v.durability);
+            admin::counter(&mut out, "multispace_dht_info", "This table node.", "gauge", &[(info, 1)]);
+            let failed = u64::from(v.failed.is_some());
+            admin::counter(
+                &mut out,
+                "multispace_dht_failed",
+                "1 once the node stopped serving (disk failure).",
+                "gauge",
+                &[(String::new(), failed)],
+            );
+            admin::counter(
+                &mut out,
+                "multispace_dht_fsyncs_total",
+                "Log fdatasyncs (0 in memory mode).",
+                "counter",
+                &[(String::new(), v.fsyncs)],
+            );
+            // Per-group gauges: name, help, value.
+            type Gauge = (&'static str, &'static str, fn(&ReplicaStatus) -> u64);
+            const GAUGES: [Gauge; 5] = [
+                ("multispace_dht_replica_leader", "1 if this replica leads its group.", |r| {
+                    u64::from(r.role == "leader")
+                }),
+                ("multispace_dht_replica_term", "The replica's raft term.", |r| r.term),
+                ("multispace_dht_replica_applied_index", "Last log index applied.", |r| r.applied),
+                ("multispace_dht_replica_last_index", "Last log index.", |r| r.last_index),
+                ("multispace_dht_replica_keys", "Keys held.", |r| r.keys),
+            ];
+            for (name, help, value) in GAUGES {
+                let lines: Vec<(String, u64)> =
+                    v.replicas.iter().map(|r| (format!("group=\"{}\"", r.group), value(r))).collect();
+                admin::counter(&mut out, name, help, "gauge", &lines);
+            }
+            admin::core_metrics(&mut out);
+            AdminResponse::new(200, "text/plain; version=0.0.4; charset=utf-8", out)
+        }
+        "/status.json" => {
+            let replicas: Vec<serde_json::Value> = v
+                .replicas
+                .iter()
+                .map(|r| {
+                    json!({
+                        "group": r.group, "role": r.role, "term": r.term, "leader": r.leader, "epoch": r.epoch,
+                        "applied": r.applied, "last_index": r.last_index, "keys": r.keys,
+                        "voters": r.voters, "learners": r.learners,
+                    })
+                })
+                .collect();
+            let body = json!({ "node": v.node, "durability": v.durability, "failed": v.failed, "fsyncs": v.fsyncs, "replicas": replicas });
+            AdminResponse::new(200, "application/json", body.to_string())
+        }
+        _ => AdminResponse::text(404, "not found: try /metrics, /healthz, /status.json\n"),
+    }
 }
 
 #[cfg(test)]
@@ -433,6 +542,37 @@ mod tests {
     fn view(node: u64, replicas: Vec<ReplicaStatus>) -> Option<ClusterView> {
         let maps = Maps::even(&[1, 2, 3], 1, 3).unwrap();
         Some(ClusterView { node, maps, nodes: vec![], replicas, durability: "durable".into(), failed: None })
+    }
+
+    #[test]
+    fn a_table_nodes_admin_endpoint_reports_its_replicas() {
+        let mut v = TableNodeView {
+            node: 2,
+            durability: "durable",
+            replicas: vec![replica(1, "leader", 3, Some(2), 12, 5), replica(2, "follower", 4, Some(1), 7, 2)],
+            fsyncs: 40,
+            failed: None,
+        };
+        let m = table_route("GET", "/metrics", &v);
+        assert_eq!(m.status, 200);
+        for line in [
+            "multispace_dht_info{node=\"2\",durability=\"durable\"} 1",
+            "multispace_dht_fsyncs_total 40",
+            "multispace_dht_replica_leader{group=\"1\"} 1",
+            "multispace_dht_replica_leader{group=\"2\"} 0",
+            "multispace_dht_replica_term{group=\"2\"} 4",
+            "multispace_dht_replica_keys{group=\"1\"} 5",
+        ] {
+            assert!(m.body.lines().any(|l| l == line), "no `{line}` in\n{}", m.body);
+        }
+        let s: serde_json::Value = serde_json::from_str(&table_route("GET", "/status.json", &v).body).unwrap();
+        assert_eq!((s["node"].as_u64(), s["replicas"][0]["role"].as_str()), (Some(2), Some("leader")));
+        assert_eq!(table_route("GET", "/healthz", &v).status, 200);
+        assert_eq!(table_route("POST", "/healthz", &v).status, 405);
+        assert_eq!(table_route("GET", "/nope", &v).status, 404);
+        v.failed = Some("disk failed: no space".into());
+        let h = table_route("GET", "/healthz", &v);
+        assert_eq!((h.status, h.body.as_str()), (503, "disk failed: no space\n"));
     }
 
     #[test]

@@ -109,13 +109,14 @@ wait_peers() {
     done
 }
 
-# GET PATH from node 1's admin endpoint, from inside ms-h1 (bash's /dev/tcp: no curl needed).
+# GET PATH from node 1's admin endpoint (or ADDR), from inside ms-h1 (bash's /dev/tcp: no
+# curl needed).
 admin_get() {
     # shellcheck disable=SC2016 # expanded by the inner bash
     "$NC" exec 1 timeout 5 bash -c '
         exec 3<>"/dev/tcp/${1%:*}/${1##*:}" || exit 1
         printf "GET %s HTTP/1.0\r\nHost: %s\r\n\r\n" "$2" "$1" >&3
-        cat <&3' _ "$ADMIN" "$1" 2>/dev/null || true
+        cat <&3' _ "${2:-$ADMIN}" "$1" 2>/dev/null || true
 }
 
 # How many times REGEX occurs in STRING.
@@ -292,6 +293,13 @@ for k in 1 2 3 4 5 6 7 8; do
     "$NC" exec 1 timeout 10 multispace dht put "user:$k" "value $k" >/dev/null 2>&1 || fail "dht put user:$k failed"
 done
 wait_keys 10 "node 1's /status.json: the partitions hold the 8 keys" 8
+# Host 1's table node has an admin endpoint of its own: its replicas and the calls it served.
+dht_metrics=$(admin_get /metrics 127.0.0.1:47903)
+[[ $(count "$dht_metrics" '^multispace_dht_replica_leader\{group="[0-9]+"\} [01]') -eq $PARTITIONS ]] ||
+    fail "host 1's table node /metrics has no leader gauge per partition: ${dht_metrics:0:600}"
+[[ $dht_metrics == *'multispace_rpc_calls_total{service="Table"'* ]] ||
+    fail "host 1's table node /metrics counts no Table calls: ${dht_metrics:0:600}"
+pass "host 1's table node serves /metrics: a leader gauge per partition, Table calls counted"
 
 # Which headless mode this Chromium has: the new one, else the old.
 start=$(elapsed_ms)
