@@ -170,15 +170,39 @@ impl slog::Drain for TracingDrain {
     type Ok = ();
     type Err = slog::Never;
 
-    fn log(&self, record: &slog::Record<'_>, _values: &slog::OwnedKVList) -> Result<(), slog::Never> {
+    fn log(&self, record: &slog::Record<'_>, values: &slog::OwnedKVList) -> Result<(), slog::Never> {
         let msg = record.msg();
+        // The record's and the logger's key-values (node, group, term, ...), formatted only
+        // if the event is enabled.
+        let kv = Kvs(record, values);
         match record.level() {
-            slog::Level::Critical | slog::Level::Error => tracing::error!(target: "raft", "{msg}"),
-            slog::Level::Warning => tracing::warn!(target: "raft", "{msg}"),
-            slog::Level::Info => tracing::debug!(target: "raft", "{msg}"),
-            slog::Level::Debug | slog::Level::Trace => tracing::trace!(target: "raft", "{msg}"),
+            slog::Level::Critical | slog::Level::Error => tracing::error!(target: "raft", "{msg}{kv}"),
+            slog::Level::Warning => tracing::warn!(target: "raft", "{msg}{kv}"),
+            slog::Level::Info => tracing::debug!(target: "raft", "{msg}{kv}"),
+            slog::Level::Debug | slog::Level::Trace => tracing::trace!(target: "raft", "{msg}{kv}"),
         }
         Ok(())
+    }
+}
+
+/// A slog record's key-values, then its logger's, as ` key=value` pairs.
+struct Kvs<'a>(&'a slog::Record<'a>, &'a slog::OwnedKVList);
+
+impl std::fmt::Display for Kvs<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use slog::KV as _;
+        let mut out = KvWriter(f);
+        self.0.kv().serialize(self.0, &mut out).map_err(|_| std::fmt::Error)?;
+        self.1.serialize(self.0, &mut out).map_err(|_| std::fmt::Error)
+    }
+}
+
+struct KvWriter<'a, 'b>(&'a mut std::fmt::Formatter<'b>);
+
+impl slog::Serializer for KvWriter<'_, '_> {
+    fn emit_arguments(&mut self, key: slog::Key, val: &std::fmt::Arguments<'_>) -> slog::Result {
+        use std::fmt::Write as _;
+        write!(self.0, " {key}={val}").map_err(slog::Error::Fmt)
     }
 }
 
@@ -613,5 +637,33 @@ impl Replica {
         }
         let snap = self.log.take_snapshot(applied, self.sm.snapshot(), self.config.keep_behind_snapshot);
         self.snapshot_taken = Some(snap);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    struct Capture(Arc<Mutex<Vec<String>>>);
+
+    impl slog::Drain for Capture {
+        type Ok = ();
+        type Err = slog::Never;
+
+        fn log(&self, record: &slog::Record<'_>, values: &slog::OwnedKVList) -> Result<(), slog::Never> {
+            self.0.lock().unwrap().push(format!("{}{}", record.msg(), Kvs(record, values)));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn raft_log_lines_carry_their_node_group_and_fields() {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let log = slog::Logger::root(Capture(lines.clone()), slog::o!("node" => 1u64, "group" => 7u64));
+        slog::info!(log, "became leader"; "term" => 3);
+        let line = lines.lock().unwrap()[0].clone();
+        assert!(line.starts_with("became leader term=3"), "{line}");
+        assert!(line.contains(" group=7") && line.contains(" node=1"), "{line}");
     }
 }
