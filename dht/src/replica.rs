@@ -201,7 +201,6 @@ struct KvWriter<'a, 'b>(&'a mut std::fmt::Formatter<'b>);
 
 impl slog::Serializer for KvWriter<'_, '_> {
     fn emit_arguments(&mut self, key: slog::Key, val: &std::fmt::Arguments<'_>) -> slog::Result {
-        use std::fmt::Write as _;
         write!(self.0, " {key}={val}").map_err(slog::Error::Fmt)
     }
 }
