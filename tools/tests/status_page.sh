@@ -90,23 +90,34 @@ peers_of() {
     tail -c +$((off + 1)) "$D/h$i.log" 2>/dev/null | sed -n "s/^node $i: peers \[\(.*\)\]$/\1/p" | tail -n1 || true
 }
 
+# poll SECONDS WHAT CHECK: run the function CHECK until it succeeds (0.2 s apart), failing
+# after SECONDS or past the test's deadline with what CHECK last put in $SAW. Checks read the
+# calling wait_* function's locals (bash scoping is dynamic).
+poll() {
+    local limit=$1 what=$2 check=$3 start now
+    start=$(elapsed_ms)
+    SAW=''
+    while ! "$check"; do
+        now=$(elapsed_ms)
+        if ((now - start > limit * 1000 || now > DEADLINE * 1000)); then
+            fail "$what: not within $limit s: $SAW"
+        fi
+        sleep 0.2
+    done
+    pass "$what (after $(($(elapsed_ms) - start)) ms)"
+}
+
 # wait_peers SECONDS WHAT I PEERS [OFFSET]: wait until node I reports exactly PEERS
 # (comma-separated), reading its log from OFFSET.
 wait_peers() {
-    local limit=$1 what=$2 i=$3 want=$4 off=${5:-0} start now got
-    start=$(elapsed_ms)
-    while :; do
+    local i=$3 want=$4 off=${5:-0}
+    peers_are() {
+        local got
         got=$(peers_of "$i" "$off")
-        now=$(elapsed_ms)
-        if [[ ${got// /} == "$want" ]]; then
-            pass "$what (after $((now - start)) ms)"
-            return 0
-        fi
-        if ((now - start > limit * 1000 || now > DEADLINE * 1000)); then
-            fail "$what: not within $limit s: node $i sees [$got], want [$want]"
-        fi
-        sleep 0.1
-    done
+        SAW="node $i sees [$got], want [$want]"
+        [[ ${got// /} == "$want" ]]
+    }
+    poll "$1" "$2" peers_are
 }
 
 # GET PATH from node 1's admin endpoint (or ADDR), from inside ms-h1 (bash's /dev/tcp: no
@@ -128,66 +139,48 @@ lines() { grep -c . <<<"$1" || true; }
 # wait_status SECONDS WHAT MEMBERS UP: wait until node 1's /status.json lists MEMBERS members
 # and UP instances up (what the page will show).
 wait_status() {
-    local limit=$1 what=$2 members=$3 up=$4 start now json m u
-    start=$(elapsed_ms)
-    while :; do
+    local members=$3 up=$4
+    status_is() {
+        local json m u
         json=$(admin_get /status.json)
         m=$(count "$json" '"this_node":')
         u=$(count "$json" '"up":true')
-        now=$(elapsed_ms)
-        if ((m == members && u == up)); then
-            pass "$what (after $((now - start)) ms)"
-            return 0
-        fi
-        if ((now - start > limit * 1000 || now > DEADLINE * 1000)); then
-            fail "$what: not within $limit s: /status.json has $m members, $u instances up (want $members, $up): ${json: -400}"
-        fi
-        sleep 0.2
-    done
+        SAW="/status.json has $m members, $u instances up (want $members, $up): ${json: -400}"
+        ((m == members && u == up))
+    }
+    poll "$1" "$2" status_is
 }
 
 # wait_table SECONDS WHAT REACHABLE LEADERS: wait until node 1's /status.json shows the
 # table with REACHABLE table nodes answering and all $PARTITIONS partitions led, each by a
 # node matching the regex LEADERS (e.g. "[12]").
 wait_table() {
-    local limit=$1 what=$2 reachable=$3 leaders=$4 start now json p l r
-    start=$(elapsed_ms)
-    while :; do
+    local reachable=$3 leaders=$4
+    table_is() {
+        local json p l r
         json=$(admin_get /status.json)
         p=$(count "$json" '"group":[0-9]+')
         l=$(count "$json" "\"leader\":${leaders}[,}]")
         r=$(count "$json" "\"reachable\":${reachable}[,}]")
-        now=$(elapsed_ms)
-        if ((p == PARTITIONS && l == PARTITIONS && r == 1)); then
-            pass "$what (after $((now - start)) ms)"
-            return 0
-        fi
-        if ((now - start > limit * 1000 || now > DEADLINE * 1000)); then
-            fail "$what: not within $limit s: $p partitions, $l led by $leaders, reachable=$reachable $r times: ${json: -600}"
-        fi
-        sleep 0.2
-    done
+        SAW="$p partitions, $l led by $leaders, reachable=$reachable $r times: ${json: -600}"
+        ((p == PARTITIONS && l == PARTITIONS && r == 1))
+    }
+    poll "$1" "$2" table_is
 }
 
 # wait_keys SECONDS WHAT N: wait until the partitions' leaders hold N keys in all, as node
 # 1's /status.json shows them.
 wait_keys() {
-    local limit=$1 what=$2 want=$3 start now got
-    start=$(elapsed_ms)
-    while :; do
+    local want=$3
+    keys_are() {
+        local got
         # A partition's own `keys` is the one right before its `replicas`.
         got=$(admin_get /status.json | grep -oE '"keys":[0-9]+,"replicas"' | grep -oE '[0-9]+' |
             awk '{s += $1} END {print s + 0}')
-        now=$(elapsed_ms)
-        if ((got == want)); then
-            pass "$what (after $((now - start)) ms)"
-            return 0
-        fi
-        if ((now - start > limit * 1000 || now > DEADLINE * 1000)); then
-            fail "$what: not within $limit s: $got keys"
-        fi
-        sleep 0.2
-    done
+        SAW="$got keys"
+        ((got == want))
+    }
+    poll "$1" "$2" keys_are
 }
 
 # chrome NAME ARGS...: run headless Chromium in host 1's namespace with a profile, home and
