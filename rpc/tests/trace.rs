@@ -5,75 +5,18 @@
 mod common;
 
 use std::cell::RefCell;
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
+use common::hops::{seen, serve, two_hops, Seen, FORWARD, SEEN};
 use common::{each_driver, must, until};
 use multispace_rpc::trace;
 use multispace_rpc::{
-    spawn, CallContext, CallOptions, Client, ClientHandle, DriverChoice, Message, OneWaySender, OneWayServer,
-    RuntimeBuilder, Server, Service, Status,
+    spawn, CallOptions, Client, ClientHandle, DriverChoice, Message, OneWaySender, OneWayServer, RuntimeBuilder,
+    Service, Status,
 };
 
-const SEEN: u32 = 1;
-const FORWARD: u32 = 2;
 const NOTE: u32 = 3;
-
-/// What a handler saw: the trace id, the caller's span and its own span.
-type Seen = Option<(u128, u64, u64)>;
-
-fn seen(ctx: &CallContext) -> Seen {
-    let current = trace::current();
-    match ctx.trace {
-        None => {
-            assert_eq!(current, None, "an untraced call runs outside any trace");
-            None
-        }
-        Some(caller) => {
-            let me = current.expect("a traced call runs inside its trace");
-            assert_eq!(me.trace_id, caller.trace_id);
-            assert_ne!(me.span_id, caller.span_id, "the handler gets a span of its own");
-            Some((caller.trace_id.get(), caller.span_id.0, me.span_id.0))
-        }
-    }
-}
-
-fn serve(svc: Service) -> SocketAddr {
-    let server = Server::bind("127.0.0.1:0".parse().unwrap(), [svc]).unwrap();
-    let addr = server.local_addr();
-    spawn(server.serve()).detach();
-    addr
-}
-
-/// B answers what it saw; A calls B (a nested call) and answers both views.
-fn two_hops() -> SocketAddr {
-    let b = serve(
-        Service::builder("b")
-            // Synchronous part of the handler: it too runs inside the call's trace.
-            .method(SEEN, |ctx, _req: Message<()>| {
-                let s = seen(&ctx);
-                async move { Ok::<Seen, Status>(s) }
-            })
-            .build(),
-    );
-    let client_b = Client::new(b);
-    serve(
-        Service::builder("a")
-            .method(FORWARD, move |ctx, _req: Message<()>| {
-                let client_b = client_b.clone();
-                async move {
-                    let mine = seen(&ctx);
-                    let theirs = client_b
-                        .call::<(), Seen>(SEEN, &(), CallOptions::default())
-                        .await
-                        .map_err(|e| Status::internal(e.to_string()))?;
-                    Ok::<(Seen, Seen), Status>((mine, theirs.to_owned().unwrap()))
-                }
-            })
-            .build(),
-    )
-}
 
 #[test]
 fn a_trace_crosses_two_hops_with_a_new_span_per_hop() {

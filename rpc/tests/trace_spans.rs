@@ -5,55 +5,12 @@
 mod common;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+use common::hops::{two_hops, Seen, FORWARD};
 use common::{each_driver, must, until};
 use multispace_rpc::trace::{self, TraceContext};
-use multispace_rpc::{spawn, CallContext, CallOptions, Client, Message, Server, Service, Status};
-
-const SEEN: u32 = 1;
-const FORWARD: u32 = 2;
-
-/// What a handler saw: the trace id, the caller's span and its own span.
-type Seen = Option<(u128, u64, u64)>;
-
-fn seen(ctx: &CallContext) -> Seen {
-    let me = trace::current()?;
-    ctx.trace.map(|caller| (caller.trace_id.get(), caller.span_id.0, me.span_id.0))
-}
-
-fn serve(svc: Service) -> SocketAddr {
-    let server = Server::bind("127.0.0.1:0".parse().unwrap(), [svc]).unwrap();
-    let addr = server.local_addr();
-    spawn(server.serve()).detach();
-    addr
-}
-
-/// B answers what it saw; A calls B and answers both views.
-fn two_hops() -> SocketAddr {
-    let b = serve(
-        Service::builder("b")
-            .method(SEEN, |ctx, _req: Message<()>| async move { Ok::<Seen, Status>(seen(&ctx)) })
-            .build(),
-    );
-    let client_b = Client::new(b);
-    serve(
-        Service::builder("a")
-            .method(FORWARD, move |ctx, _req: Message<()>| {
-                let client_b = client_b.clone();
-                async move {
-                    let mine = seen(&ctx);
-                    let theirs = client_b
-                        .call::<(), Seen>(SEEN, &(), CallOptions::default())
-                        .await
-                        .map_err(|e| Status::internal(e.to_string()))?;
-                    Ok::<(Seen, Seen), Status>((mine, theirs.to_owned().unwrap()))
-                }
-            })
-            .build(),
-    )
-}
+use multispace_rpc::{CallOptions, Client};
 
 /// A recorded span: its name and fields.
 type SpanRecord = (String, HashMap<String, String>);

@@ -1,6 +1,8 @@
 //! Shared test harness: every I/O test runs once per driver.
 #![allow(dead_code)]
 
+pub mod hops;
+
 use std::future::Future;
 use std::time::Duration;
 
