@@ -11,7 +11,15 @@ fn null_call(c: &mut Criterion) {
     pin_caller();
     for waiting in [Waiting::Sleep, Waiting::Spin] {
         let mut g = c.benchmark_group(format!("null_round_trip/{waiting}"));
-        for sys in [System::RawUdp, System::RawTcp, System::RpcUring, System::RpcEpoll, System::StubUring] {
+        for sys in [
+            System::RawUdp,
+            System::RawTcp,
+            System::RpcUring,
+            System::RpcEpoll,
+            System::RpcUdpUring,
+            System::RpcUdpEpoll,
+            System::StubUring,
+        ] {
             // One system alive at a time: a spinning thread of an idle system would steal a
             // core from the one being measured.
             let mut s = sys.build(Shape::Void, waiting).expect("system set up");

@@ -100,6 +100,10 @@ pub enum System {
     RpcUring,
     /// Multispace reliable call on the epoll driver.
     RpcEpoll,
+    /// Multispace reliable call over UDP datagram sessions, io_uring driver.
+    RpcUdpUring,
+    /// The same on the epoll driver.
+    RpcUdpEpoll,
     /// Multispace reliable call with mutual TLS 1.3, io_uring driver.
     RpcTlsUring,
     /// Multispace one-way UDP call plus one-way acknowledgement, io_uring driver.
@@ -117,13 +121,15 @@ pub enum System {
 }
 
 /// Every system, floors first.
-pub const SYSTEMS: [System; 12] = [
+pub const SYSTEMS: [System; 14] = [
     System::RawUdp,
     System::RawUringUdp,
     System::RawTcp,
     System::RpcUring,
     System::RpcTlsUring,
     System::RpcEpoll,
+    System::RpcUdpUring,
+    System::RpcUdpEpoll,
     System::OneWayUring,
     System::OneWayEpoll,
     System::StubUring,
@@ -141,6 +147,8 @@ impl System {
             System::RawTcp => "raw TCP",
             System::RpcUring => "multispace rpc (io_uring)",
             System::RpcEpoll => "multispace rpc (epoll)",
+            System::RpcUdpUring => "multispace rpc UDP (io_uring)",
+            System::RpcUdpEpoll => "multispace rpc UDP (epoll)",
             System::RpcTlsUring => "multispace rpc mTLS (io_uring)",
             System::OneWayUring => "multispace one-way+ack (io_uring)",
             System::OneWayEpoll => "multispace one-way+ack (epoll)",
@@ -159,6 +167,8 @@ impl System {
             System::RawTcp => "raw_tcp",
             System::RpcUring => "rpc_uring",
             System::RpcEpoll => "rpc_epoll",
+            System::RpcUdpUring => "rpc_udp_uring",
+            System::RpcUdpEpoll => "rpc_udp_epoll",
             System::RpcTlsUring => "rpc_tls_uring",
             System::OneWayUring => "oneway_uring",
             System::OneWayEpoll => "oneway_epoll",
@@ -192,6 +202,8 @@ impl System {
             System::RawTcp => Box::new(raw::RawTcp::new(req, resp, waiting)?),
             System::RpcUring => Box::new(ours::Rpc::new(DriverKind::Uring, waiting, shape)?),
             System::RpcEpoll => Box::new(ours::Rpc::new(DriverKind::Epoll, waiting, shape)?),
+            System::RpcUdpUring => Box::new(ours::Rpc::udp(DriverKind::Uring, waiting, shape)?),
+            System::RpcUdpEpoll => Box::new(ours::Rpc::udp(DriverKind::Epoll, waiting, shape)?),
             System::RpcTlsUring => {
                 Box::new(ours::Rpc::with_tls(DriverKind::Uring, waiting, shape, Some(ours::tls_pair()?))?)
             }

@@ -14,7 +14,7 @@ use multispace_rpc::runtime::time::timeout;
 use multispace_rpc::tls::certs::{Authority, Leaf};
 use multispace_rpc::{
     spawn, CallOptions, Client, ConnConfig, DriverChoice, DriverKind, Message, OneWaySender, OneWayServer, Payload,
-    Runtime, RuntimeBuilder, Server, ServerConfig, Service, Status, TlsConfig, Validate, WaitMode,
+    Runtime, RuntimeBuilder, Server, ServerConfig, Service, Status, TlsConfig, Transport, Validate, WaitMode,
 };
 
 use multispace_services::calc::{self, CalcClient};
@@ -85,6 +85,11 @@ impl Rpc {
         Self::with_tls(driver, waiting, shape, None)
     }
 
+    /// [`Rpc::new`] over UDP datagram sessions.
+    pub fn udp(driver: DriverKind, waiting: Waiting, shape: Shape) -> anyhow::Result<Self> {
+        Self::build(driver, waiting, shape, None, Transport::Udp)
+    }
+
     /// [`Rpc::new`], with mutual TLS when `tls` is (server, client) configurations.
     pub fn with_tls(
         driver: DriverKind,
@@ -92,11 +97,22 @@ impl Rpc {
         shape: Shape,
         tls: Option<(TlsConfig, TlsConfig)>,
     ) -> anyhow::Result<Self> {
+        Self::build(driver, waiting, shape, tls, Transport::Tcp)
+    }
+
+    fn build(
+        driver: DriverKind,
+        waiting: Waiting,
+        shape: Shape,
+        tls: Option<(TlsConfig, TlsConfig)>,
+        transport: Transport,
+    ) -> anyhow::Result<Self> {
         let (server_rt, client_rt) = runtimes(driver, waiting)?;
         let (server_tls, client_tls) = tls.map_or((None, None), |(s, c)| (Some(s), Some(c)));
         let addr = server_rt.core(0).run(move || async move {
             let config = ServerConfig {
                 conn: ConnConfig { tls: server_tls, ..ConnConfig::default() },
+                datagram: transport == Transport::Udp,
                 ..ServerConfig::default()
             };
             let server = Server::bind_with("127.0.0.1:0".parse().expect("address"), [table1_service()], config)?;
@@ -104,7 +120,7 @@ impl Rpc {
             spawn(server.serve()).detach();
             Ok::<_, multispace_rpc::ServeError>(addr)
         })??;
-        let conn = ConnConfig { tls: client_tls, ..ConnConfig::default() };
+        let conn = ConnConfig { tls: client_tls, transport, ..ConnConfig::default() };
         let mut me = Rpc { client_rt, _server_rt: server_rt, addr, shape, conn };
         me.run(1000, None);
         Ok(me)

@@ -11,7 +11,8 @@
 //!   (documented in `PROTOCOL.md`). No sockets, no clock.
 //! - [`Message`]: received rkyv archives, validated (bytecheck) before any access and then
 //!   read in place; responses are archived straight into the connection's outgoing buffer.
-//! - Reliable request/response over TCP ([`Server`], [`Client`]), best-effort one-way calls
+//! - Reliable request/response over TCP ([`Server`], [`Client`]) or over UDP datagrams with
+//!   retransmission and at-most-once execution ([`Transport::Udp`]), best-effort one-way calls
 //!   over UDP and multicast ([`OneWaySender`], [`OneWayServer`]), and [`ClientHandle`] for
 //!   callers outside the runtime.
 //! - [`tls`]: mutual TLS 1.3 (rustls) on reliable connections, driven by the same drivers;
@@ -76,7 +77,8 @@ pub use driver::{DriverChoice, DriverKind, DriverStats};
 pub use proto::balance::{key_hash, Policy};
 pub use proto::frame::ErrorCode;
 pub use rpc::client::{CallOptions, Client};
-pub use rpc::conn::ConnConfig;
+pub use rpc::conn::{ConnConfig, Transport};
+pub use rpc::dgram::DatagramConfig;
 pub use rpc::error::{CallError, ServeError, Status};
 pub use rpc::handle::ClientHandle;
 pub use rpc::oneway::{MulticastGroup, OneWaySender, OneWayServer, OneWayStats, SendError, MAX_DATAGRAM};

@@ -59,7 +59,7 @@ fn seed() -> u64 {
 }
 
 /// A random nonzero 64-bit value (xorshift64*; per thread, no locks).
-fn next_u64() -> u64 {
+pub(crate) fn next_u64() -> u64 {
     RNG.with(|r| {
         let mut x = r.get();
         x ^= x >> 12;

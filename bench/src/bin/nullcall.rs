@@ -27,7 +27,15 @@ struct Args {
     json: Option<std::path::PathBuf>,
 }
 
-const SYSTEMS: [System; 5] = [System::RawUdp, System::RawTcp, System::RpcUring, System::RpcEpoll, System::StubUring];
+const SYSTEMS: [System; 7] = [
+    System::RawUdp,
+    System::RawTcp,
+    System::RpcUring,
+    System::RpcEpoll,
+    System::RpcUdpUring,
+    System::RpcUdpEpoll,
+    System::StubUring,
+];
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();

@@ -21,6 +21,38 @@ impl UdpSocket {
         Ok(UdpSocket { inner: Registered::new(sock)? })
     }
 
+    /// Bind to `addr` with `SO_REUSEPORT` when `reuse_port` (so every core can serve the
+    /// same address; the kernel keeps each peer on one socket).
+    pub fn bind_reuse(addr: SocketAddr, reuse_port: bool) -> io::Result<UdpSocket> {
+        let sock = Socket::new(Domain::for_address(addr), Type::DGRAM.cloexec(), Some(Protocol::UDP))?;
+        if reuse_port {
+            sock.set_reuse_port(true)?;
+        }
+        sock.bind(&addr.into())?;
+        Ok(UdpSocket { inner: Registered::new(sock)? })
+    }
+
+    /// Bind an ephemeral port on the local address that routes to `peer` and connect to it:
+    /// only `peer`'s datagrams are received, and an ICMP port-unreachable from it (no one
+    /// listening) comes back as `ECONNREFUSED` on the next send or receive.
+    pub fn connect(peer: SocketAddr) -> io::Result<UdpSocket> {
+        let sock = Socket::new(Domain::for_address(peer), Type::DGRAM.cloexec(), Some(Protocol::UDP))?;
+        sock.connect(&peer.into())?;
+        Ok(UdpSocket { inner: Registered::new(sock)? })
+    }
+
+    /// Send one datagram on a connected socket now, without waiting: `WouldBlock` when the
+    /// socket buffer is full. For protocols that retransmit anyway, this is cheaper than a
+    /// queued send.
+    pub fn try_send(&self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.sock.send(buf)
+    }
+
+    /// [`UdpSocket::try_send`] to `to` on an unconnected socket.
+    pub fn try_send_to(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
+        self.inner.sock.send_to(buf, &to.into())
+    }
+
     /// Bind to `port` on all addresses and join `group` on the interface with address
     /// `interface` (loopback by default in the rpc layer). Several sockets on this host may
     /// join the same group and port; each receives every datagram.

@@ -63,8 +63,9 @@ const OFF_RESERVED: usize = 30;
 /// Flag bits a receiver must understand: a frame setting one it does not know is rejected,
 /// because ignoring it could change the frame's meaning.
 const MUST_UNDERSTAND_FLAGS: u16 = 0xff00;
-/// The must-understand bits this side knows: [`FLAG_TRACE`](super::trace::FLAG_TRACE).
-const KNOWN_MUST_UNDERSTAND: u16 = super::trace::FLAG_TRACE;
+/// The must-understand bits this side knows: [`FLAG_TRACE`](super::trace::FLAG_TRACE) and
+/// [`FLAG_SESSION`](super::session::FLAG_SESSION).
+const KNOWN_MUST_UNDERSTAND: u16 = super::trace::FLAG_TRACE | super::session::FLAG_SESSION;
 
 /// What a frame is. The discriminant is the `kind` byte on the wire.
 #[repr(u8)]
@@ -83,6 +84,12 @@ pub enum FrameKind {
     OneWay = 4,
     /// The client no longer wants the result of the request with this id; no reply follows.
     Cancel = 5,
+    /// Datagram transport: a client opens a session (the payload is its session block); the
+    /// server echoes it to accept.
+    Hello = 6,
+    /// Datagram transport: the request with this id is still running (the server's answer
+    /// to a retransmission, so the client knows the server is alive).
+    Pending = 7,
 }
 
 /// A decoded frame header (everything but the magic, version and reserved bytes, which are
@@ -187,6 +194,8 @@ impl Header {
             [3] => FrameKind::Error,
             [4] => FrameKind::OneWay,
             [5] => FrameKind::Cancel,
+            [6] => FrameKind::Hello,
+            [7] => FrameKind::Pending,
             [k] => return Err(FrameError::UnknownKind(k)),
         };
         let flags = u16::from_le_bytes(field::<OFF_FLAGS, 2>(b));
@@ -210,6 +219,7 @@ impl Header {
             status: u16::from_le_bytes(field::<OFF_STATUS, 2>(b)),
         };
         super::trace::check_header(&header)?;
+        super::session::check_header(&header)?;
         Ok(header)
     }
 
@@ -313,6 +323,10 @@ pub enum ErrorCode {
     /// 10: the caller's principal (its verified certificate identity, or none on plain TCP)
     /// is not on the service's access list for this method. The call did not run.
     PermissionDenied,
+    /// 11: datagram transport: the server has no such session (it restarted, or expired the
+    /// session while it was idle). The call did not run on this server; the client opens a
+    /// new session.
+    SessionUnknown,
     /// 16: the handler reported an application-level failure.
     Application,
     /// 17: the server failed internally (e.g. a handler panicked, or the response could not
@@ -338,6 +352,7 @@ impl ErrorCode {
             ErrorCode::Application => 16,
             ErrorCode::Internal => 17,
             ErrorCode::PermissionDenied => 10,
+            ErrorCode::SessionUnknown => 11,
             ErrorCode::Unknown(v) => v,
         }
     }
@@ -358,6 +373,7 @@ impl ErrorCode {
             16 => ErrorCode::Application,
             17 => ErrorCode::Internal,
             10 => ErrorCode::PermissionDenied,
+            11 => ErrorCode::SessionUnknown,
             v => ErrorCode::Unknown(v),
         }
     }
@@ -391,14 +407,18 @@ pub enum FrameError {
         supported: u8,
     },
     /// The kind byte is not one of [`FrameKind`]'s values.
-    #[error("unknown frame kind {0}: expected 1 to 5")]
+    #[error("unknown frame kind {0}: expected 1 to 7")]
     UnknownKind(u8),
     /// A must-understand flag bit (8..15) this side does not know is set.
-    #[error("frame flags {0:#06x} set must-understand bits (mask 0xfe00) this side does not know")]
+    #[error("frame flags {0:#06x} set must-understand bits (mask 0xfc00) this side does not know")]
     UnknownFlags(u16),
     /// The trace flag is set on a frame that cannot carry the block, or the block is invalid.
     #[error("bad trace context: {0}")]
     BadTraceContext(&'static str),
+    /// The session flag is set on a frame that cannot carry the block, the block is invalid,
+    /// or a hello lacks it.
+    #[error("bad session block: {0}")]
+    BadSession(&'static str),
     /// The reserved header bytes 30..32 are not zero.
     #[error("reserved header bytes are not zero: peer uses an unknown protocol extension")]
     NonZeroReserved,
@@ -559,7 +579,7 @@ mod tests {
 
     #[test]
     fn unknown_kinds() {
-        for k in [0, 6, 255] {
+        for k in [0, 8, 255] {
             let b = with(Header::cancel(1).encode(), 5, &[k]);
             assert_eq!(parse(b), Err(FrameError::UnknownKind(k)));
         }
@@ -567,15 +587,17 @@ mod tests {
 
     #[test]
     fn must_understand_flags_are_rejected_and_low_flags_ignored() {
-        for flags in [0x0200u16, 0x8000, 0xff00, 0x03ff] {
+        for flags in [0x0400u16, 0x8000, 0xff00, 0x07ff] {
             let b = with(Header::cancel(1).encode(), 6, &flags.to_le_bytes());
             let e = parse(b).unwrap_err();
             assert_eq!(e, FrameError::UnknownFlags(flags));
             assert_eq!(e.code(), ErrorCode::Malformed);
         }
-        // The one known must-understand bit (trace) is checked against the kind instead.
+        // The known must-understand bits (trace, session) are checked against the kind instead.
         let b = with(Header::cancel(1).encode(), 6, &0x0100u16.to_le_bytes());
         assert!(matches!(parse(b), Err(FrameError::BadTraceContext(_))));
+        let b = with(Header::response(1, 2, 0).encode(), 6, &0x0200u16.to_le_bytes());
+        assert!(matches!(parse(b), Err(FrameError::BadSession(_))));
         for flags in [0x0001u16, 0x0080, 0x00ff] {
             let b = with(Header::cancel(1).encode(), 6, &flags.to_le_bytes());
             let h = parse(b).expect("ignorable flag bits are accepted");
@@ -686,6 +708,7 @@ mod tests {
             (ErrorCode::Cancelled, 8),
             (ErrorCode::ShuttingDown, 9),
             (ErrorCode::PermissionDenied, 10),
+            (ErrorCode::SessionUnknown, 11),
             (ErrorCode::Application, 16),
             (ErrorCode::Internal, 17),
         ];
@@ -693,7 +716,7 @@ mod tests {
             assert_eq!(code.to_u16(), v);
             assert_eq!(ErrorCode::from_u16(v), code);
         }
-        for v in [0, 11, 15, 18, u16::MAX] {
+        for v in [0, 12, 15, 18, u16::MAX] {
             assert_eq!(ErrorCode::from_u16(v), ErrorCode::Unknown(v));
         }
     }

@@ -9,14 +9,15 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::conn::{ConnConfig, FrameReader, Outbox, ReadError};
+use super::conn::{ConnConfig, FrameReader, Outbox, ReadError, Transport};
+use super::dgram::{DgramConn, DgramError, Encoder};
 use super::error::CallError;
 use super::service::current_deadline;
-use crate::buf::{Message, Payload, Validate};
+use crate::buf::{encode_frame, encode_raw, Message, Payload, Validate};
 use crate::net::TcpStream;
 use crate::proto::calls::CallTable;
 use crate::proto::frame::{ErrorCode, FrameError, FrameKind, Header};
-use crate::proto::trace::FLAG_TRACE;
+use crate::proto::trace::{FLAG_TRACE, TRACE_BLOCK_LEN};
 use crate::runtime::time::timeout_at;
 use crate::runtime::{spawn, JoinHandle};
 
@@ -35,7 +36,7 @@ impl CallOptions {
     }
 }
 
-type Outcome = Result<(Header, Bytes), CallError>;
+use super::dgram::Outcome;
 
 struct Conn {
     outbox: Rc<Outbox>,
@@ -68,6 +69,8 @@ struct ClientInner {
     addr: SocketAddr,
     config: ConnConfig,
     conn: RefCell<Option<Rc<Conn>>>,
+    /// The datagram session, with [`Transport::Udp`].
+    dgram: RefCell<Option<Rc<DgramConn>>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -86,7 +89,7 @@ impl Client {
 
     /// [`Client::new`] with explicit limits.
     pub fn with_config(addr: SocketAddr, config: ConnConfig) -> Client {
-        Client { inner: Rc::new(ClientInner { addr, config, conn: RefCell::new(None) }) }
+        Client { inner: Rc::new(ClientInner { addr, config, conn: RefCell::new(None), dgram: RefCell::new(None) }) }
     }
 
     /// Connect now (instead of on first call).
@@ -107,9 +110,29 @@ impl Client {
         self.inner.addr
     }
 
-    /// Calls in flight on the current connection.
+    /// Calls in flight on the current connection (and datagram session).
     pub fn in_flight(&self) -> usize {
         self.inner.conn.borrow().as_ref().map_or(0, |c| c.calls.borrow().len())
+            + self.inner.dgram.borrow().as_ref().map_or(0, |d| d.calls.borrow().len())
+    }
+
+    /// The datagram session's client, made on first use.
+    fn dgram(&self) -> Result<Rc<DgramConn>, CallError> {
+        if let Some(d) = self.inner.dgram.borrow().as_ref() {
+            return Ok(d.clone());
+        }
+        let config = &self.inner.config;
+        if config.tls.is_some() {
+            // Never send calls unprotected when TLS was asked for.
+            return Err(CallError::Connect(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "the UDP transport carries no TLS; use Transport::Tcp with TLS",
+            )));
+        }
+        let d = DgramConn::new(self.inner.addr, config.datagram.clone(), config.max_in_flight)
+            .map_err(CallError::Connect)?;
+        *self.inner.dgram.borrow_mut() = Some(d.clone());
+        Ok(d)
     }
 
     async fn connection(&self) -> Result<Rc<Conn>, CallError> {
@@ -173,23 +196,19 @@ impl Client {
         Req: Payload,
         Resp: Validate,
     {
-        let payload =
-            self.call_raw(method_id, opts, |outbox, prefix, header| outbox.push_after(prefix, req, header)).await?;
+        let payload = self
+            .call_raw(method_id, opts, &|buf, max, prefix, header| encode_frame(buf, max, prefix, req, header))
+            .await?;
         Message::new(payload).map_err(CallError::InvalidResponse)
     }
 
     /// Call with an already-archived request payload (the thread-safe handle serializes on the
     /// caller's thread). Returns the raw response payload.
     pub async fn call_bytes(&self, method_id: u32, req: &[u8], opts: CallOptions) -> Result<Bytes, CallError> {
-        self.call_raw(method_id, opts, |outbox, prefix, header| outbox.push_raw_after(prefix, req, header)).await
+        self.call_raw(method_id, opts, &|buf, max, prefix, header| encode_raw(buf, max, prefix, req, header)).await
     }
 
-    async fn call_raw(
-        &self,
-        method_id: u32,
-        opts: CallOptions,
-        encode: impl FnOnce(&Outbox, &[u8], &mut dyn FnMut(u32) -> Header) -> Result<(), crate::buf::EncodeError>,
-    ) -> Result<Bytes, CallError> {
+    async fn call_raw(&self, method_id: u32, opts: CallOptions, encode: &Encoder<'_>) -> Result<Bytes, CallError> {
         let now = Instant::now();
         let deadline = match (opts.timeout.map(|t| now + t), current_deadline()) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -198,44 +217,62 @@ impl Client {
         if deadline.is_some_and(|d| d <= now) {
             return Err(CallError::DeadlineExceeded);
         }
+        // The trace this call belongs to goes with it (a block before the archive).
+        let trace = crate::trace::outgoing().map(|t| t.encode());
         let work = async {
-            let conn = self.connection().await?;
-            let id = conn.calls.borrow_mut().start().map_err(|_| CallError::Overloaded { remote: false })?;
-            let guard = PendingCall { conn: &conn, id, done: false };
-            // A budget too long for the field (over ~71 minutes) is sent as none: the client
-            // still enforces it, and a shortened one would make the server give up early.
-            let budget_us = deadline.map_or(0, |d| {
-                let us = d.saturating_duration_since(Instant::now()).as_micros().max(1);
-                u32::try_from(us).unwrap_or(0)
-            });
-            // The trace this call belongs to goes with it (a block before the archive).
-            let trace = crate::trace::outgoing().map(|t| t.encode());
-            let prefix: &[u8] = trace.as_ref().map_or(&[], |b| b);
-            let header = &mut |len| {
-                let mut h = Header::request(id, method_id, budget_us, len);
-                if trace.is_some() {
-                    h.flags |= FLAG_TRACE;
+            if self.inner.config.transport == Transport::Udp {
+                match self.dgram()?.call(method_id, deadline, trace, encode).await {
+                    Ok(payload) => return Ok(payload),
+                    Err(DgramError::Call(e)) => return Err(e),
+                    // Too large for a datagram: over TCP to the same address instead.
+                    Err(DgramError::TooLarge) => {}
                 }
-                h
-            };
-            if let Err(e) = encode(&conn.outbox, prefix, header) {
-                conn.calls.borrow_mut().cancel(id);
-                std::mem::forget(guard);
-                return Err(CallError::Encode(e));
             }
-            let outcome = poll_fn(|cx| conn.calls.borrow_mut().poll_result(id, cx.waker())).await;
-            let mut guard = guard;
-            guard.done = true;
-            match outcome {
-                Some(Ok((h, payload))) if h.kind == FrameKind::Response => Ok(payload),
-                Some(Ok((h, payload))) => Err(CallError::from_wire(ErrorCode::from_u16(h.status), method_id, &payload)),
-                Some(Err(e)) => Err(e),
-                None => Err(CallError::ConnectionLost),
-            }
+            self.call_stream(method_id, deadline, trace, encode).await
         };
         match deadline {
             Some(d) => timeout_at(d, work).await.unwrap_or(Err(CallError::DeadlineExceeded)),
             None => work.await,
+        }
+    }
+
+    async fn call_stream(
+        &self,
+        method_id: u32,
+        deadline: Option<Instant>,
+        trace: Option<[u8; TRACE_BLOCK_LEN]>,
+        encode: &Encoder<'_>,
+    ) -> Result<Bytes, CallError> {
+        let conn = self.connection().await?;
+        let id = conn.calls.borrow_mut().start().map_err(|_| CallError::Overloaded { remote: false })?;
+        let guard = PendingCall { conn: &conn, id, done: false };
+        // A budget too long for the field (over ~71 minutes) is sent as none: the client
+        // still enforces it, and a shortened one would make the server give up early.
+        let budget_us = deadline.map_or(0, |d| {
+            let us = d.saturating_duration_since(Instant::now()).as_micros().max(1);
+            u32::try_from(us).unwrap_or(0)
+        });
+        let prefix: &[u8] = trace.as_ref().map_or(&[], |b| b);
+        let header = &mut |len| {
+            let mut h = Header::request(id, method_id, budget_us, len);
+            if trace.is_some() {
+                h.flags |= FLAG_TRACE;
+            }
+            h
+        };
+        if let Err(e) = conn.outbox.push_with(|buf, max| encode(buf, max, prefix, header)) {
+            conn.calls.borrow_mut().cancel(id);
+            std::mem::forget(guard);
+            return Err(CallError::Encode(e));
+        }
+        let outcome = poll_fn(|cx| conn.calls.borrow_mut().poll_result(id, cx.waker())).await;
+        let mut guard = guard;
+        guard.done = true;
+        match outcome {
+            Some(Ok((h, payload))) if h.kind == FrameKind::Response => Ok(payload),
+            Some(Ok((h, payload))) => Err(CallError::from_wire(ErrorCode::from_u16(h.status), method_id, &payload)),
+            Some(Err(e)) => Err(e),
+            None => Err(CallError::ConnectionLost),
         }
     }
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
+use super::dgram::DatagramConfig;
 use crate::buf::{encode_frame, encode_raw, EncodeError, Payload};
 use crate::driver::multishot::MultiReceiver;
 use crate::net::TcpStream;
@@ -45,6 +46,25 @@ pub struct ConnConfig {
     /// whose handshake fails carries no calls. The handshake must finish within
     /// `frame_timeout`.
     pub tls: Option<TlsConfig>,
+    /// What a client carries its calls over (default TCP). Servers answer on TCP always, and
+    /// also over UDP when their [`ServerConfig::datagram`](crate::ServerConfig) is on.
+    pub transport: Transport,
+    /// Retransmission and size settings of the datagram transport.
+    pub datagram: DatagramConfig,
+}
+
+/// How a client carries reliable calls.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Transport {
+    /// A TCP connection (with TLS if configured). The default.
+    #[default]
+    Tcp,
+    /// Datagrams with retransmission and at-most-once execution at the server (see
+    /// `PROTOCOL.md`, "Datagram sessions"): the lowest latency for small calls. Requests too
+    /// large for a datagram go over TCP to the same address; a reply too large for one fails
+    /// with `TooLarge`. Plain only: a client configured with TLS fails its calls with a
+    /// connect error rather than send them unprotected.
+    Udp,
 }
 
 thread_local! {
@@ -74,6 +94,8 @@ impl Default for ConnConfig {
             read_chunk: 64 << 10,
             tcp_user_timeout: Some(Duration::from_secs(5)),
             tls: None,
+            transport: Transport::Tcp,
+            datagram: DatagramConfig::default(),
         }
     }
 }
@@ -276,6 +298,16 @@ impl Outbox {
         header: impl FnOnce(u32) -> Header,
     ) -> Result<(), EncodeError> {
         encode_frame(&mut self.pending.borrow_mut(), self.max_payload, prefix, value, header)?;
+        self.wake_writer();
+        Ok(())
+    }
+
+    /// Queue a frame that `encode` appends to the outbox's buffer (given the payload limit).
+    pub(crate) fn push_with(
+        &self,
+        encode: impl FnOnce(&mut BytesMut, usize) -> Result<(), EncodeError>,
+    ) -> Result<(), EncodeError> {
+        encode(&mut self.pending.borrow_mut(), self.max_payload)?;
         self.wake_writer();
         Ok(())
     }

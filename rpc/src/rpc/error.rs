@@ -153,6 +153,10 @@ pub enum ServeError {
         /// The other.
         second: String,
     },
+    /// The datagram transport was enabled on a server configured with TLS: datagram calls
+    /// would bypass the certificate checks, so the server refuses to start.
+    #[error("the datagram transport carries no TLS: enable it only on a plain (non-TLS) server")]
+    DatagramWithTls,
     /// Accepting failed in a way that is not per-connection.
     #[error("accept failed")]
     Accept(#[source] io::Error),

@@ -11,8 +11,10 @@ use bytes::Bytes;
 
 use super::conn::{ConnConfig, FrameReader, Outbox, ReadError};
 use super::error::ServeError;
+use super::dgram::DgramEndpoint;
+use super::error::Status;
 use super::service::{CallContext, Dispatched, Reply, Service};
-use crate::net::{TcpListener, TcpStream};
+use crate::net::{TcpListener, TcpStream, UdpSocket};
 use crate::proto::frame::{ErrorCode, FrameError, FrameKind, Header};
 use crate::runtime::{spawn, JoinHandle};
 
@@ -25,13 +27,30 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Bind with SO_REUSEPORT so every core can listen on the same address.
     pub reuse_port: bool,
+    /// Also serve reliable calls over UDP on the same port number (the datagram transport,
+    /// for clients configured with [`Transport::Udp`](crate::Transport::Udp)). Plain only:
+    /// a server configured with TLS refuses to start with it. Default off.
+    pub datagram: bool,
+    /// Datagram sessions kept open at once (default 10 000); at the limit the idlest is
+    /// dropped, or a new session refused if every one has calls running.
+    pub max_sessions: usize,
+    /// A datagram session silent this long is forgotten (default 2 min); its client opens a
+    /// new one on its next call, transparently.
+    pub session_idle: Duration,
 }
 
 impl Default for ServerConfig {
     /// This core's connection settings ([`ConnConfig::for_this_core`]), 10 000 connections,
     /// `SO_REUSEPORT`.
     fn default() -> Self {
-        ServerConfig { conn: ConnConfig::for_this_core(), max_connections: 10_000, reuse_port: true }
+        ServerConfig {
+            conn: ConnConfig::for_this_core(),
+            max_connections: 10_000,
+            reuse_port: true,
+            datagram: false,
+            max_sessions: 10_000,
+            session_idle: Duration::from_secs(120),
+        }
     }
 }
 
@@ -39,6 +58,7 @@ impl Default for ServerConfig {
 #[derive(Debug)]
 pub struct Server {
     listener: TcpListener,
+    datagrams: Option<Rc<DgramEndpoint>>,
     services: Rc<[Service]>,
     config: ServerConfig,
     load: Rc<ServerState>,
@@ -46,9 +66,9 @@ pub struct Server {
 
 /// What a server's connections share: how busy it is, and whether it is draining.
 #[derive(Debug, Default)]
-struct ServerState {
-    in_flight: Cell<u32>,
-    draining: Cell<bool>,
+pub(crate) struct ServerState {
+    pub(crate) in_flight: Cell<u32>,
+    pub(crate) draining: Cell<bool>,
 }
 
 /// A live view of how busy a server is, and its lame-duck switch (usable while it serves).
@@ -130,13 +150,38 @@ impl Server {
                 }
             }
         }
+        if config.datagram && config.conn.tls.is_some() {
+            return Err(ServeError::DatagramWithTls);
+        }
         let listener = TcpListener::bind(addr, config.reuse_port).map_err(ServeError::Bind)?;
-        Ok(Server { listener, services, config, load: Rc::default() })
+        let load: Rc<ServerState> = Rc::default();
+        let datagrams = match config.datagram {
+            false => None,
+            true => {
+                // The same port number as the listener (an ephemeral one is known only now).
+                let at = listener.local_addr().map_err(ServeError::Bind)?;
+                let sock = UdpSocket::bind_reuse(at, config.reuse_port).map_err(ServeError::Bind)?;
+                Some(DgramEndpoint::new(
+                    sock,
+                    services.clone(),
+                    load.clone(),
+                    config.max_sessions,
+                    config.conn.max_in_flight,
+                    config.session_idle,
+                ))
+            }
+        };
+        Ok(Server { listener, datagrams, services, config, load })
     }
 
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// The UDP address datagram calls are served on (the same port), if enabled.
+    pub fn datagram_addr(&self) -> Option<SocketAddr> {
+        self.datagrams.as_ref().and_then(|d| d.local_addr().ok())
     }
 
     /// Its load (take it before `serve`, which consumes the server).
@@ -152,6 +197,8 @@ impl Server {
         // removes (and detaches) its own handle.
         let conns: Rc<RefCell<slab::Slab<JoinHandle<()>>>> = Rc::new(RefCell::new(slab::Slab::new()));
         let _cancel_on_drop = CancelAll(conns.clone());
+        // Datagram calls are served beside, and stop with, the listener.
+        let _datagrams = self.datagrams.clone().map(|d| spawn(d.serve()));
         loop {
             let stream = match self.listener.accept().await {
                 Ok(s) => s,
@@ -316,7 +363,7 @@ async fn serve_conn(stream: TcpStream, services: Rc<[Service]>, config: ConnConf
                 // Dropping the task's handle cancels the handler; no reply is sent.
                 drop(conn.with_inflight(|m| m.remove(&header.request_id)));
             }
-            kind @ (FrameKind::Response | FrameKind::Error) => {
+            kind @ (FrameKind::Response | FrameKind::Error | FrameKind::Hello | FrameKind::Pending) => {
                 let e = FrameError::UnexpectedKind { kind, receiver: "server" };
                 outbox.push_error(0, 0, e.code(), &e.to_string());
                 break false;
@@ -359,31 +406,26 @@ fn on_request(
     if conn.inflight.borrow().contains_key(&id) {
         return Err(FrameError::DuplicateRequestId(id));
     }
-    let (trace, payload) = crate::proto::trace::split(&header, payload)?;
-    if conn.load.draining.get() {
-        crate::metrics::refused(ErrorCode::ShuttingDown);
-        conn.outbox.push_error(id, method_id, ErrorCode::ShuttingDown, "draining: not taking new calls");
-        return Ok(());
+    if header.flags & crate::proto::session::FLAG_SESSION != 0 {
+        return Err(FrameError::BadSession("session blocks belong to the datagram transport, not TCP"));
     }
+    let (trace, payload) = crate::proto::trace::split(&header, payload)?;
     if conn.inflight.borrow().len() >= config.max_in_flight {
         crate::metrics::refused(ErrorCode::Overloaded);
         conn.outbox.push_error(id, method_id, ErrorCode::Overloaded, "too many calls in flight on this connection");
         return Ok(());
     }
-    let Some(svc) = find(services, method_id) else {
-        crate::metrics::refused(ErrorCode::UnknownMethod);
-        conn.outbox.push_error(id, method_id, ErrorCode::UnknownMethod, "no such method");
-        return Ok(());
+    let svc = match admit(services, &conn.load, method_id, principal.as_deref()) {
+        Ok(svc) => svc,
+        Err(status) => {
+            conn.outbox.push_error(id, method_id, status.code(), status.wire_detail());
+            return Ok(());
+        }
     };
-    if let Err(why) = svc.check_access(method_id, principal.as_deref()) {
-        crate::metrics::refused(ErrorCode::PermissionDenied);
-        conn.outbox.push_error(id, method_id, ErrorCode::PermissionDenied, &why);
-        return Ok(());
-    }
     // The budget is relative: convert on arrival so clock skew between hosts cannot matter.
     let deadline = (header.deadline_us > 0).then(|| Instant::now() + Duration::from_micros(header.deadline_us.into()));
     let ctx = CallContext { method_id, request_id: id, deadline, peer, principal: principal.clone(), trace };
-    match svc.dispatch(ctx, payload, Some(Reply { conn: conn.clone(), request_id: id })) {
+    match svc.dispatch(ctx, payload, Some(Reply::stream(conn.clone(), id))) {
         Dispatched::Running(task) => {
             conn.with_inflight(|m| m.insert(id, task));
         }
@@ -394,4 +436,29 @@ fn on_request(
         }
     }
     Ok(())
+}
+
+/// The checks every new call passes before it runs, on any transport: the server is not
+/// draining, the method exists, the caller may call it. A refusal is counted and returned
+/// as the status to send (the call did not run).
+pub(crate) fn admit<'s>(
+    services: &'s [Service],
+    load: &ServerState,
+    method_id: u32,
+    principal: Option<&str>,
+) -> Result<&'s Service, Status> {
+    let refuse = |code, detail: String| {
+        crate::metrics::refused(code);
+        Err(Status::new(code, detail))
+    };
+    if load.draining.get() {
+        return refuse(ErrorCode::ShuttingDown, "draining: not taking new calls".into());
+    }
+    let Some(svc) = find(services, method_id) else {
+        return refuse(ErrorCode::UnknownMethod, "no such method".into());
+    };
+    if let Err(why) = svc.check_access(method_id, principal) {
+        return refuse(ErrorCode::PermissionDenied, why);
+    }
+    Ok(svc)
 }

@@ -15,6 +15,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::error::Status;
+use super::dgram::DgramEndpoint;
 use super::server::ServerConn;
 use crate::buf::{Message, Payload, Validate};
 use crate::metrics::MethodCell;
@@ -47,17 +48,37 @@ pub fn current_deadline() -> Option<Instant> {
     crate::trace::ambient().deadline
 }
 
-/// Where a handler's result goes: the connection's outbox (reliable) or nowhere (one-way).
+/// Where a handler's result goes: a connection's outbox, or a datagram endpoint (which
+/// also keeps it for retransmissions). One-way calls have none.
 pub(crate) struct Reply {
-    pub(crate) conn: Rc<ServerConn>,
-    pub(crate) request_id: u64,
+    to: ReplyTo,
+    request_id: u64,
+}
+
+enum ReplyTo {
+    Stream(Rc<ServerConn>),
+    Datagram { endpoint: Rc<DgramEndpoint>, peer: SocketAddr, session: u64 },
 }
 
 impl Reply {
+    pub(crate) fn stream(conn: Rc<ServerConn>, request_id: u64) -> Reply {
+        Reply { to: ReplyTo::Stream(conn), request_id }
+    }
+
+    pub(crate) fn datagram(endpoint: Rc<DgramEndpoint>, peer: SocketAddr, session: u64, request_id: u64) -> Reply {
+        Reply { to: ReplyTo::Datagram { endpoint, peer, session }, request_id }
+    }
+
     fn ok<T: Payload>(&self, method_id: u32, value: &T) {
         let id = self.request_id;
-        self.conn.finish(id);
-        let outbox = &self.conn.outbox;
+        let conn = match &self.to {
+            ReplyTo::Stream(conn) => conn,
+            ReplyTo::Datagram { endpoint, peer, session } => {
+                return endpoint.reply_value(*peer, *session, id, method_id, value);
+            }
+        };
+        conn.finish(id);
+        let outbox = &conn.outbox;
         if let Err(e) = outbox.push(value, |len| Header::response(id, method_id, len)) {
             tracing::warn!(method_id, error = %e, "response could not be encoded");
             let code = match e {
@@ -68,9 +89,16 @@ impl Reply {
         }
     }
 
-    fn err(&self, method_id: u32, status: &Status) {
-        self.conn.finish(self.request_id);
-        self.conn.outbox.push_error(self.request_id, method_id, status.code(), status.wire_detail());
+    pub(crate) fn err(&self, method_id: u32, status: &Status) {
+        match &self.to {
+            ReplyTo::Stream(conn) => {
+                conn.finish(self.request_id);
+                conn.outbox.push_error(self.request_id, method_id, status.code(), status.wire_detail());
+            }
+            ReplyTo::Datagram { endpoint, peer, session } => {
+                endpoint.reply_error(*peer, *session, self.request_id, method_id, status.code(), status.wire_detail())
+            }
+        }
     }
 }
 

@@ -1,0 +1,458 @@
+//! Reliable calls over UDP, sans-IO: the session block, the server's at-most-once table and
+//! the client's retransmission schedule. No sockets, no clock (callers pass `now`).
+//!
+//! A client opens a *session* with a server (a `Hello` exchange naming a random 64-bit id)
+//! and sends each request as one datagram carrying that id in a [`SESSION_BLOCK_LEN`]-byte
+//! block before the archive (header flag [`FLAG_SESSION`]). It retransmits a request until
+//! the reply arrives; the server runs each request at most once and answers a retransmission
+//! from its cache. Request ids are `(sequence << 32) | slot` (see [`super::calls`]): the
+//! server keeps, per session and slot, the newest sequence it saw and its reply, so a new
+//! request on a slot releases the previous reply (the client only reuses a slot once it has
+//! its answer or has given up), and the table is bounded by sessions × slots whatever the
+//! call rate. A server that does not know a session (it restarted, or expired the session
+//! while idle) refuses with `SessionUnknown` and runs nothing.
+//!
+//! Block layout (little-endian): session id `u64` (never 0), then 8 reserved zero bytes.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::frame::{FrameError, FrameKind, Header, FRAME_ALIGN};
+
+/// Header flag (must-understand): the payload starts with a session block.
+pub const FLAG_SESSION: u16 = 0x0200;
+/// Size of the session block.
+pub const SESSION_BLOCK_LEN: usize = 16;
+const _: () = assert!(SESSION_BLOCK_LEN.is_multiple_of(FRAME_ALIGN), "the archive after the block stays aligned");
+
+/// The block naming session `id`.
+pub fn encode_block(id: u64) -> [u8; SESSION_BLOCK_LEN] {
+    let mut b = [0u8; SESSION_BLOCK_LEN];
+    b[..8].copy_from_slice(&id.to_le_bytes());
+    b
+}
+
+/// Check the session flag against a parsed header: only requests, cancels and hellos carry
+/// a block, hellos always do, and the payload must hold it.
+pub(crate) fn check_header(h: &Header) -> Result<(), FrameError> {
+    let flagged = h.flags & FLAG_SESSION != 0;
+    if !flagged {
+        return match h.kind {
+            FrameKind::Hello => Err(FrameError::BadSession("a hello must carry a session block")),
+            _ => Ok(()),
+        };
+    }
+    if !matches!(h.kind, FrameKind::Request | FrameKind::Cancel | FrameKind::Hello) {
+        return Err(FrameError::BadSession("only requests, cancels and hellos carry a session block"));
+    }
+    if (h.payload_len as usize) < SESSION_BLOCK_LEN {
+        return Err(FrameError::BadSession("payload shorter than the session block"));
+    }
+    Ok(())
+}
+
+/// Split a received payload into its session id (if the header says there is one) and the
+/// rest.
+pub fn split(header: &Header, payload: Bytes) -> Result<(Option<u64>, Bytes), FrameError> {
+    if header.flags & FLAG_SESSION == 0 {
+        return Ok((None, payload));
+    }
+    let block: &[u8; SESSION_BLOCK_LEN] = payload
+        .get(..SESSION_BLOCK_LEN)
+        .and_then(|b| b.try_into().ok())
+        .ok_or(FrameError::BadSession("payload shorter than the session block"))?;
+    let id = u64::from_le_bytes(block[..8].try_into().expect("8 bytes"));
+    if id == 0 {
+        return Err(FrameError::BadSession("session id 0"));
+    }
+    if block[8..].iter().any(|&x| x != 0) {
+        return Err(FrameError::BadSession("reserved bytes are not zero"));
+    }
+    Ok((Some(id), payload.slice(SESSION_BLOCK_LEN..)))
+}
+
+/// When to send a request again: after `initial`, then doubling up to `max`.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    next: Instant,
+    rto: Duration,
+    max: Duration,
+    /// Transmissions so far.
+    pub sent: u32,
+}
+
+impl Backoff {
+    /// A schedule for a request first sent at `now`.
+    pub fn new(now: Instant, initial: Duration, max: Duration) -> Backoff {
+        Backoff { next: now + initial, rto: initial, max: max.max(initial), sent: 1 }
+    }
+
+    /// When the next transmission is due.
+    pub fn due(&self) -> Instant {
+        self.next
+    }
+
+    /// Record a retransmission at `now` and schedule the next one.
+    pub fn resent(&mut self, now: Instant) {
+        self.sent += 1;
+        self.rto = (self.rto * 2).min(self.max);
+        self.next = now + self.rto;
+    }
+}
+
+/// What a new call on a slot displaced.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Released<R, H> {
+    /// The previous call's cached reply (its buffer can be reused).
+    Reply(R),
+    /// The previous call, still running: the client gave up on it (its cancel was lost),
+    /// so dropping the task stops it.
+    Running(Option<H>),
+}
+
+/// What the server does with a received request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Admit<'a, R> {
+    /// New: run it (the slot now records it as running).
+    Run,
+    /// A retransmission of a call still running: tell the client it is (a `Pending` frame).
+    Running,
+    /// A retransmission of a finished call: send this reply again.
+    Replay(&'a R),
+    /// Older than the slot's newest call: the client has moved on; drop it.
+    Stale,
+    /// The session is not open here: refuse (it did not run).
+    UnknownSession,
+    /// The slot index is beyond the server's limit: refuse as overloaded (it did not run).
+    TooManySlots,
+}
+
+enum SlotState<R, H> {
+    /// Running; the task handle once the handler is waiting on something.
+    Running(Option<H>),
+    Done(R),
+}
+
+struct Slot<R, H> {
+    seq: u32,
+    state: SlotState<R, H>,
+}
+
+struct Session<R, H> {
+    slots: HashMap<u32, Slot<R, H>>,
+    last_seen: Instant,
+}
+
+/// Why a session could not be opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionsFull;
+
+/// Serial-number order on 32-bit sequences (RFC 1982): `a` is newer than `b`.
+fn newer(a: u32, b: u32) -> bool {
+    a != b && a.wrapping_sub(b) < (1 << 31)
+}
+
+/// The server's sessions, keyed by `P` (the peer address) and session id; `R` is a cached
+/// reply, `H` a running call's task handle.
+pub struct Sessions<P, R, H> {
+    map: HashMap<(P, u64), Session<R, H>>,
+    max_sessions: usize,
+    max_slots: u32,
+    idle: Duration,
+}
+
+impl<P, R, H> std::fmt::Debug for Sessions<P, R, H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sessions").field("open", &self.map.len()).field("max", &self.max_sessions).finish()
+    }
+}
+
+impl<P: Hash + Eq + Copy, R, H> Sessions<P, R, H> {
+    /// At most `max_sessions` sessions of at most `max_slots` slots each; sessions silent for
+    /// `idle` are forgotten by [`Sessions::expire`].
+    pub fn new(max_sessions: usize, max_slots: u32, idle: Duration) -> Self {
+        Sessions { map: HashMap::new(), max_sessions, max_slots, idle }
+    }
+
+    /// Open sessions.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// True with no session open.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Calls running over all sessions.
+    pub fn running(&self) -> usize {
+        self.map.values().flat_map(|s| s.slots.values()).filter(|s| matches!(s.state, SlotState::Running(_))).count()
+    }
+
+    /// A hello for `(peer, id)`: open the session, or refresh it if open (a retransmitted
+    /// hello). At the limit, a session idle for longest is evicted first if it has no call
+    /// running; otherwise the hello is refused.
+    pub fn hello(&mut self, peer: P, id: u64, now: Instant) -> Result<(), SessionsFull> {
+        if let Some(s) = self.map.get_mut(&(peer, id)) {
+            s.last_seen = now;
+            return Ok(());
+        }
+        if self.map.len() >= self.max_sessions {
+            let victim = self
+                .map
+                .iter()
+                .filter(|(_, s)| !s.slots.values().any(|sl| matches!(sl.state, SlotState::Running(_))))
+                .min_by_key(|(_, s)| s.last_seen)
+                .map(|(k, _)| *k);
+            match victim {
+                Some(k) => drop(self.map.remove(&k)),
+                None => return Err(SessionsFull),
+            }
+        }
+        self.map.insert((peer, id), Session { slots: HashMap::new(), last_seen: now });
+        Ok(())
+    }
+
+    /// A request `request_id` on session `(peer, id)`. On [`Admit::Run`] whatever the slot
+    /// held for the previous call is handed back through `released`.
+    pub fn admit(
+        &mut self,
+        peer: P,
+        id: u64,
+        request_id: u64,
+        now: Instant,
+        released: &mut Option<Released<R, H>>,
+    ) -> Admit<'_, R> {
+        let Some(s) = self.map.get_mut(&(peer, id)) else { return Admit::UnknownSession };
+        s.last_seen = now;
+        let (seq, slot) = ((request_id >> 32) as u32, request_id as u32);
+        if slot >= self.max_slots {
+            return Admit::TooManySlots;
+        }
+        let sl = match s.slots.entry(slot) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(Slot { seq, state: SlotState::Running(None) });
+                return Admit::Run;
+            }
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+        };
+        if sl.seq == seq {
+            return match &sl.state {
+                SlotState::Running(_) => Admit::Running,
+                SlotState::Done(r) => Admit::Replay(r),
+            };
+        }
+        if !newer(seq, sl.seq) {
+            return Admit::Stale;
+        }
+        // The client reuses a slot only after it is done with the previous call, so that
+        // call's reply is no longer needed (and a handler still running for it was given up
+        // on by the client).
+        let old = std::mem::replace(sl, Slot { seq, state: SlotState::Running(None) });
+        *released = Some(match old.state {
+            SlotState::Done(r) => Released::Reply(r),
+            SlotState::Running(h) => Released::Running(h),
+        });
+        Admit::Run
+    }
+
+    /// The handler of `request_id` is waiting on something and continues as `task`. Returns
+    /// the task back if the call is no longer running here (it was cancelled meanwhile).
+    pub fn attach(&mut self, peer: P, id: u64, request_id: u64, task: H) -> Option<H> {
+        match self.slot_mut(peer, id, request_id) {
+            Some(Slot { state: SlotState::Running(h), .. }) => {
+                *h = Some(task);
+                None
+            }
+            _ => Some(task),
+        }
+    }
+
+    /// The call finished with `reply`: keep it for retransmissions. Returns it back if the
+    /// slot has moved on (or the session is gone), and the task handle if there was one.
+    pub fn finish(&mut self, peer: P, id: u64, request_id: u64, reply: R) -> (Option<R>, Option<H>) {
+        match self.slot_mut(peer, id, request_id) {
+            Some(sl) => match std::mem::replace(&mut sl.state, SlotState::Done(reply)) {
+                SlotState::Running(h) => (None, h),
+                SlotState::Done(prev) => (Some(prev), None),
+            },
+            None => (Some(reply), None),
+        }
+    }
+
+    /// The client cancelled `request_id`: forget it, returning the running task (dropping
+    /// it stops the handler).
+    pub fn cancel(&mut self, peer: P, id: u64, request_id: u64) -> Option<H> {
+        let s = self.map.get_mut(&(peer, id))?;
+        let slot = request_id as u32;
+        match s.slots.get(&slot) {
+            Some(sl) if sl.seq == (request_id >> 32) as u32 && matches!(sl.state, SlotState::Running(_)) => {
+                match s.slots.remove(&slot).map(|sl| sl.state) {
+                    Some(SlotState::Running(h)) => h,
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
+    }
+
+    fn slot_mut(&mut self, peer: P, id: u64, request_id: u64) -> Option<&mut Slot<R, H>> {
+        let sl = self.map.get_mut(&(peer, id))?.slots.get_mut(&(request_id as u32))?;
+        (sl.seq == (request_id >> 32) as u32).then_some(sl)
+    }
+
+    /// Forget sessions silent for longer than the idle limit with nothing running; returns
+    /// how many.
+    pub fn expire(&mut self, now: Instant) -> usize {
+        let before = self.map.len();
+        let idle = self.idle;
+        self.map.retain(|_, s| {
+            now.saturating_duration_since(s.last_seen) < idle
+                || s.slots.values().any(|sl| matches!(sl.state, SlotState::Running(_)))
+        });
+        before - self.map.len()
+    }
+
+    /// Drop every session (the server stops), returning the running tasks.
+    pub fn clear(&mut self) -> Vec<H> {
+        let mut tasks = Vec::new();
+        for (_, s) in self.map.drain() {
+            for (_, sl) in s.slots {
+                if let SlotState::Running(Some(h)) = sl.state {
+                    tasks.push(h);
+                }
+            }
+        }
+        tasks
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type T = Sessions<u8, &'static str, u32>;
+
+    fn id(seq: u32, slot: u32) -> u64 {
+        (u64::from(seq) << 32) | u64::from(slot)
+    }
+
+    fn table() -> (T, Instant) {
+        let mut t = T::new(2, 4, Duration::from_secs(10));
+        let now = Instant::now();
+        t.hello(1, 77, now).unwrap();
+        (t, now)
+    }
+
+    #[test]
+    fn a_request_runs_once_and_its_retransmissions_are_answered_from_the_cache() {
+        let (mut t, now) = table();
+        let mut rel = None;
+        assert_eq!(t.admit(1, 77, id(1, 0), now, &mut rel), Admit::Run);
+        assert_eq!(t.admit(1, 77, id(1, 0), now, &mut rel), Admit::Running, "retransmitted while running");
+        assert_eq!(t.finish(1, 77, id(1, 0), "reply"), (None, None));
+        assert_eq!(t.admit(1, 77, id(1, 0), now, &mut rel), Admit::Replay(&"reply"));
+        assert_eq!(t.admit(1, 77, id(1, 0), now, &mut rel), Admit::Replay(&"reply"), "as often as it comes");
+        assert_eq!(rel, None);
+    }
+
+    #[test]
+    fn a_new_call_on_a_slot_releases_the_previous_reply_and_older_calls_are_stale() {
+        let (mut t, now) = table();
+        let mut rel = None;
+        assert_eq!(t.admit(1, 77, id(1, 0), now, &mut rel), Admit::Run);
+        t.finish(1, 77, id(1, 0), "first");
+        assert_eq!(t.admit(1, 77, id(5, 0), now, &mut rel), Admit::Run);
+        assert_eq!(rel, Some(Released::Reply("first")), "the client moved on: the old reply is released");
+        assert_eq!(t.admit(1, 77, id(1, 0), now, &mut rel), Admit::Stale, "a late duplicate of the old call");
+        assert_eq!(t.admit(1, 77, id(4, 0), now, &mut rel), Admit::Stale);
+        t.attach(1, 77, id(5, 0), 3);
+        assert_eq!(t.admit(1, 77, id(6, 0), now, &mut rel), Admit::Run);
+        assert_eq!(rel, Some(Released::Running(Some(3))), "a call given up on is handed back to be stopped");
+    }
+
+    #[test]
+    fn sequences_compare_across_wraparound() {
+        let (mut t, now) = table();
+        let mut rel = None;
+        assert_eq!(t.admit(1, 77, id(u32::MAX, 1), now, &mut rel), Admit::Run);
+        t.finish(1, 77, id(u32::MAX, 1), "a");
+        assert_eq!(t.admit(1, 77, id(1, 1), now, &mut rel), Admit::Run, "1 follows u32::MAX");
+        assert_eq!(t.admit(1, 77, id(u32::MAX, 1), now, &mut rel), Admit::Stale);
+    }
+
+    #[test]
+    fn unknown_sessions_and_slots_beyond_the_limit_are_refused_without_running() {
+        let (mut t, now) = table();
+        let mut rel = None;
+        assert_eq!(t.admit(1, 78, id(1, 0), now, &mut rel), Admit::UnknownSession, "other session id");
+        assert_eq!(t.admit(2, 77, id(1, 0), now, &mut rel), Admit::UnknownSession, "other peer");
+        assert_eq!(t.admit(1, 77, id(1, 4), now, &mut rel), Admit::TooManySlots);
+        assert_eq!(t.running(), 0);
+    }
+
+    #[test]
+    fn a_cancelled_call_is_forgotten_and_returns_its_task() {
+        let (mut t, now) = table();
+        let mut rel = None;
+        assert_eq!(t.admit(1, 77, id(1, 2), now, &mut rel), Admit::Run);
+        assert_eq!(t.attach(1, 77, id(1, 2), 9), None);
+        assert_eq!(t.cancel(1, 77, id(1, 2)), Some(9));
+        assert_eq!(t.attach(1, 77, id(1, 2), 10), Some(10), "not running any more");
+        let (back, task) = t.finish(1, 77, id(1, 2), "late");
+        assert_eq!((back, task), (Some("late"), None), "a reply for a forgotten call is handed back");
+    }
+
+    #[test]
+    fn idle_sessions_expire_unless_a_call_is_running_and_the_limit_evicts_the_idlest() {
+        let (mut t, now) = table();
+        let mut rel = None;
+        t.hello(1, 88, now + Duration::from_secs(1)).unwrap();
+        assert_eq!(t.hello(3, 99, now), Ok(()), "at the limit the idlest idle session goes");
+        assert_eq!(t.admit(1, 77, id(1, 0), now, &mut rel), Admit::UnknownSession, "77 was evicted");
+        assert_eq!(t.admit(3, 99, id(1, 0), now, &mut rel), Admit::Run);
+        assert_eq!(t.admit(1, 88, id(1, 0), now + Duration::from_secs(1), &mut rel), Admit::Run);
+        assert_eq!(t.hello(4, 1, now), Err(SessionsFull), "both sessions have calls running");
+        t.finish(1, 88, id(1, 0), "x");
+        assert_eq!(t.expire(now + Duration::from_secs(30)), 1, "88 is idle and done; 99 still runs a call");
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.clear(), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn backoff_doubles_to_its_cap() {
+        let now = Instant::now();
+        let mut b = Backoff::new(now, Duration::from_millis(5), Duration::from_millis(18));
+        assert_eq!(b.due(), now + Duration::from_millis(5));
+        b.resent(now);
+        assert_eq!(b.due(), now + Duration::from_millis(10));
+        b.resent(now);
+        assert_eq!(b.due(), now + Duration::from_millis(18), "capped");
+        assert_eq!(b.sent, 3);
+    }
+
+    #[test]
+    fn session_blocks_round_trip_and_bad_ones_are_refused() {
+        let mut payload = encode_block(0x1234).to_vec();
+        payload.extend_from_slice(b"archive!");
+        let mut h = Header::request(id(1, 0), 2, 0, payload.len() as u32);
+        h.flags |= FLAG_SESSION;
+        check_header(&h).unwrap();
+        let (sid, rest) = split(&h, Bytes::from(payload)).unwrap();
+        assert_eq!((sid, &rest[..]), (Some(0x1234), &b"archive!"[..]));
+        assert!(split(&h, Bytes::from(encode_block(0).to_vec())).is_err(), "id 0");
+        let mut bad = encode_block(5);
+        bad[12] = 1;
+        assert!(split(&h, Bytes::from(bad.to_vec())).is_err(), "reserved bytes");
+        let mut resp = Header::response(1, 2, 16);
+        resp.flags |= FLAG_SESSION;
+        assert!(check_header(&resp).is_err(), "responses carry no session");
+        let hello = Header { kind: FrameKind::Hello, ..Header::cancel(0) };
+        assert!(check_header(&hello).is_err(), "a hello without its block");
+        let (none, _) = split(&Header::request(1, 2, 0, 0), Bytes::new()).unwrap();
+        assert_eq!(none, None);
+    }
+}
