@@ -565,7 +565,11 @@ impl DgramEndpoint {
                     Err(session::SessionsFull) => {
                         tracing::warn!(%peer, "datagram session refused: too many sessions");
                         let detail = b"too many datagram sessions";
-                        self.send_uncached(peer, Header::error(0, 0, ErrorCode::Overloaded, detail.len() as u32), detail);
+                        self.send_uncached(
+                            peer,
+                            Header::error(0, 0, ErrorCode::Overloaded, detail.len() as u32),
+                            detail,
+                        );
                     }
                 }
             }
@@ -664,9 +668,9 @@ impl DgramEndpoint {
     /// A handler's reply: send it and keep it for retransmissions.
     pub(crate) fn reply_value<T: Payload>(&self, peer: SocketAddr, sid: u64, id: u64, method_id: u32, value: &T) {
         let mut buf = self.take_buf();
-        if let Err(e) = encode_frame(&mut buf, MAX_DATAGRAM - HEADER_LEN, &[], value, |len| {
-            Header::response(id, method_id, len)
-        }) {
+        if let Err(e) =
+            encode_frame(&mut buf, MAX_DATAGRAM - HEADER_LEN, &[], value, |len| Header::response(id, method_id, len))
+        {
             tracing::warn!(method_id, error = %e, "datagram reply could not be encoded");
             let (code, detail) = match e {
                 EncodeError::TooLarge { len, max } => (
@@ -680,12 +684,19 @@ impl DgramEndpoint {
         self.finish(peer, sid, id, buf);
     }
 
-    pub(crate) fn reply_error(&self, peer: SocketAddr, sid: u64, id: u64, method_id: u32, code: ErrorCode, detail: &str) {
+    pub(crate) fn reply_error(
+        &self,
+        peer: SocketAddr,
+        sid: u64,
+        id: u64,
+        method_id: u32,
+        code: ErrorCode,
+        detail: &str,
+    ) {
         let mut buf = self.take_buf();
         let detail = crate::proto::frame::truncate_detail(detail);
-        let res = encode_raw(&mut buf, MAX_DATAGRAM, &[], detail.as_bytes(), |len| {
-            Header::error(id, method_id, code, len)
-        });
+        let res =
+            encode_raw(&mut buf, MAX_DATAGRAM, &[], detail.as_bytes(), |len| Header::error(id, method_id, code, len));
         debug_assert!(res.is_ok(), "a bounded error detail always fits");
         self.finish(peer, sid, id, buf);
     }

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::conn::{ConnConfig, FrameReader, Outbox, ReadError};
-use super::error::ServeError;
 use super::dgram::DgramEndpoint;
+use super::error::ServeError;
 use super::error::Status;
 use super::service::{CallContext, Dispatched, Reply, Service};
 use crate::net::{TcpListener, TcpStream, UdpSocket};

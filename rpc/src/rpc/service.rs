@@ -14,8 +14,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::error::Status;
 use super::dgram::DgramEndpoint;
+use super::error::Status;
 use super::server::ServerConn;
 use crate::buf::{Message, Payload, Validate};
 use crate::metrics::MethodCell;
