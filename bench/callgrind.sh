@@ -3,7 +3,7 @@
 # with callgrind at two call counts so start-up cancels out. Deterministic: use it to catch
 # regressions that timing on a noisy machine would hide.
 #
-#   bash bench/callgrind.sh            # io_uring, epoll, and the generated stub
+#   bash bench/callgrind.sh            # io_uring, epoll, the generated stub, and over UDP
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 1; }
@@ -15,7 +15,7 @@ count() { # calls, extra args -> total instructions
     grep -E '^summary:|^totals:' "$out/cg" | head -1 | awk '{print $2}'
 }
 printf '| path | instructions per null call |\n|---|---|\n'
-for variant in "--driver uring" "--driver epoll" "--driver uring --stub"; do
+for variant in "--driver uring" "--driver epoll" "--driver uring --stub" "--driver uring --udp" "--driver epoll --udp"; do
     # Shell word splitting of $variant is intended.
     # shellcheck disable=SC2086
     a=$(count 2000 $variant)

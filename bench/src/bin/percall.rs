@@ -3,11 +3,12 @@
 //! counts and reports the difference per call (user-space instructions only: the kernel is
 //! not counted, so this is our own CPU per call, deterministic unlike time).
 //!
-//! `cargo run --release -p multispace-bench --bin percall -- --calls N [--driver epoll] [--stub]`
+//! `cargo run --release -p multispace-bench --bin percall -- --calls N [--driver epoll] [--stub] [--udp]`
 
 use clap::Parser;
 use multispace_rpc::{
-    spawn, CallOptions, Client, Config, DriverChoice, DriverKind, LocalRuntime, Message, Server, Service, Status,
+    spawn, CallOptions, Client, Config, ConnConfig, DriverChoice, DriverKind, LocalRuntime, Message, Server,
+    ServerConfig, Service, Status, Transport,
 };
 use multispace_services::calc::{self, CalcClient};
 use multispace_services::Calculator;
@@ -23,6 +24,9 @@ struct Args {
     /// Call through the generated calculator stub instead of a hand-registered method.
     #[arg(long)]
     stub: bool,
+    /// Call over UDP datagram sessions instead of TCP.
+    #[arg(long)]
+    udp: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -35,7 +39,8 @@ fn main() -> anyhow::Result<()> {
         } else {
             Service::builder("null").method(1, |_ctx, _r: Message<()>| async { Ok::<(), Status>(()) }).build()
         };
-        let server = Server::bind("127.0.0.1:0".parse()?, [svc])?;
+        let config = ServerConfig { datagram: args.udp, ..ServerConfig::default() };
+        let server = Server::bind_with("127.0.0.1:0".parse()?, [svc], config)?;
         let addr = server.local_addr();
         spawn(server.serve()).detach();
         if args.stub {
@@ -44,7 +49,8 @@ fn main() -> anyhow::Result<()> {
                 c.ping().await?;
             }
         } else {
-            let c = Client::new(addr);
+            let transport = if args.udp { Transport::Udp } else { Transport::Tcp };
+            let c = Client::with_config(addr, ConnConfig { transport, ..ConnConfig::default() });
             for _ in 0..args.calls {
                 c.call::<(), ()>(1, &(), CallOptions::default()).await?;
             }
