@@ -4,7 +4,8 @@
 //! the rest is what arrived. Checked: whole-buffer decoding (`decode_frame` frame after frame),
 //! the same bytes fed a read at a time the way `rpc::conn::FrameReader` feeds them (which is
 //! crate-private, so its loop is mirrored here), `decode_datagram`, and that every header that
-//! parses re-encodes to the bytes it came from.
+//! parses re-encodes to the bytes it came from; the session and trace blocks are split as the
+//! servers split them.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -48,6 +49,10 @@ fn decode_stream(buf: &[u8], max: u32) -> (Vec<(Header, usize)>, End) {
 /// detail (the client reads at most `MAX_DETAIL_LEN` bytes of it, lossily).
 fn use_frame(h: &Header, payload: &[u8]) {
     assert_eq!(ErrorCode::from_u16(h.status).to_u16(), h.status);
+    // The blocks before the archive, as the servers split them: session first, then trace.
+    if let Ok((_, rest)) = multispace_rpc::proto::session::split(h, bytes::Bytes::copy_from_slice(payload)) {
+        let _ = multispace_rpc::proto::trace::split(h, rest);
+    }
     if h.kind == FrameKind::Error {
         let detail = String::from_utf8_lossy(&payload[..payload.len().min(MAX_DETAIL_LEN)]);
         std::hint::black_box(detail);
