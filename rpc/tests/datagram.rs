@@ -251,6 +251,12 @@ fn server_death_mid_call_fails_it_and_a_new_server_is_used_after() {
         let err = client.call::<(), u64>(BUMP, &(), CallOptions::default()).await.unwrap_err();
         assert!(matches!(err, CallError::Connect(_)), "nothing listens: {err:?}");
         assert!(err.did_not_run());
+        // A new server on the same address: the next call opens a session with it.
+        let config = ServerConfig { datagram: true, ..ServerConfig::default() };
+        let again = Server::bind_with(f.addr, [service(f.count.clone(), f.hang_dropped.clone())], config).unwrap();
+        let _serving = spawn(again.serve());
+        let n = client.call::<(), u64>(BUMP, &(), CallOptions::default()).await.expect("the new server answers");
+        assert_eq!(n.to_native(), 2);
     });
 }
 

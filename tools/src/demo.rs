@@ -4,8 +4,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use multispace_rpc::{
-    spawn, CallOptions, Client, ClientHandle, DriverChoice, DriverKind, Message, RuntimeBuilder, Server, Service,
-    Status, WaitMode,
+    spawn, CallOptions, Client, ClientHandle, ConnConfig, DriverChoice, DriverKind, Message, RuntimeBuilder, Server,
+    ServerConfig, Service, Status, Transport, WaitMode,
 };
 
 const NULL: u32 = 1;
@@ -22,6 +22,9 @@ pub struct DemoArgs {
     /// Spin instead of sleeping while idle (lowest latency, burns both cores).
     #[arg(long)]
     busy_poll: bool,
+    /// Call over UDP datagram sessions instead of TCP.
+    #[arg(long)]
+    udp: bool,
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -42,16 +45,18 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         if args.busy_poll { "busy-poll" } else { "sleeping" }
     );
 
+    let udp = args.udp;
     let addr =
         rt.core(0)
-            .run(|| async {
+            .run(move || async move {
                 let svc = Service::builder("demo")
                     .method(NULL, |_ctx, _req: Message<()>| async { Ok::<(), Status>(()) })
                     .method(ECHO, |_ctx, req: Message<String>| async move {
                         Ok::<String, Status>(req.as_str().to_uppercase())
                     })
                     .build();
-                let server = Server::bind("127.0.0.1:0".parse().expect("valid address"), [svc])?;
+                let config = ServerConfig { datagram: udp, ..ServerConfig::default() };
+                let server = Server::bind_with("127.0.0.1:0".parse().expect("valid address"), [svc], config)?;
                 let addr = server.local_addr();
                 spawn(server.serve()).detach();
                 Ok::<_, multispace_rpc::ServeError>(addr)
@@ -63,7 +68,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let samples = rt
         .core(1)
         .run(move || async move {
-            let client = Client::new(addr);
+            let transport = if udp { Transport::Udp } else { Transport::Tcp };
+            let client = Client::with_config(addr, ConnConfig { transport, ..ConnConfig::for_this_core() });
             let hello =
                 client.call::<String, String>(ECHO, &"hello, multispace".to_string(), CallOptions::default()).await?;
             println!("echo call -> {:?}", hello.as_str());
@@ -82,8 +88,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let mut sorted = samples;
     sorted.sort();
     println!(
-        "null call round trip over {} calls (core 1 -> core 0, TCP loopback): p50 {:.1} µs, p99 {:.1} µs, max {:.1} µs",
+        "null call round trip over {} calls (core 1 -> core 0, {} loopback): p50 {:.1} µs, p99 {:.1} µs, max {:.1} µs",
         sorted.len(),
+        if udp { "UDP" } else { "TCP" },
         percentile(&sorted, 0.5).as_secs_f64() * 1e6,
         percentile(&sorted, 0.99).as_secs_f64() * 1e6,
         sorted.last().expect("non-empty").as_secs_f64() * 1e6,

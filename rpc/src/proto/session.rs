@@ -142,8 +142,15 @@ struct Slot<R, H> {
 }
 
 struct Session<R, H> {
-    slots: HashMap<u32, Slot<R, H>>,
+    /// Indexed by slot: clients use small dense slot numbers (slab keys).
+    slots: Vec<Option<Slot<R, H>>>,
     last_seen: Instant,
+}
+
+impl<R, H> Session<R, H> {
+    fn any_running(&self) -> bool {
+        self.slots.iter().flatten().any(|sl| matches!(sl.state, SlotState::Running(_)))
+    }
 }
 
 /// Why a session could not be opened.
@@ -158,7 +165,8 @@ fn newer(a: u32, b: u32) -> bool {
 /// The server's sessions, keyed by `P` (the peer address) and session id; `R` is a cached
 /// reply, `H` a running call's task handle.
 pub struct Sessions<P, R, H> {
-    map: HashMap<(P, u64), Session<R, H>>,
+    // Seeded fast hashing: looked up twice per call, keyed by what peers send.
+    map: HashMap<(P, u64), Session<R, H>, foldhash::fast::RandomState>,
     max_sessions: usize,
     max_slots: u32,
     idle: Duration,
@@ -174,7 +182,7 @@ impl<P: Hash + Eq + Copy, R, H> Sessions<P, R, H> {
     /// At most `max_sessions` sessions of at most `max_slots` slots each; sessions silent for
     /// `idle` are forgotten by [`Sessions::expire`].
     pub fn new(max_sessions: usize, max_slots: u32, idle: Duration) -> Self {
-        Sessions { map: HashMap::new(), max_sessions, max_slots, idle }
+        Sessions { map: HashMap::default(), max_sessions, max_slots, idle }
     }
 
     /// Open sessions.
@@ -189,7 +197,11 @@ impl<P: Hash + Eq + Copy, R, H> Sessions<P, R, H> {
 
     /// Calls running over all sessions.
     pub fn running(&self) -> usize {
-        self.map.values().flat_map(|s| s.slots.values()).filter(|s| matches!(s.state, SlotState::Running(_))).count()
+        self.map
+            .values()
+            .flat_map(|s| s.slots.iter().flatten())
+            .filter(|s| matches!(s.state, SlotState::Running(_)))
+            .count()
     }
 
     /// A hello for `(peer, id)`: open the session, or refresh it if open (a retransmitted
@@ -201,18 +213,14 @@ impl<P: Hash + Eq + Copy, R, H> Sessions<P, R, H> {
             return Ok(());
         }
         if self.map.len() >= self.max_sessions {
-            let victim = self
-                .map
-                .iter()
-                .filter(|(_, s)| !s.slots.values().any(|sl| matches!(sl.state, SlotState::Running(_))))
-                .min_by_key(|(_, s)| s.last_seen)
-                .map(|(k, _)| *k);
+            let victim =
+                self.map.iter().filter(|(_, s)| !s.any_running()).min_by_key(|(_, s)| s.last_seen).map(|(k, _)| *k);
             match victim {
                 Some(k) => drop(self.map.remove(&k)),
                 None => return Err(SessionsFull),
             }
         }
-        self.map.insert((peer, id), Session { slots: HashMap::new(), last_seen: now });
+        self.map.insert((peer, id), Session { slots: Vec::new(), last_seen: now });
         Ok(())
     }
 
@@ -232,12 +240,16 @@ impl<P: Hash + Eq + Copy, R, H> Sessions<P, R, H> {
         if slot >= self.max_slots {
             return Admit::TooManySlots;
         }
-        let sl = match s.slots.entry(slot) {
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(Slot { seq, state: SlotState::Running(None) });
+        let index = slot as usize;
+        if s.slots.len() <= index {
+            s.slots.resize_with(index + 1, || None);
+        }
+        let sl = match &mut s.slots[index] {
+            empty @ None => {
+                *empty = Some(Slot { seq, state: SlotState::Running(None) });
                 return Admit::Run;
             }
-            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            Some(sl) => sl,
         };
         if sl.seq == seq {
             return match &sl.state {
@@ -287,10 +299,10 @@ impl<P: Hash + Eq + Copy, R, H> Sessions<P, R, H> {
     /// it stops the handler).
     pub fn cancel(&mut self, peer: P, id: u64, request_id: u64) -> Option<H> {
         let s = self.map.get_mut(&(peer, id))?;
-        let slot = request_id as u32;
-        match s.slots.get(&slot) {
+        let entry = s.slots.get_mut(request_id as u32 as usize)?;
+        match entry {
             Some(sl) if sl.seq == (request_id >> 32) as u32 && matches!(sl.state, SlotState::Running(_)) => {
-                match s.slots.remove(&slot).map(|sl| sl.state) {
+                match entry.take().map(|sl| sl.state) {
                     Some(SlotState::Running(h)) => h,
                     _ => None,
                 }
@@ -300,7 +312,7 @@ impl<P: Hash + Eq + Copy, R, H> Sessions<P, R, H> {
     }
 
     fn slot_mut(&mut self, peer: P, id: u64, request_id: u64) -> Option<&mut Slot<R, H>> {
-        let sl = self.map.get_mut(&(peer, id))?.slots.get_mut(&(request_id as u32))?;
+        let sl = self.map.get_mut(&(peer, id))?.slots.get_mut(request_id as u32 as usize)?.as_mut()?;
         (sl.seq == (request_id >> 32) as u32).then_some(sl)
     }
 
@@ -309,10 +321,7 @@ impl<P: Hash + Eq + Copy, R, H> Sessions<P, R, H> {
     pub fn expire(&mut self, now: Instant) -> usize {
         let before = self.map.len();
         let idle = self.idle;
-        self.map.retain(|_, s| {
-            now.saturating_duration_since(s.last_seen) < idle
-                || s.slots.values().any(|sl| matches!(sl.state, SlotState::Running(_)))
-        });
+        self.map.retain(|_, s| now.saturating_duration_since(s.last_seen) < idle || s.any_running());
         before - self.map.len()
     }
 
@@ -320,7 +329,7 @@ impl<P: Hash + Eq + Copy, R, H> Sessions<P, R, H> {
     pub fn clear(&mut self) -> Vec<H> {
         let mut tasks = Vec::new();
         for (_, s) in self.map.drain() {
-            for (_, sl) in s.slots {
+            for sl in s.slots.into_iter().flatten() {
                 if let SlotState::Running(Some(h)) = sl.state {
                     tasks.push(h);
                 }

@@ -209,14 +209,18 @@ impl Client {
     }
 
     async fn call_raw(&self, method_id: u32, opts: CallOptions, encode: &Encoder<'_>) -> Result<Bytes, CallError> {
-        let now = Instant::now();
-        let deadline = match (opts.timeout.map(|t| now + t), current_deadline()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        let deadline = match (opts.timeout, current_deadline()) {
+            (None, None) => None,
+            (timeout, inherited) => {
+                // The clock is read only for calls that have a deadline.
+                let now = Instant::now();
+                let earliest = [timeout.map(|t| now + t), inherited].into_iter().flatten().min();
+                if earliest.is_some_and(|d| d <= now) {
+                    return Err(CallError::DeadlineExceeded);
+                }
+                earliest
+            }
         };
-        if deadline.is_some_and(|d| d <= now) {
-            return Err(CallError::DeadlineExceeded);
-        }
         // The trace this call belongs to goes with it (a block before the archive).
         let trace = crate::trace::outgoing().map(|t| t.encode());
         let work = async {

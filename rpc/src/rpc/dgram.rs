@@ -180,23 +180,30 @@ impl DgramConn {
     async fn session(&self) -> Result<u64, CallError> {
         let mut timer: Option<(Backoff, Sleep)> = None;
         let mut heard = (self.heard.get(), Instant::now());
+        // Whether this caller has taken part in an opening (sent or waited on a hello): an
+        // earlier refusal is news about the past, only one after that is an answer.
+        let mut tried = false;
         poll_fn(|cx| loop {
             match self.state.get() {
                 State::Open(id) => return Poll::Ready(Ok(id)),
                 State::Closed => {
                     let id = crate::trace::next_u64();
                     self.state.set(State::Opening(id));
+                    tried = true;
                     let _ = self.send_hello(id);
                 }
+                State::Unreachable if !tried => self.state.set(State::Closed),
                 State::Unreachable => {
                     self.state.set(State::Closed);
                     return Poll::Ready(Err(CallError::Connect(io::Error::from_raw_os_error(libc::ECONNREFUSED))));
                 }
+                State::Refused(_) if !tried => self.state.set(State::Closed),
                 State::Refused(code) => {
                     self.state.set(State::Closed);
                     return Poll::Ready(Err(CallError::from_wire(code, 0, b"session refused")));
                 }
                 State::Opening(id) => {
+                    tried = true;
                     let (backoff, sleep) = timer.get_or_insert_with(|| {
                         let b = Backoff::new(Instant::now(), self.config.retransmit, self.config.max_retransmit);
                         (b, sleep_until(b.due()))

@@ -102,6 +102,9 @@ impl Reply {
     }
 }
 
+/// Method id → handler; looked up on every call, so hashed with a fast (seeded) hasher.
+type MethodMap = HashMap<u32, Rc<Dispatch>, foldhash::fast::RandomState>;
+
 /// Starts one call; `None` when it already finished inline.
 type Dispatch = dyn Fn(CallContext, Bytes, Option<Reply>) -> Option<JoinHandle<()>>;
 
@@ -192,7 +195,7 @@ impl AccessList {
 #[derive(Clone)]
 pub struct Service {
     name: Rc<str>,
-    methods: Rc<HashMap<u32, Rc<Dispatch>>>,
+    methods: Rc<MethodMap>,
     access: Option<Rc<AccessList>>,
 }
 
@@ -205,7 +208,7 @@ impl std::fmt::Debug for Service {
 impl Service {
     /// Start building a service called `name`.
     pub fn builder(name: &str) -> ServiceBuilder {
-        ServiceBuilder { name: name.into(), methods: HashMap::new(), method_names: &[] }
+        ServiceBuilder { name: name.into(), methods: MethodMap::default(), method_names: &[] }
     }
 
     /// The service's name.
@@ -259,7 +262,7 @@ impl Service {
 /// Builds a [`Service`].
 pub struct ServiceBuilder {
     name: Rc<str>,
-    methods: HashMap<u32, Rc<Dispatch>>,
+    methods: MethodMap,
     /// Names of method ids, for metrics (generated stubs give them).
     method_names: &'static [(u32, &'static str)],
 }
