@@ -9,7 +9,7 @@
 //! logged after it, the group's oldest records that S covers ([`Record::covered_by`]) are
 //! released, and the log deletes segments nobody needs.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -64,6 +64,9 @@ pub struct Recovered {
     pub groups: BTreeMap<GroupId, (Option<Snapshot>, Vec<Record>)>,
     /// Bytes of a torn final write the log cut away.
     pub torn_bytes: u64,
+    /// Groups this node was removed from: never hosted again (their leftovers, if a crash
+    /// interrupted the clean-up, are dropped at open and are not in `groups`).
+    pub removed: BTreeSet<GroupId>,
 }
 
 /// Per group: the records still held in the log, oldest first, as (lsn, record summary).
@@ -79,6 +82,7 @@ pub struct Disk {
     wal: Wal,
     held: BTreeMap<GroupId, Held>,
     unsynced: bool,
+    removed: BTreeSet<GroupId>,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DiskError + '_ {
@@ -102,7 +106,8 @@ impl Disk {
             held.entry(r.group).or_default().records.push_back((r.lsn, summary(&record)));
             recovered.groups.entry(r.group).or_default().1.push(record);
         }
-        let disk = Disk { dir: dir.to_path_buf(), wal, held, unsynced: false };
+        let mut disk = Disk { dir: dir.to_path_buf(), wal, held, unsynced: false, removed: BTreeSet::new() };
+        disk.removed = disk.load_removed()?;
         for entry in fs::read_dir(&snap_dir).map_err(io_err(&snap_dir))? {
             let entry = entry.map_err(io_err(&snap_dir))?;
             let name = entry.file_name();
@@ -113,7 +118,72 @@ impl Disk {
             let snap = disk.load_snapshot(group)?;
             recovered.groups.entry(group).or_default().0 = Some(snap);
         }
+        // A removal whose clean-up a crash cut short: finish it.
+        for group in disk.removed.clone() {
+            if recovered.groups.remove(&group).is_some() {
+                disk.drop_group(group)?;
+            }
+        }
+        recovered.removed = disk.removed.clone();
         Ok((disk, recovered))
+    }
+
+    fn removed_path(&self) -> PathBuf {
+        self.dir.join("removed")
+    }
+
+    /// The removed groups, one decimal id per line (a missing file: none).
+    fn load_removed(&self) -> Result<BTreeSet<GroupId>, DiskError> {
+        let path = self.removed_path();
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(BTreeSet::new()),
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                l.trim()
+                    .parse()
+                    .map_err(|_| DiskError::Corrupt { path: path.clone(), reason: format!("bad line {l:?}") })
+            })
+            .collect()
+    }
+
+    /// This node left `group` (a membership change removed it): record that durably first,
+    /// so a restart never hosts it again, then delete its snapshot and release its records.
+    pub fn remove_group(&mut self, group: GroupId) -> Result<(), DiskError> {
+        if self.removed.insert(group) {
+            let path = self.removed_path();
+            let tmp = path.with_extension("tmp");
+            let text: String = self.removed.iter().map(|g| format!("{g}\n")).collect();
+            let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+            f.write_all(text.as_bytes()).map_err(io_err(&tmp))?;
+            f.sync_data().map_err(io_err(&tmp))?;
+            fs::rename(&tmp, &path).map_err(io_err(&path))?;
+            File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io_err(&self.dir))?;
+        }
+        self.drop_group(group)
+    }
+
+    /// Deletes a removed group's snapshot and releases every record it has in the log.
+    fn drop_group(&mut self, group: GroupId) -> Result<(), DiskError> {
+        let snap = self.snap_path(group);
+        match fs::remove_file(&snap) {
+            Ok(()) => {
+                let dir = self.dir.join("snapshots");
+                File::open(&dir).and_then(|d| d.sync_all()).map_err(io_err(&dir))?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&snap)(e)),
+        }
+        if let Some(held) = self.held.remove(&group) {
+            if let Some((last, _)) = held.records.back() {
+                self.wal.release(group, *last)?;
+                self.unsynced = true;
+            }
+        }
+        self.sync()
     }
 
     fn snap_path(&self, group: GroupId) -> PathBuf {
@@ -261,6 +331,34 @@ mod tests {
     }
 
     #[test]
+    fn a_removed_group_is_gone_after_a_restart_and_its_log_is_released() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut disk, _) = Disk::open(dir.path()).unwrap();
+            disk.append(1, &entries(1..=10)).unwrap();
+            disk.append(2, &entries(1..=3)).unwrap();
+            disk.sync().unwrap();
+            let mut snap = Snapshot::default();
+            snap.mut_metadata().index = 5;
+            disk.save_snapshot(1, &snap).unwrap();
+            disk.remove_group(1).unwrap();
+            assert!(!disk.held.contains_key(&1), "nothing of group 1 is held");
+            assert!(!dir.path().join("snapshots/g1.snap").exists());
+        }
+        let (mut disk, rec) = Disk::open(dir.path()).unwrap();
+        assert!(!rec.groups.contains_key(&1), "a removed group is not recovered");
+        assert_eq!(rec.removed, BTreeSet::from([1]));
+        assert_eq!(rec.groups[&2].1, vec![entries(1..=3)]);
+        // Removal is idempotent, and the list keeps every removed group.
+        disk.remove_group(1).unwrap();
+        disk.remove_group(2).unwrap();
+        drop(disk);
+        let (_, rec) = Disk::open(dir.path()).unwrap();
+        assert!(rec.groups.is_empty());
+        assert_eq!(rec.removed, BTreeSet::from([1, 2]));
+    }
+
+    #[test]
     fn damaged_snapshot_files_are_errors() {
         let dir = tempfile::tempdir().unwrap();
         let (mut disk, _) = Disk::open(dir.path()).unwrap();
@@ -294,6 +392,9 @@ pub struct GroupWrite {
     pub local_snapshot: Option<Snapshot>,
     /// Records to log after `local_snapshot`.
     pub local_records: Vec<Record>,
+    /// This node was removed from the group: after this write, forget it on disk for good
+    /// ([`Disk::remove_group`]).
+    pub remove: bool,
 }
 
 struct Job {
@@ -345,6 +446,9 @@ fn write_jobs(disk: &mut Disk, jobs: &[Job]) -> Result<(), DiskError> {
         for (group, index, lsn) in released {
             disk.release(group, index, lsn)?;
         }
+    }
+    for w in jobs.iter().flat_map(|j| &j.writes).filter(|w| w.remove) {
+        disk.remove_group(w.group)?;
     }
     Ok(())
 }

@@ -16,10 +16,12 @@
 //! - [`replica`]: one replica of one group, sans-IO: messages, ticks, proposals and reads
 //!   in; messages, records to persist, answers and snapshots out;
 //! - [`wal`] and [`disk`]: the node's write-ahead log shared by all its groups (checksummed
-//!   records, group commit, torn-tail repair, segment release) and its snapshot files;
+//!   records, group commit, torn-tail repair, segment release), its snapshot files, and the
+//!   list of groups the node was removed from;
 //! - [`server`]: a table node — the thin I/O driver hosting its replicas on one core of our
 //!   runtime, moving raft messages over our rpc and answering clients ([`api`] holds the
-//!   generated stubs of both interfaces);
+//!   generated stubs of both interfaces); a node a membership change removes from a group
+//!   drops that replica and its disk state and never hosts the group again;
 //! - [`client`]: the client library — routing by key, redirects and leader hints, retries
 //!   that take effect once;
 //! - [`linearizability`]: a checker (Wing–Gong search with memoization, per key) for the

@@ -344,6 +344,13 @@ impl Replica {
         (voters, learners)
     }
 
+    /// Whether node `id` is a voter or learner of the group as last applied. A replica that
+    /// joined and has not yet received its first snapshot knows no members: it counts as one.
+    pub fn is_member(&self, id: NodeId) -> bool {
+        let cs = self.log.conf_state();
+        (cs.voters.is_empty() && cs.learners.is_empty()) || cs.voters.contains(&id) || cs.learners.contains(&id)
+    }
+
     /// Index of the last log entry.
     pub fn last_index(&self) -> u64 {
         self.log.last_index()

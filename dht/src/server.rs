@@ -16,7 +16,7 @@
 //! replicas carry on, and nothing half-written is acknowledged.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -192,6 +192,8 @@ impl GroupSlot {
 
 struct State {
     groups: BTreeMap<GroupId, GroupSlot>,
+    /// Groups a membership change removed this node from: no longer hosted, never rejoined.
+    removed: BTreeSet<GroupId>,
     next_read: u64,
     failed: Option<String>,
 }
@@ -248,18 +250,18 @@ impl DhtServer {
         if !config.nodes.contains_key(&id) {
             return Err(ServerError::Config(format!("node {id} is not in the node list")));
         }
-        let (mut disk, recovered) = match (config.durability, &config.data_dir) {
+        let (mut disk, recovered, removed) = match (config.durability, &config.data_dir) {
             (Durability::Durable, Some(dir)) => {
                 let (disk, rec) = Disk::open(dir)?;
                 if rec.torn_bytes > 0 {
                     tracing::warn!(node = id, bytes = rec.torn_bytes, "cut a torn final write from the log");
                 }
-                (Some(disk), rec.groups)
+                (Some(disk), rec.groups, rec.removed)
             }
             (Durability::Durable, None) => {
                 return Err(ServerError::Config("durable mode needs a data directory".into()));
             }
-            (Durability::Memory, _) => (None, BTreeMap::new()),
+            (Durability::Memory, _) => (None, BTreeMap::new(), BTreeSet::new()),
         };
         let mut groups = BTreeMap::new();
         // Groups the map gives this node (unless it joins later), bootstrapped on first start.
@@ -269,7 +271,7 @@ impl DhtServer {
             config.maps.groups().filter(|g| g.members.contains(&id)).cloned().collect()
         };
         for g in mine {
-            if recovered.contains_key(&g.id) {
+            if recovered.contains_key(&g.id) || removed.contains(&g.id) {
                 continue;
             }
             let (replica, init) = Replica::bootstrap(id, g.id, &g.members, config.replica.clone())
@@ -298,7 +300,7 @@ impl DhtServer {
             None => None,
         };
         let inner = Rc::new(Inner {
-            state: RefCell::new(State { groups, next_read: 1, failed: None }),
+            state: RefCell::new(State { groups, next_read: 1, failed: None, removed }),
             disk,
             wake: Notify::default(),
             nodes: RefCell::new(config.nodes.clone()),
@@ -431,6 +433,7 @@ impl Inner {
         let mut pending: Vec<Persisted> = Vec::new();
         let mut writes: Vec<GroupWrite> = Vec::new();
         let mut added = Vec::new();
+        let mut leaving = Vec::new();
         {
             let mut st = self.state.borrow_mut();
             if st.failed.is_some() {
@@ -449,6 +452,7 @@ impl Inner {
                         let _ = tx.send(ReadAnswer::Value(slot.replica.state().get(&key).map(<[u8]>::to_vec)));
                     }
                 }
+                let conf_changed = !rd.member_updates.is_empty();
                 added.extend(rd.member_updates.drain(..).map(|u| (*gid, u)));
                 if let Some((role, leader)) = rd.role_changed {
                     tracing::debug!(node = self.config.id, group = *gid, ?role, ?leader, "role changed");
@@ -456,17 +460,32 @@ impl Inner {
                         slot.refuse_all(&Refusal::Redirect(group_view(&slot.replica)));
                     }
                 }
+                // Applied a change that leaves this node out: stop hosting the group once
+                // this ready is handled (its records still go to disk, then the group goes).
+                let remove = conf_changed && !slot.replica.is_member(self.config.id);
+                if remove {
+                    leaving.push(*gid);
+                }
                 let write = GroupWrite {
                     group: *gid,
                     snapshot: rd.snapshot_to_save.take(),
                     records: std::mem::take(&mut rd.records),
                     local_snapshot: rd.local_snapshot.take(),
                     local_records: std::mem::take(&mut rd.local_records),
+                    remove,
                 };
-                if write.snapshot.is_some() || !write.records.is_empty() || write.local_snapshot.is_some() {
+                if write.snapshot.is_some() || !write.records.is_empty() || write.local_snapshot.is_some() || remove {
                     writes.push(write);
                 }
                 pending.push((*gid, rd.number(), std::mem::take(&mut rd.persisted_messages)));
+            }
+            for gid in leaving {
+                if let Some(mut slot) = st.groups.remove(&gid) {
+                    tracing::info!(node = self.config.id, group = gid, "removed from the group: replica dropped");
+                    // Whoever waits here is sent to the members that remain.
+                    slot.refuse_all(&Refusal::Redirect(group_view(&slot.replica)));
+                }
+                st.removed.insert(gid);
             }
         }
         self.members_changed(added);
@@ -676,7 +695,7 @@ impl Inner {
                 tracing::warn!(from, claimed = msg.from, "raft message with a forged sender dropped");
                 continue;
             }
-            if !st.groups.contains_key(&group) && self.config.join {
+            if !st.groups.contains_key(&group) && self.config.join && !st.removed.contains(&group) {
                 // A group whose leader added this node: start empty; its snapshot follows.
                 match Replica::joining(self.config.id, group, self.config.replica.clone()) {
                     Ok(replica) => {

@@ -278,8 +278,23 @@ fn a_replacement_node_joins_is_promoted_and_the_old_one_removed_while_writes_con
         stop.set(true);
         writer.await;
     });
-    // The old member goes away for good; group `group` lives on the other two and node 4.
+    // The old member applied its removal: it drops its replica (and refuses the group from
+    // now on), and a restart does not bring the replica back.
     let old = old_member.get();
+    let hosts = |cluster: &Cluster| cluster.nodes[&old].status().iter().any(|s| s.group == group);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while hosts(&cluster) {
+        assert!(Instant::now() < deadline, "the removed member still hosts group {group}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    cluster.nodes.get_mut(&old).unwrap().kill();
+    cluster.restart(old);
+    assert!(!hosts(&cluster), "a restart brought the removed replica back");
+    let others: Vec<u64> =
+        client.maps().groups().filter(|g| g.id != group && g.members.contains(&old)).map(|g| g.id).collect();
+    let hosted: Vec<u64> = cluster.nodes[&old].status().iter().map(|s| s.group).collect();
+    assert!(others.iter().all(|g| hosted.contains(g)), "its other groups are back: {hosted:?} ⊇ {others:?}");
+    // Now it goes away for good; group `group` lives on the other two and node 4.
     cluster.nodes.get_mut(&old).unwrap().kill();
     let status4 = node4.status().into_iter().find(|s| s.group == group).unwrap();
     let mut expected: Vec<u64> = [1, 2, 3, 4].into_iter().filter(|n| *n != old).collect();
