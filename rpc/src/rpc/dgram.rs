@@ -11,6 +11,7 @@
 //! socket buffer only drops the datagram, and the retransmission covers it.
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
 use std::io;
 use std::net::SocketAddr;
@@ -414,13 +415,26 @@ fn datagram_len(frame: &[u8]) -> usize {
 
 /// Receive datagrams into a shared buffer, each padded to 16 so the next starts aligned, and
 /// hand each on as a `Bytes` view (its payload is read in place).
-async fn receive_loop(sock: &UdpSocket, mut on: impl FnMut(io::Result<(Bytes, usize, SocketAddr)>) -> bool) {
-    let mut buf = BytesMut::with_capacity(4 * MAX_DATAGRAM);
+///
+/// Buffers are recycled rather than reallocated: when the current one runs short it is
+/// retired as a spare, and a spare whose datagrams have all been dropped is reused in place
+/// (the datagram just handed out is usually still alive when the next receive begins, so
+/// growing the current buffer would allocate every time).
+pub(crate) async fn receive_loop(sock: &UdpSocket, mut on: impl FnMut(io::Result<(Bytes, usize, SocketAddr)>) -> bool) {
+    const CHUNK: usize = 4 * MAX_DATAGRAM;
+    const ROOM: usize = MAX_DATAGRAM + 16;
+    let mut buf = BytesMut::with_capacity(CHUNK);
+    let mut spares: VecDeque<BytesMut> = VecDeque::with_capacity(4);
     // Dropped (its multishot receive cancelled) before the caller drops the socket.
     let mut rx = sock.receiver();
     loop {
-        if buf.capacity() - buf.len() < MAX_DATAGRAM + 16 {
-            buf.reserve(MAX_DATAGRAM + 16);
+        if buf.capacity() - buf.len() < ROOM && !buf.try_reclaim(ROOM) {
+            let next = spares.iter_mut().position(|b| b.try_reclaim(CHUNK)).and_then(|i| spares.remove(i));
+            let old = std::mem::replace(&mut buf, next.unwrap_or_else(|| BytesMut::with_capacity(CHUNK)));
+            if spares.len() == spares.capacity() {
+                spares.pop_front();
+            }
+            spares.push_back(old);
         }
         let (res, b) = rx.recv_from(buf).await;
         buf = b;
@@ -459,7 +473,9 @@ pub(crate) struct DgramEndpoint {
     sock: UdpSocket,
     services: Rc<[Service]>,
     load: Rc<ServerState>,
-    sessions: RefCell<Sessions<SocketAddr, Bytes, JoinHandle<()>>>,
+    // Replies are cached as the buffers they were encoded in: freezing one into `Bytes`
+    // would allocate a shared header per call.
+    sessions: RefCell<Sessions<SocketAddr, BytesMut, JoinHandle<()>>>,
     bufs: RefCell<Vec<BytesMut>>,
     last_sweep: Cell<Instant>,
     idle: Duration,
@@ -540,12 +556,6 @@ impl DgramEndpoint {
         }
     }
 
-    fn recycle_reply(&self, reply: Bytes) {
-        if let Ok(buf) = reply.try_into_mut() {
-            self.recycle(buf);
-        }
-    }
-
     fn on_datagram(self: &Rc<Self>, d: Bytes, n: usize, peer: SocketAddr) {
         let h = match decode_datagram(&d[..n], MAX_DATAGRAM as u32) {
             Ok(h) => h,
@@ -618,11 +628,7 @@ impl DgramEndpoint {
                 drop(sessions);
                 return self.send_uncached(peer, Header { kind: FrameKind::Pending, ..Header::cancel(id) }, &[]);
             }
-            Admit::Replay(reply) => {
-                let reply = reply.clone();
-                drop(sessions);
-                return self.send(&reply, peer);
-            }
+            Admit::Replay(reply) => return self.send(reply, peer),
             Admit::Stale => return,
             Admit::UnknownSession => {
                 drop(sessions);
@@ -640,7 +646,7 @@ impl DgramEndpoint {
         }
         drop(sessions);
         match released {
-            Some(Released::Reply(r)) => self.recycle_reply(r),
+            Some(Released::Reply(r)) => self.recycle(r),
             Some(Released::Running(task)) => {
                 self.leave();
                 drop(task);
@@ -711,10 +717,10 @@ impl DgramEndpoint {
     fn finish(&self, peer: SocketAddr, sid: u64, id: u64, mut buf: BytesMut) {
         buf.truncate(datagram_len(&buf));
         self.send(&buf, peer);
-        let (back, task) = self.sessions.borrow_mut().finish(peer, sid, id, buf.freeze());
+        let (back, task) = self.sessions.borrow_mut().finish(peer, sid, id, buf);
         match back {
             // Not cached: the client cancelled the call (already counted out) or moved on.
-            Some(b) => self.recycle_reply(b),
+            Some(b) => self.recycle(b),
             None => self.leave(),
         }
         // The handler's own task is finishing now: let it, rather than cancel it by drop.

@@ -188,74 +188,71 @@ impl OneWayServer {
 
     /// Receive and dispatch until dropped.
     pub async fn serve(self) -> std::io::Result<()> {
-        let mut buf = BytesMut::with_capacity(4 * MAX_DATAGRAM);
-        // Declared after `self`, so it is dropped (its multishot receive cancelled) before the
-        // socket closes.
-        let mut rx = self.sock.receiver();
-        loop {
-            if buf.capacity() - buf.len() < MAX_DATAGRAM + 16 {
-                buf.reserve(MAX_DATAGRAM + 16);
-            }
-            let (res, b) = rx.recv_from(buf).await;
-            buf = b;
-            let (n, peer) = match res {
-                Ok(r) => r,
+        let mut failed = None;
+        super::dgram::receive_loop(&self.sock, |item| {
+            let (datagram, n, peer) = match item {
+                Ok(d) => d,
                 Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
                     self.stats.borrow_mut().dropped += 1;
-                    buf.clear();
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            // Pad the datagram to 16 so the next one starts aligned in the shared buffer.
-            let padded = n.next_multiple_of(16);
-            buf.resize(buf.len() + padded - n, 0);
-            let datagram = buf.split_to(buf.len()).freeze();
-            match decode_datagram(&datagram[..n], MAX_DATAGRAM as u32) {
-                Ok(h) if h.kind == FrameKind::OneWay => {
-                    let payload = datagram.slice(HEADER_LEN..HEADER_LEN + h.payload_len as usize);
-                    let (trace, payload) = match crate::proto::trace::split(&h, payload) {
-                        Ok(split) => split,
-                        Err(e) => {
-                            tracing::debug!(error = %e, %peer, "datagram with a bad trace context dropped");
-                            self.stats.borrow_mut().dropped += 1;
-                            continue;
-                        }
-                    };
-                    let ctx = CallContext {
-                        method_id: h.method_id,
-                        request_id: 0,
-                        deadline: None,
-                        peer: Some(peer),
-                        principal: None,
-                        trace,
-                    };
-                    match self.services.iter().find(|s| s.has_method(h.method_id)) {
-                        // Datagrams carry no identity: a service with an access list refuses them.
-                        Some(svc) if svc.check_access(h.method_id, None).is_err() => {
-                            tracing::debug!(method_id = h.method_id, %peer, "one-way datagram to a restricted service dropped");
-                            self.stats.borrow_mut().dropped += 1;
-                        }
-                        Some(svc) => {
-                            if let Dispatched::Running(task) = svc.dispatch(ctx, payload, None) {
-                                task.detach();
-                            }
-                            self.stats.borrow_mut().dispatched += 1;
-                        }
-                        None => {
-                            tracing::debug!(method_id = h.method_id, %peer, "one-way call to unknown method dropped");
-                            self.stats.borrow_mut().dropped += 1;
-                        }
-                    }
-                }
-                Ok(h) => {
-                    tracing::debug!(kind = ?h.kind, %peer, "unexpected frame kind on a one-way socket dropped");
-                    self.stats.borrow_mut().dropped += 1;
+                    return true;
                 }
                 Err(e) => {
-                    tracing::debug!(error = %e, %peer, "malformed datagram dropped");
-                    self.stats.borrow_mut().dropped += 1;
+                    failed = Some(e);
+                    return false;
                 }
+            };
+            self.on_datagram(datagram, n, peer);
+            true
+        })
+        .await;
+        failed.map_or(Ok(()), Err)
+    }
+
+    fn on_datagram(&self, datagram: bytes::Bytes, n: usize, peer: SocketAddr) {
+        match decode_datagram(&datagram[..n], MAX_DATAGRAM as u32) {
+            Ok(h) if h.kind == FrameKind::OneWay => {
+                let payload = datagram.slice(HEADER_LEN..HEADER_LEN + h.payload_len as usize);
+                let (trace, payload) = match crate::proto::trace::split(&h, payload) {
+                    Ok(split) => split,
+                    Err(e) => {
+                        tracing::debug!(error = %e, %peer, "datagram with a bad trace context dropped");
+                        self.stats.borrow_mut().dropped += 1;
+                        return;
+                    }
+                };
+                let ctx = CallContext {
+                    method_id: h.method_id,
+                    request_id: 0,
+                    deadline: None,
+                    peer: Some(peer),
+                    principal: None,
+                    trace,
+                };
+                match self.services.iter().find(|s| s.has_method(h.method_id)) {
+                    // Datagrams carry no identity: a service with an access list refuses them.
+                    Some(svc) if svc.check_access(h.method_id, None).is_err() => {
+                        tracing::debug!(method_id = h.method_id, %peer, "one-way datagram to a restricted service dropped");
+                        self.stats.borrow_mut().dropped += 1;
+                    }
+                    Some(svc) => {
+                        if let Dispatched::Running(task) = svc.dispatch(ctx, payload, None) {
+                            task.detach();
+                        }
+                        self.stats.borrow_mut().dispatched += 1;
+                    }
+                    None => {
+                        tracing::debug!(method_id = h.method_id, %peer, "one-way call to unknown method dropped");
+                        self.stats.borrow_mut().dropped += 1;
+                    }
+                }
+            }
+            Ok(h) => {
+                tracing::debug!(kind = ?h.kind, %peer, "unexpected frame kind on a one-way socket dropped");
+                self.stats.borrow_mut().dropped += 1;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, %peer, "malformed datagram dropped");
+                self.stats.borrow_mut().dropped += 1;
             }
         }
     }

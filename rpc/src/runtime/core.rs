@@ -117,6 +117,8 @@ pub(crate) struct Core {
     pub(crate) driver: RefCell<Driver>,
     run_queue: RefCell<VecDeque<Runnable>>,
     timers: RefCell<TimerWheel<Waker>>,
+    /// The wakers of timers that just fired, kept between turns so firing does not allocate.
+    fired: RefCell<Vec<Waker>>,
     start: Instant,
     config: Config,
 }
@@ -214,6 +216,7 @@ impl Core {
             driver: RefCell::new(driver),
             run_queue: RefCell::new(VecDeque::with_capacity(256)),
             timers: RefCell::new(TimerWheel::new(0)),
+            fired: RefCell::new(Vec::with_capacity(64)),
             start: Instant::now(),
             config,
         })
@@ -258,9 +261,11 @@ impl Core {
 
     fn fire_timers(&self, now: Instant) {
         let tick = self.tick_floor(now);
-        let mut fired = Vec::new();
+        // Taken out while waking: a woken future may run code that fires timers again.
+        let mut fired = std::mem::take(&mut *self.fired.borrow_mut());
         self.timers.borrow_mut().advance(tick, &mut |_, w: Waker| fired.push(w));
-        fired.into_iter().for_each(Waker::wake);
+        fired.drain(..).for_each(Waker::wake);
+        *self.fired.borrow_mut() = fired;
     }
 
     fn sleep_timeout(&self, now: Instant) -> Option<Duration> {
