@@ -261,11 +261,16 @@ impl Core {
 
     fn fire_timers(&self, now: Instant) {
         let tick = self.tick_floor(now);
-        // Taken out while waking: a woken future may run code that fires timers again.
-        let mut fired = std::mem::take(&mut *self.fired.borrow_mut());
+        let mut fired = self.fired.borrow_mut();
         self.timers.borrow_mut().advance(tick, &mut |_, w: Waker| fired.push(w));
-        fired.drain(..).for_each(Waker::wake);
-        *self.fired.borrow_mut() = fired;
+        if fired.is_empty() {
+            return;
+        }
+        // Taken out while waking: a waker may run code that fires timers again.
+        let mut batch = std::mem::take(&mut *fired);
+        drop(fired);
+        batch.drain(..).for_each(Waker::wake);
+        *self.fired.borrow_mut() = batch;
     }
 
     fn sleep_timeout(&self, now: Instant) -> Option<Duration> {
