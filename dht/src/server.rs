@@ -282,9 +282,20 @@ impl DhtServer {
             groups.insert(g.id, GroupSlot::new(replica));
         }
         // Every group the disk holds, including ones joined at run time.
+        let mut removed = removed;
         for (gid, (snapshot, records)) in recovered {
             let replica = Replica::recover(id, gid, snapshot, records, config.replica.clone())
                 .map_err(|source| ServerError::Replica { group: gid, source })?;
+            if !replica.is_member(id) {
+                // Its own snapshot already leaves this node out (a crash came between saving
+                // it and recording the removal): finish the removal now.
+                tracing::info!(node = id, group = gid, "recovered a group this node was removed from; dropping it");
+                if let Some(disk) = disk.as_mut() {
+                    disk.remove_group(gid)?;
+                }
+                removed.insert(gid);
+                continue;
+            }
             groups.insert(gid, GroupSlot::new(replica));
         }
         if let Some(disk) = disk.as_mut() {

@@ -248,6 +248,7 @@ fn server_death_mid_call_fails_it_and_a_new_server_is_used_after() {
         drop(f.server.take());
         let err = must("the call fails once the server is gone", call).await.unwrap_err();
         assert!(matches!(err, CallError::ConnectionLost), "{err:?}");
+        assert_eq!(client.in_flight(), 0, "a failed call frees its slot");
         let err = client.call::<(), u64>(BUMP, &(), CallOptions::default()).await.unwrap_err();
         assert!(matches!(err, CallError::Connect(_)), "nothing listens: {err:?}");
         assert!(err.did_not_run());

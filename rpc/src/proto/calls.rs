@@ -1,8 +1,10 @@
 //! The client side of a connection's calls: request ids, waiting callers, bounded in-flight.
 //!
-//! Request ids pack a slab key (low 32 bits) and a per-table sequence (high 32 bits), so a
-//! response is matched in O(1) and a late response to a cancelled call (whose slot may have
-//! been reused) is recognised and dropped.
+//! Request ids pack a slab key (low 32 bits) and that slot's own use count (high 32 bits), so
+//! a response is matched in O(1) and a late response to a cancelled call (whose slot may have
+//! been reused) is recognised and dropped. The count is per slot, so two consecutive uses of a
+//! slot always differ by exactly one, however long the slot sat unused: a datagram server
+//! orders a slot's calls by it (see `session`).
 
 use std::task::{Poll, Waker};
 
@@ -29,7 +31,8 @@ pub struct TableFull;
 /// error).
 pub struct CallTable<R> {
     slots: Slab<Slot<R>>,
-    seq: u32,
+    /// Per slab key: how many calls have used it (never 0 once used).
+    uses: Vec<u32>,
     max_in_flight: usize,
 }
 
@@ -42,7 +45,7 @@ impl<R> std::fmt::Debug for CallTable<R> {
 impl<R> CallTable<R> {
     /// A table admitting at most `max_in_flight` concurrent calls.
     pub fn new(max_in_flight: usize) -> Self {
-        CallTable { slots: Slab::with_capacity(max_in_flight.min(1024)), seq: 0, max_in_flight }
+        CallTable { slots: Slab::with_capacity(max_in_flight.min(1024)), uses: Vec::new(), max_in_flight }
     }
 
     /// Calls started and not yet taken or cancelled.
@@ -60,10 +63,15 @@ impl<R> CallTable<R> {
         if self.slots.len() >= self.max_in_flight {
             return Err(TableFull);
         }
-        // Sequence 0 is skipped so that no request id is 0 (0 marks connection-level errors).
-        self.seq = self.seq.wrapping_add(1).max(1);
         let entry = self.slots.vacant_entry();
-        let id = (u64::from(self.seq) << 32) | entry.key() as u64;
+        let key = entry.key();
+        if self.uses.len() <= key {
+            self.uses.resize(key + 1, 0);
+        }
+        // Count 0 is skipped so that no request id is 0 (0 marks connection-level errors).
+        let uses = self.uses[key].wrapping_add(1).max(1);
+        self.uses[key] = uses;
+        let id = (u64::from(uses) << 32) | key as u64;
         entry.insert(Slot::Waiting { id, waker: None });
         Ok(id)
     }
@@ -218,6 +226,28 @@ mod tests {
         for id in ids {
             assert_eq!(t.poll_result(id, &w), Poll::Ready(Some("lost")));
         }
+    }
+
+    #[test]
+    fn a_slot_s_consecutive_ids_differ_by_one_use_however_long_it_sat_idle() {
+        let mut t = CallTable::<()>::new(4);
+        let a = t.start().unwrap();
+        let b = t.start().unwrap();
+        // Slot of `a` is reused many times while `b` stays in flight.
+        t.cancel(a);
+        let mut last = a;
+        for _ in 0..1000 {
+            let id = t.start().unwrap();
+            assert_eq!(id as u32, a as u32, "the freed slot is reused");
+            assert_eq!((id >> 32) as u32, (last >> 32) as u32 + 1);
+            last = id;
+            t.cancel(id);
+        }
+        t.cancel(b);
+        let again = t.start().unwrap();
+        let b_again = t.start().unwrap();
+        let (older, newer) = if again as u32 == b as u32 { (b, again) } else { (b, b_again) };
+        assert_eq!((newer >> 32) as u32, (older >> 32) as u32 + 1, "b's slot continues from its own count");
     }
 
     #[test]

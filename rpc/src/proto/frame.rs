@@ -18,7 +18,7 @@
 //! |-------:|-----:|---------------|------------------------------------------------------------|
 //! |      0 |    4 | magic         | `MSRP` ([`MAGIC`])                                         |
 //! |      4 |    1 | version       | protocol version, [`VERSION`]                              |
-//! |      5 |    1 | kind          | [`FrameKind`], 1..=5                                       |
+//! |      5 |    1 | kind          | [`FrameKind`], 1..=7                                       |
 //! |      6 |    2 | flags         | bits 0..7 ignorable, bits 8..15 must-understand            |
 //! |      8 |    8 | request_id    | matches a response, error or cancel to its request        |
 //! |     16 |    4 | method_id     | the method called                                          |
@@ -100,7 +100,8 @@ pub struct Header {
     pub kind: FrameKind,
     /// Feature bits. Bits 0..7 may be ignored by a receiver that does not know them; bits
     /// 8..15 are must-understand, so [`Header::parse`] rejects a frame setting one it does not
-    /// know. Defined: bit 8, [`FLAG_TRACE`](super::trace::FLAG_TRACE).
+    /// know. Defined: bit 8, [`FLAG_TRACE`](super::trace::FLAG_TRACE); bit 9,
+    /// [`FLAG_SESSION`](super::session::FLAG_SESSION).
     pub flags: u16,
     /// Chosen by the client, unique among its calls in flight on one connection; responses,
     /// errors and cancels carry the id of their request so they can arrive in any order.

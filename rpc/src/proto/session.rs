@@ -134,6 +134,8 @@ enum SlotState<R, H> {
     /// Running; the task handle once the handler is waiting on something.
     Running(Option<H>),
     Done(R),
+    /// The client cancelled it: a late copy of the request must not run it again.
+    Cancelled,
 }
 
 struct Slot<R, H> {
@@ -255,6 +257,7 @@ impl<P: Hash + Eq + Copy, R, H> Sessions<P, R, H> {
             return match &sl.state {
                 SlotState::Running(_) => Admit::Running,
                 SlotState::Done(r) => Admit::Replay(r),
+                SlotState::Cancelled => Admit::Stale,
             };
         }
         if !newer(seq, sl.seq) {
@@ -264,10 +267,11 @@ impl<P: Hash + Eq + Copy, R, H> Sessions<P, R, H> {
         // call's reply is no longer needed (and a handler still running for it was given up
         // on by the client).
         let old = std::mem::replace(sl, Slot { seq, state: SlotState::Running(None) });
-        *released = Some(match old.state {
-            SlotState::Done(r) => Released::Reply(r),
-            SlotState::Running(h) => Released::Running(h),
-        });
+        *released = match old.state {
+            SlotState::Done(r) => Some(Released::Reply(r)),
+            SlotState::Running(h) => Some(Released::Running(h)),
+            SlotState::Cancelled => None,
+        };
         Admit::Run
     }
 
@@ -287,26 +291,26 @@ impl<P: Hash + Eq + Copy, R, H> Sessions<P, R, H> {
     /// slot has moved on (or the session is gone), and the task handle if there was one.
     pub fn finish(&mut self, peer: P, id: u64, request_id: u64, reply: R) -> (Option<R>, Option<H>) {
         match self.slot_mut(peer, id, request_id) {
-            Some(sl) => match std::mem::replace(&mut sl.state, SlotState::Done(reply)) {
-                SlotState::Running(h) => (None, h),
-                SlotState::Done(prev) => (Some(prev), None),
-            },
-            None => (Some(reply), None),
+            Some(sl) if matches!(sl.state, SlotState::Running(_)) => {
+                match std::mem::replace(&mut sl.state, SlotState::Done(reply)) {
+                    SlotState::Running(h) => (None, h),
+                    _ => (None, None),
+                }
+            }
+            _ => (Some(reply), None),
         }
     }
 
-    /// The client cancelled `request_id`: forget it, returning the running task (dropping
+    /// The client cancelled `request_id`: mark it so, returning the running task (dropping
     /// it stops the handler).
     pub fn cancel(&mut self, peer: P, id: u64, request_id: u64) -> Option<H> {
-        let s = self.map.get_mut(&(peer, id))?;
-        let entry = s.slots.get_mut(request_id as u32 as usize)?;
-        match entry {
-            Some(sl) if sl.seq == (request_id >> 32) as u32 && matches!(sl.state, SlotState::Running(_)) => {
-                match entry.take().map(|sl| sl.state) {
-                    Some(SlotState::Running(h)) => h,
-                    _ => None,
-                }
-            }
+        let sl = self.slot_mut(peer, id, request_id)?;
+        if !matches!(sl.state, SlotState::Running(_)) {
+            return None;
+        }
+        // The slot remembers the call as cancelled, so a delayed copy is stale, not new.
+        match std::mem::replace(&mut sl.state, SlotState::Cancelled) {
+            SlotState::Running(h) => h,
             _ => None,
         }
     }
@@ -316,13 +320,28 @@ impl<P: Hash + Eq + Copy, R, H> Sessions<P, R, H> {
         (sl.seq == (request_id >> 32) as u32).then_some(sl)
     }
 
-    /// Forget sessions silent for longer than the idle limit with nothing running; returns
-    /// how many.
-    pub fn expire(&mut self, now: Instant) -> usize {
-        let before = self.map.len();
+    /// Forget sessions silent for longer than the idle limit; returns how many, and the tasks
+    /// of calls they still had running (dropping them stops the handlers). A live client
+    /// retransmits a running call at least every few hundred milliseconds, which counts as
+    /// hearing from it, so a silent session's client is gone.
+    pub fn expire(&mut self, now: Instant) -> (usize, Vec<H>) {
         let idle = self.idle;
-        self.map.retain(|_, s| now.saturating_duration_since(s.last_seen) < idle || s.any_running());
-        before - self.map.len()
+        let gone: Vec<(P, u64)> = self
+            .map
+            .iter()
+            .filter(|(_, s)| now.saturating_duration_since(s.last_seen) >= idle)
+            .map(|(k, _)| *k)
+            .collect();
+        let mut tasks = Vec::new();
+        for k in &gone {
+            if let Some(s) = self.map.remove(k) {
+                tasks.extend(s.slots.into_iter().flatten().filter_map(|sl| match sl.state {
+                    SlotState::Running(h) => h,
+                    _ => None,
+                }));
+            }
+        }
+        (gone.len(), tasks)
     }
 
     /// Drop every session (the server stops), returning the running tasks.
@@ -412,7 +431,11 @@ mod tests {
         assert_eq!(t.cancel(1, 77, id(1, 2)), Some(9));
         assert_eq!(t.attach(1, 77, id(1, 2), 10), Some(10), "not running any more");
         let (back, task) = t.finish(1, 77, id(1, 2), "late");
-        assert_eq!((back, task), (Some("late"), None), "a reply for a forgotten call is handed back");
+        assert_eq!((back, task), (Some("late"), None), "a reply for a cancelled call is handed back");
+        assert_eq!(t.admit(1, 77, id(1, 2), now, &mut rel), Admit::Stale, "a delayed copy does not run it again");
+        assert_eq!(t.cancel(1, 77, id(1, 2)), None);
+        assert_eq!(t.admit(1, 77, id(2, 2), now, &mut rel), Admit::Run, "the slot's next call runs");
+        assert_eq!(rel, None, "nothing to release after a cancel");
     }
 
     #[test]
@@ -426,8 +449,11 @@ mod tests {
         assert_eq!(t.admit(1, 88, id(1, 0), now + Duration::from_secs(1), &mut rel), Admit::Run);
         assert_eq!(t.hello(4, 1, now), Err(SessionsFull), "both sessions have calls running");
         t.finish(1, 88, id(1, 0), "x");
-        assert_eq!(t.expire(now + Duration::from_secs(30)), 1, "88 is idle and done; 99 still runs a call");
-        assert_eq!(t.len(), 1);
+        t.attach(3, 99, id(1, 0), 5);
+        assert_eq!(t.expire(now + Duration::from_secs(5)), (0, vec![]), "not idle long enough");
+        let (gone, tasks) = t.expire(now + Duration::from_secs(30));
+        assert_eq!((gone, tasks), (2, vec![5]), "silent sessions go, and the call still running is handed back");
+        assert!(t.is_empty());
         assert_eq!(t.clear(), Vec::<u32>::new());
     }
 

@@ -115,7 +115,9 @@ pub(crate) struct DgramConn {
 }
 
 impl DgramConn {
-    pub(crate) fn new(addr: SocketAddr, config: DatagramConfig, max_in_flight: usize) -> io::Result<Rc<DgramConn>> {
+    pub(crate) fn new(addr: SocketAddr, mut config: DatagramConfig, max_in_flight: usize) -> io::Result<Rc<DgramConn>> {
+        // Nothing larger can be sent; larger requests go over TCP.
+        config.max_datagram = config.max_datagram.min(MAX_DATAGRAM);
         let sock = Rc::new(UdpSocket::connect(addr)?);
         let conn = Rc::new(DgramConn {
             reader: RefCell::new(None),
@@ -301,6 +303,9 @@ impl DgramConn {
             let mut backoff = Backoff::new(now, self.config.retransmit, self.config.max_retransmit);
             let mut timer = sleep_until(backoff.due());
             let mut heard = (self.heard.get(), now);
+            // Failed here rather than answered: the slot is still taken and the server may
+            // still run the call, so the guard frees the one and cancels the other.
+            let mut gave_up = false;
             let outcome = poll_fn(|cx| {
                 if let Poll::Ready(r) = self.calls.borrow_mut().poll_result(id, cx.waker()) {
                     return Poll::Ready(r);
@@ -313,9 +318,11 @@ impl DgramConn {
                     if self.heard.get() != heard.0 {
                         heard = (self.heard.get(), now);
                     } else if now.saturating_duration_since(heard.1) >= self.config.peer_timeout {
+                        gave_up = true;
                         return Poll::Ready(Some(Err(CallError::ConnectionLost)));
                     }
                     if self.transmit(&buf).is_err() {
+                        gave_up = true;
                         return Poll::Ready(Some(Err(CallError::ConnectionLost)));
                     }
                     backoff.resent(now);
@@ -323,7 +330,8 @@ impl DgramConn {
                 }
             })
             .await;
-            guard.done = true;
+            guard.done = !gave_up;
+            drop(guard);
             self.recycle(buf);
             match outcome {
                 Some(Ok((h, payload))) if h.kind == FrameKind::Response => return Ok(payload),
@@ -568,9 +576,13 @@ impl DgramEndpoint {
         let now = Instant::now();
         if now.saturating_duration_since(self.last_sweep.get()) >= self.idle / 8 {
             self.last_sweep.set(now);
-            let gone = self.sessions.borrow_mut().expire(now);
+            let (gone, tasks) = self.sessions.borrow_mut().expire(now);
             if gone > 0 {
-                tracing::debug!(sessions = gone, "idle datagram sessions expired");
+                tracing::debug!(sessions = gone, stopped = tasks.len(), "silent datagram sessions expired");
+            }
+            for task in tasks {
+                self.leave();
+                drop(task);
             }
         }
         match h.kind {
