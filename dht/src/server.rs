@@ -194,6 +194,9 @@ struct State {
     groups: BTreeMap<GroupId, GroupSlot>,
     /// Groups a membership change removed this node from: no longer hosted, never rejoined.
     removed: BTreeSet<GroupId>,
+    /// Groups that just applied this node's removal: served one more turn, so the messages
+    /// the change produced (a leader's hand-over) go out, then dropped.
+    leaving: BTreeSet<GroupId>,
     next_read: u64,
     failed: Option<String>,
 }
@@ -311,7 +314,7 @@ impl DhtServer {
             None => None,
         };
         let inner = Rc::new(Inner {
-            state: RefCell::new(State { groups, next_read: 1, failed: None, removed }),
+            state: RefCell::new(State { groups, next_read: 1, failed: None, removed, leaving: BTreeSet::new() }),
             disk,
             wake: Notify::default(),
             nodes: RefCell::new(config.nodes.clone()),
@@ -450,6 +453,8 @@ impl Inner {
             if st.failed.is_some() {
                 return;
             }
+            // Marked last turn: this turn's ready is their last.
+            let last_turn = std::mem::take(&mut st.leaving);
             for (gid, slot) in st.groups.iter_mut() {
                 let Some(mut rd) = slot.replica.ready() else { continue };
                 self.post(*gid, std::mem::take(&mut rd.messages));
@@ -471,12 +476,13 @@ impl Inner {
                         slot.refuse_all(&Refusal::Redirect(group_view(&slot.replica)));
                     }
                 }
-                // Applied a change that leaves this node out: stop hosting the group once
-                // this ready is handled (its records still go to disk, then the group goes).
-                let remove = conf_changed && !slot.replica.is_member(self.config.id);
-                if remove {
+                // Applied a change that leaves this node out: serve one more turn (what the
+                // change produced goes out), then drop the group, on disk after this turn's
+                // records.
+                if conf_changed && !slot.replica.is_member(self.config.id) {
                     leaving.push(*gid);
                 }
+                let remove = last_turn.contains(gid);
                 let write = GroupWrite {
                     group: *gid,
                     snapshot: rd.snapshot_to_save.take(),
@@ -490,7 +496,15 @@ impl Inner {
                 }
                 pending.push((*gid, rd.number(), std::mem::take(&mut rd.persisted_messages)));
             }
-            for gid in leaving {
+            st.leaving.extend(leaving.iter().copied());
+            if !st.leaving.is_empty() {
+                self.wake.notify();
+            }
+            for gid in last_turn {
+                // No ready this turn: the removal still goes to disk, after what is queued.
+                if !writes.iter().any(|w| w.group == gid && w.remove) {
+                    writes.push(GroupWrite { group: gid, remove: true, ..GroupWrite::default() });
+                }
                 if let Some(mut slot) = st.groups.remove(&gid) {
                     tracing::info!(node = self.config.id, group = gid, "removed from the group: replica dropped");
                     // Whoever waits here is sent to the members that remain.
@@ -500,7 +514,7 @@ impl Inner {
             }
         }
         self.members_changed(added);
-        if pending.is_empty() {
+        if pending.is_empty() && writes.is_empty() {
             return;
         }
         match &self.disk {

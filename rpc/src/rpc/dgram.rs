@@ -321,6 +321,11 @@ impl DgramConn {
                         gave_up = true;
                         return Poll::Ready(Some(Err(CallError::ConnectionLost)));
                     }
+                    if let Some(d) = deadline {
+                        // The copy carries what is left of the budget, not the first one's.
+                        let us = d.saturating_duration_since(now).as_micros().max(1);
+                        buf[20..24].copy_from_slice(&u32::try_from(us).unwrap_or(0).to_le_bytes());
+                    }
                     if self.transmit(&buf).is_err() {
                         gave_up = true;
                         return Poll::Ready(Some(Err(CallError::ConnectionLost)));
