@@ -5,21 +5,13 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use multispace_bench::shapes::Shape;
-use multispace_bench::{pin_caller, System, Waiting};
+use multispace_bench::{pin_caller, Waiting};
 
 fn null_call(c: &mut Criterion) {
     pin_caller();
     for waiting in [Waiting::Sleep, Waiting::Spin] {
         let mut g = c.benchmark_group(format!("null_round_trip/{waiting}"));
-        for sys in [
-            System::RawUdp,
-            System::RawTcp,
-            System::RpcUring,
-            System::RpcEpoll,
-            System::RpcUdpUring,
-            System::RpcUdpEpoll,
-            System::StubUring,
-        ] {
+        for sys in multispace_bench::NULL_CALL_SYSTEMS {
             // One system alive at a time: a spinning thread of an idle system would steal a
             // core from the one being measured.
             let mut s = sys.build(Shape::Void, waiting).expect("system set up");

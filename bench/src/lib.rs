@@ -120,6 +120,17 @@ pub enum System {
     Capnp,
 }
 
+/// The systems of the quick null-call comparison (`nullcall`, `benches/null_call.rs`).
+pub const NULL_CALL_SYSTEMS: [System; 7] = [
+    System::RawUdp,
+    System::RawTcp,
+    System::RpcUring,
+    System::RpcEpoll,
+    System::RpcUdpUring,
+    System::RpcUdpEpoll,
+    System::StubUring,
+];
+
 /// Every system, floors first.
 pub const SYSTEMS: [System; 14] = [
     System::RawUdp,

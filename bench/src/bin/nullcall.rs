@@ -27,15 +27,7 @@ struct Args {
     json: Option<std::path::PathBuf>,
 }
 
-const SYSTEMS: [System; 7] = [
-    System::RawUdp,
-    System::RawTcp,
-    System::RpcUring,
-    System::RpcEpoll,
-    System::RpcUdpUring,
-    System::RpcUdpEpoll,
-    System::StubUring,
-];
+const SYSTEMS: [System; 7] = multispace_bench::NULL_CALL_SYSTEMS;
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();

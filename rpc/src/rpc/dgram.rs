@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
+use super::client::wire_budget;
 use super::error::{CallError, Status};
 use super::server::ServerState;
 use super::service::{CallContext, Dispatched, Reply, Service};
@@ -95,8 +96,27 @@ enum State {
     Unreachable,
 }
 
-/// Retired send buffers kept per client.
-const MAX_SPARE_BUFS: usize = 16;
+/// Send buffers for reuse: a call or reply takes one and puts it back, so the steady state
+/// does not allocate.
+#[derive(Default)]
+struct BufPool(RefCell<Vec<BytesMut>>);
+
+impl BufPool {
+    /// Buffers kept at most.
+    const MAX: usize = 16;
+
+    fn take(&self) -> BytesMut {
+        self.0.borrow_mut().pop().unwrap_or_else(|| BytesMut::with_capacity(1024))
+    }
+
+    fn put(&self, mut buf: BytesMut) {
+        buf.clear();
+        let mut bufs = self.0.borrow_mut();
+        if bufs.len() < Self::MAX {
+            bufs.push(buf);
+        }
+    }
+}
 
 /// A client's datagram session with one server address.
 pub(crate) struct DgramConn {
@@ -110,7 +130,7 @@ pub(crate) struct DgramConn {
     /// Datagrams received from the server so far: a call that sees it unchanged over
     /// `peer_timeout` gives up. A counter rather than a timestamp: no clock read per reply.
     heard: Cell<u64>,
-    bufs: RefCell<Vec<BytesMut>>,
+    bufs: BufPool,
     config: DatagramConfig,
 }
 
@@ -126,7 +146,7 @@ impl DgramConn {
             state: Cell::new(State::Closed),
             waiters: RefCell::new(Vec::new()),
             heard: Cell::new(0),
-            bufs: RefCell::new(Vec::new()),
+            bufs: BufPool::default(),
             config,
         });
         *conn.reader.borrow_mut() = Some(spawn(read_replies(Rc::downgrade(&conn), sock)));
@@ -237,15 +257,11 @@ impl DgramConn {
     }
 
     fn take_buf(&self) -> BytesMut {
-        self.bufs.borrow_mut().pop().unwrap_or_else(|| BytesMut::with_capacity(1024))
+        self.bufs.take()
     }
 
-    fn recycle(&self, mut buf: BytesMut) {
-        buf.clear();
-        let mut bufs = self.bufs.borrow_mut();
-        if bufs.len() < MAX_SPARE_BUFS {
-            bufs.push(buf);
-        }
+    fn recycle(&self, buf: BytesMut) {
+        self.bufs.put(buf);
     }
 
     /// One call as a datagram, retransmitted until answered. `TooLarge` when the request
@@ -271,10 +287,7 @@ impl DgramConn {
                 prefix[SESSION_BLOCK_LEN..].copy_from_slice(t);
                 plen += TRACE_BLOCK_LEN;
             }
-            let budget_us = deadline.map_or(0, |d| {
-                let us = d.saturating_duration_since(Instant::now()).as_micros().max(1);
-                u32::try_from(us).unwrap_or(0)
-            });
+            let budget_us = wire_budget(deadline, Instant::now());
             let mut buf = self.take_buf();
             let max_payload = self.config.max_datagram.saturating_sub(HEADER_LEN);
             let res = encode(&mut buf, max_payload, &prefix[..plen], &mut |len| {
@@ -321,10 +334,9 @@ impl DgramConn {
                         gave_up = true;
                         return Poll::Ready(Some(Err(CallError::ConnectionLost)));
                     }
-                    if let Some(d) = deadline {
+                    if deadline.is_some() {
                         // The copy carries what is left of the budget, not the first one's.
-                        let us = d.saturating_duration_since(now).as_micros().max(1);
-                        buf[20..24].copy_from_slice(&u32::try_from(us).unwrap_or(0).to_le_bytes());
+                        buf[20..24].copy_from_slice(&wire_budget(deadline, now).to_le_bytes());
                     }
                     if self.transmit(&buf).is_err() {
                         gave_up = true;
@@ -489,7 +501,7 @@ pub(crate) struct DgramEndpoint {
     // Replies are cached as the buffers they were encoded in: freezing one into `Bytes`
     // would allocate a shared header per call.
     sessions: RefCell<Sessions<SocketAddr, BytesMut, JoinHandle<()>>>,
-    bufs: RefCell<Vec<BytesMut>>,
+    bufs: BufPool,
     last_sweep: Cell<Instant>,
     idle: Duration,
 }
@@ -515,7 +527,7 @@ impl DgramEndpoint {
             services,
             load,
             sessions: RefCell::new(Sessions::new(max_sessions, slots, idle)),
-            bufs: RefCell::new(Vec::new()),
+            bufs: BufPool::default(),
             last_sweep: Cell::new(Instant::now()),
             idle,
         })
@@ -558,15 +570,11 @@ impl DgramEndpoint {
     }
 
     fn take_buf(&self) -> BytesMut {
-        self.bufs.borrow_mut().pop().unwrap_or_else(|| BytesMut::with_capacity(1024))
+        self.bufs.take()
     }
 
-    fn recycle(&self, mut buf: BytesMut) {
-        buf.clear();
-        let mut bufs = self.bufs.borrow_mut();
-        if bufs.len() < MAX_SPARE_BUFS {
-            bufs.push(buf);
-        }
+    fn recycle(&self, buf: BytesMut) {
+        self.bufs.put(buf);
     }
 
     fn on_datagram(self: &Rc<Self>, d: Bytes, n: usize, peer: SocketAddr) {
