@@ -636,15 +636,14 @@ impl DgramEndpoint {
 
     fn on_request(self: &Rc<Self>, h: Header, payload: Bytes, peer: SocketAddr, now: Instant) {
         let (id, method_id) = (h.request_id, h.method_id);
-        let sid = match session::split(&h, payload.clone()) {
-            Ok((Some(sid), _)) if id != 0 => sid,
+        let (sid, payload) = match session::split(&h, payload) {
+            Ok((Some(sid), rest)) if id != 0 => (sid, rest),
             _ => {
                 // Without a session (or with id 0) the call cannot be deduplicated: refuse.
                 tracing::debug!(%peer, "datagram request without a session block (or id 0) dropped");
                 return;
             }
         };
-        let payload = payload.slice(SESSION_BLOCK_LEN..);
         let mut released = None;
         let mut sessions = self.sessions.borrow_mut();
         match sessions.admit(peer, sid, id, now, &mut released) {
@@ -699,7 +698,10 @@ impl DgramEndpoint {
                 }
             }
             Dispatched::Done => {}
-            Dispatched::Unknown => unreachable!("admit found the method"),
+            // `admit` found the method, so this is not expected; answer rather than panic.
+            Dispatched::Unknown => {
+                self.reply_error(peer, sid, id, method_id, ErrorCode::UnknownMethod, "no such method")
+            }
         }
     }
 
