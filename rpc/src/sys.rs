@@ -134,6 +134,13 @@ impl MsgHdr {
         })
     }
 
+    /// An unpooled block, for a call that completes before it returns (no kernel pointer
+    /// outlives it).
+    pub(crate) fn zeroed() -> MsgHdr {
+        // SAFETY: msghdr, iovec and sockaddr_storage are plain C structs; all-zero is valid.
+        unsafe { mem::zeroed::<MsgHdr>() }
+    }
+
     pub(crate) fn give_back(b: Box<MsgHdr>) {
         MSGHDR_POOL.with(|p| {
             let mut p = p.borrow_mut();

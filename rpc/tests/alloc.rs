@@ -7,9 +7,9 @@ mod common;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use common::each_driver;
+use common::each_driver_waiting;
 use multispace_rpc::{
-    spawn, CallOptions, Client, ConnConfig, Message, Server, ServerConfig, Service, Status, Transport,
+    spawn, CallOptions, Client, ConnConfig, Message, Server, ServerConfig, Service, Status, Transport, WaitMode,
 };
 
 struct Counting;
@@ -47,8 +47,9 @@ const ECHO_U64: u32 = 2;
 
 #[test]
 fn steady_state_calls_do_not_allocate() {
-    for transport in [Transport::Tcp, Transport::Udp] {
-        each_driver(|kind| async move {
+    let waits = [WaitMode::Sleep, WaitMode::BusyPoll { idle_after: None }];
+    for (transport, wait) in [Transport::Tcp, Transport::Udp].into_iter().flat_map(|t| waits.map(|w| (t, w))) {
+        each_driver_waiting(wait, |kind| async move {
             let svc = Service::builder("null")
                 .method(NULL, |_ctx, _r: Message<()>| async { Ok::<(), Status>(()) })
                 .method(ECHO_U64, |_ctx, r: Message<u64>| async move { Ok::<u64, Status>(r.to_native()) })
@@ -75,8 +76,8 @@ fn steady_state_calls_do_not_allocate() {
             run(1000).await;
             COUNTING.store(false, Ordering::Relaxed);
             let n = ALLOCS.load(Ordering::Relaxed);
-            eprintln!("{kind} {transport:?}: {n} allocations in 2000 calls");
-            assert_eq!(n, 0, "{kind} {transport:?}: {n} heap allocations in 2000 steady-state calls");
+            eprintln!("{kind} {transport:?} {wait:?}: {n} allocations in 2000 calls");
+            assert_eq!(n, 0, "{kind} {transport:?} {wait:?}: {n} heap allocations in 2000 steady-state calls");
         });
     }
 }

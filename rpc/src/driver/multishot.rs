@@ -21,7 +21,8 @@ use io_uring::{cqueue, opcode, types};
 use socket2::SockAddr;
 
 use super::{op, Driver, Registration};
-use crate::runtime::{try_with_driver, with_driver};
+use crate::runtime::{self, try_with_driver, with_driver};
+use crate::sys::{self, MsgHdr};
 
 /// A ring of `count` buffers of `size` bytes registered with the kernel under one
 /// buffer-group id.
@@ -153,9 +154,36 @@ impl MultiReceiver {
 
     /// Receive one datagram into the spare capacity of `buf` (reserve room for the largest
     /// datagram first). A datagram larger than that room fails with `InvalidData`.
-    pub(crate) async fn recv_from(&mut self, mut buf: BytesMut) -> (io::Result<(usize, SocketAddr)>, BytesMut) {
+    ///
+    /// On a busy-polling core, while `spin()`, the socket is read directly once per loop turn
+    /// (as a spinning raw-socket loop would) instead of through the driver, which saves an
+    /// io_uring enter or an epoll wait per datagram; when the core goes idle, or once `spin()`
+    /// is false (a socket nothing is expected on), it waits on the driver with a single-shot
+    /// receive, so no armed multishot races the direct reads.
+    pub(crate) async fn recv_from(
+        &mut self,
+        mut buf: BytesMut,
+        spin: &dyn Fn() -> bool,
+    ) -> (io::Result<(usize, SocketAddr)>, BytesMut) {
         debug_assert_eq!(self.kind, Kind::Datagram);
-        if with_driver(|d| matches!(d, Driver::Epoll(_))) {
+        let busy = runtime::busy_poll_mode();
+        if busy {
+            // Tasks the last datagram woke (a caller waiting for this reply) go first: reading
+            // again now would put a failed syscall between a reply and its caller.
+            if runtime::has_ready_tasks() {
+                runtime::spin_yield().await;
+            }
+            while runtime::spinning() && spin() {
+                match direct_recv_from(self.fd, &mut buf) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => runtime::spin_yield().await,
+                    res => {
+                        runtime::note_spin_work();
+                        return (res, buf);
+                    }
+                }
+            }
+        }
+        if busy || with_driver(|d| matches!(d, Driver::Epoll(_))) {
             let (res, buf) = op::Op::new(op::RecvFrom::new(self.fd, buf), self.reg).await;
             let res = res.and_then(|(n, a)| {
                 a.as_socket().map(|a| (n, a)).ok_or_else(|| io::Error::other("datagram from a non-IP address"))
@@ -265,6 +293,23 @@ impl MultiReceiver {
             }
         })
     }
+}
+
+/// One non-blocking recvmsg into the spare capacity of `buf`.
+fn direct_recv_from(fd: RawFd, buf: &mut BytesMut) -> io::Result<(usize, SocketAddr)> {
+    let mut hdr = MsgHdr::zeroed();
+    let spare = buf.spare_capacity_mut();
+    let msg = hdr.prepare_recv(spare.as_mut_ptr().cast(), spare.len());
+    // SAFETY: `msg` points into `hdr`, which stays put until the call returns, and describes
+    // the spare capacity of `buf`, writable for its length.
+    let n = unsafe { sys::recvmsg(fd, msg) }?;
+    if hdr.truncated() {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "datagram larger than the caller's buffer"));
+    }
+    // SAFETY: the kernel initialised `n` bytes of the spare capacity.
+    unsafe { buf.set_len(buf.len() + n) };
+    let addr = hdr.source().as_socket().ok_or_else(|| io::Error::other("datagram from a non-IP address"))?;
+    Ok((n, addr))
 }
 
 /// Parse a multishot recvmsg buffer and copy its payload into `out`.

@@ -34,7 +34,7 @@ use crate::proto::session::{self, Admit, Backoff, Released, Sessions, FLAG_SESSI
 use crate::proto::trace::{FLAG_TRACE, TRACE_BLOCK_LEN};
 use crate::rpc::oneway::MAX_DATAGRAM;
 use crate::runtime::time::{sleep_until, Sleep};
-use crate::runtime::{spawn, JoinHandle};
+use crate::runtime::{self, spawn, JoinHandle};
 
 /// Settings of the datagram transport.
 #[derive(Debug, Clone)]
@@ -130,9 +130,16 @@ pub(crate) struct DgramConn {
     /// Datagrams received from the server so far: a call that sees it unchanged over
     /// `peer_timeout` gives up. A counter rather than a timestamp: no clock read per reply.
     heard: Cell<u64>,
+    /// When a call last started or a datagram last came (the core's turn clock, no read of
+    /// its own): a busy-polling reader keeps spinning for `SPIN_LINGER` after that.
+    active_at: Cell<Instant>,
     bufs: BufPool,
     config: DatagramConfig,
 }
+
+/// How long a busy-polling client keeps reading its socket directly after the last call or
+/// datagram: back-to-back calls find the reader spinning, an idle connection costs nothing.
+const SPIN_LINGER: Duration = Duration::from_millis(50);
 
 impl DgramConn {
     pub(crate) fn new(addr: SocketAddr, mut config: DatagramConfig, max_in_flight: usize) -> io::Result<Rc<DgramConn>> {
@@ -146,11 +153,18 @@ impl DgramConn {
             state: Cell::new(State::Closed),
             waiters: RefCell::new(Vec::new()),
             heard: Cell::new(0),
+            active_at: Cell::new(Instant::now()),
             bufs: BufPool::default(),
             config,
         });
         *conn.reader.borrow_mut() = Some(spawn(read_replies(Rc::downgrade(&conn), sock)));
         Ok(conn)
+    }
+
+    /// A reply may come soon: calls are waiting, or the connection was used just now.
+    fn expecting(&self) -> bool {
+        !self.calls.borrow().is_empty()
+            || runtime::turn_now().saturating_duration_since(self.active_at.get()) < SPIN_LINGER
     }
 
     fn set_state(&self, s: State) {
@@ -287,7 +301,8 @@ impl DgramConn {
                 prefix[SESSION_BLOCK_LEN..].copy_from_slice(t);
                 plen += TRACE_BLOCK_LEN;
             }
-            let budget_us = wire_budget(deadline, Instant::now());
+            // The clock is read only for calls that have a deadline.
+            let budget_us = deadline.map_or(0, |_| wire_budget(deadline, Instant::now()));
             let mut buf = self.take_buf();
             let max_payload = self.config.max_datagram.saturating_sub(HEADER_LEN);
             let res = encode(&mut buf, max_payload, &prefix[..plen], &mut |len| {
@@ -312,7 +327,8 @@ impl DgramConn {
                 let refused = io::Error::from_raw_os_error(libc::ECONNREFUSED);
                 return Err(CallError::Connect(refused).into());
             }
-            let now = Instant::now();
+            // The turn's clock: the first retransmission may come up to a turn early, harmless.
+            let now = runtime::turn_now();
             let mut backoff = Backoff::new(now, self.config.retransmit, self.config.max_retransmit);
             let mut timer = sleep_until(backoff.due());
             let mut heard = (self.heard.get(), now);
@@ -380,6 +396,7 @@ impl DgramConn {
             }
         };
         self.heard.set(self.heard.get().wrapping_add(1));
+        self.active_at.set(runtime::turn_now());
         let payload = datagram.slice(HEADER_LEN..HEADER_LEN + h.payload_len as usize);
         match h.kind {
             FrameKind::Response | FrameKind::Error if h.request_id != 0 => {
@@ -445,7 +462,14 @@ fn datagram_len(frame: &[u8]) -> usize {
 /// retired as a spare, and a spare whose datagrams have all been dropped is reused in place
 /// (the datagram just handed out is usually still alive when the next receive begins, so
 /// growing the current buffer would allocate every time).
-pub(crate) async fn receive_loop(sock: &UdpSocket, mut on: impl FnMut(io::Result<(Bytes, usize, SocketAddr)>) -> bool) {
+///
+/// `spin` says whether a datagram is expected soon: on a busy-polling core the socket is then
+/// read directly every loop turn (see `MultiReceiver::recv_from`).
+pub(crate) async fn receive_loop(
+    sock: &UdpSocket,
+    spin: impl Fn() -> bool,
+    mut on: impl FnMut(io::Result<(Bytes, usize, SocketAddr)>) -> bool,
+) {
     const CHUNK: usize = 4 * MAX_DATAGRAM;
     const ROOM: usize = MAX_DATAGRAM + 16;
     let mut buf = BytesMut::with_capacity(CHUNK);
@@ -461,7 +485,7 @@ pub(crate) async fn receive_loop(sock: &UdpSocket, mut on: impl FnMut(io::Result
             }
             spares.push_back(old);
         }
-        let (res, b) = rx.recv_from(buf).await;
+        let (res, b) = rx.recv_from(buf, &spin).await;
         buf = b;
         let item = match res {
             Ok((n, peer)) => {
@@ -480,7 +504,8 @@ pub(crate) async fn receive_loop(sock: &UdpSocket, mut on: impl FnMut(io::Result
 }
 
 async fn read_replies(conn: Weak<DgramConn>, sock: Rc<UdpSocket>) {
-    receive_loop(&sock, |item| {
+    let spin = || conn.upgrade().is_some_and(|c| c.expecting());
+    receive_loop(&sock, spin, |item| {
         let Some(conn) = conn.upgrade() else { return false };
         match item {
             Ok((d, n, _)) => conn.on_datagram(d, n),
@@ -540,15 +565,19 @@ impl DgramEndpoint {
     /// Serve datagrams until dropped; then every handler still running is cancelled.
     pub(crate) async fn serve(self: Rc<Self>) {
         let _stop = CancelRunning(self.clone());
-        receive_loop(&self.sock, |item| {
-            match item {
-                Ok((d, n, peer)) => self.on_datagram(d, n, peer),
-                Err(e) if e.kind() == io::ErrorKind::InvalidData => tracing::debug!("oversized datagram dropped"),
-                // A client that went away answers our reply with an ICMP error: not ours to act on.
-                Err(e) => tracing::trace!(error = %e, "datagram receive error"),
-            }
-            true
-        })
+        receive_loop(
+            &self.sock,
+            || true,
+            |item| {
+                match item {
+                    Ok((d, n, peer)) => self.on_datagram(d, n, peer),
+                    Err(e) if e.kind() == io::ErrorKind::InvalidData => tracing::debug!("oversized datagram dropped"),
+                    // A client that went away answers our reply with an ICMP error: not ours to act on.
+                    Err(e) => tracing::trace!(error = %e, "datagram receive error"),
+                }
+                true
+            },
+        )
         .await;
     }
 
@@ -586,7 +615,8 @@ impl DgramEndpoint {
             }
         };
         let payload = d.slice(HEADER_LEN..HEADER_LEN + h.payload_len as usize);
-        let now = Instant::now();
+        // The loop's clock, within a turn of now: no clock read per request.
+        let now = runtime::turn_now();
         if now.saturating_duration_since(self.last_sweep.get()) >= self.idle / 8 {
             self.last_sweep.set(now);
             let (gone, tasks) = self.sessions.borrow_mut().expire(now);

@@ -189,21 +189,25 @@ impl OneWayServer {
     /// Receive and dispatch until dropped.
     pub async fn serve(self) -> std::io::Result<()> {
         let mut failed = None;
-        super::dgram::receive_loop(&self.sock, |item| {
-            let (datagram, n, peer) = match item {
-                Ok(d) => d,
-                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                    self.stats.borrow_mut().dropped += 1;
-                    return true;
-                }
-                Err(e) => {
-                    failed = Some(e);
-                    return false;
-                }
-            };
-            self.on_datagram(datagram, n, peer);
-            true
-        })
+        super::dgram::receive_loop(
+            &self.sock,
+            || true,
+            |item| {
+                let (datagram, n, peer) = match item {
+                    Ok(d) => d,
+                    Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                        self.stats.borrow_mut().dropped += 1;
+                        return true;
+                    }
+                    Err(e) => {
+                        failed = Some(e);
+                        return false;
+                    }
+                };
+                self.on_datagram(datagram, n, peer);
+                true
+            },
+        )
         .await;
         failed.map_or(Ok(()), Err)
     }

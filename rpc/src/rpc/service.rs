@@ -307,13 +307,15 @@ impl ServiceBuilder {
             run_pooled(&pool, async move {
                 let (method_id, started) = (ctx.method_id, Instant::now());
                 let result = run_handler(ctx, payload, &metrics, started, |ctx, msg| handler(ctx, msg)).await;
-                metrics.record(started, result.as_ref().map(|_| ()).map_err(Status::code));
+                let outcome = result.as_ref().map(|_| ()).map_err(Status::code);
+                // Reply first: the caller is waiting, the metrics are not.
                 if let Some(reply) = reply {
-                    match result {
-                        Ok(v) => reply.ok(method_id, &v),
-                        Err(s) => reply.err(method_id, &s),
+                    match &result {
+                        Ok(v) => reply.ok(method_id, v),
+                        Err(s) => reply.err(method_id, s),
                     }
                 }
+                metrics.record(started, outcome);
             })
         };
         self.insert(method_id, Rc::new(dispatch));

@@ -119,6 +119,16 @@ pub(crate) struct Core {
     timers: RefCell<TimerWheel<Waker>>,
     /// The wakers of timers that just fired, kept between turns so firing does not allocate.
     fired: RefCell<Vec<Waker>>,
+    /// Busy-poll only: tasks polling a socket directly, run again next turn ([`spin_yield`]).
+    spinners: RefCell<Vec<Waker>>,
+    /// Spinners put back in the run queue by the last turn: polls of theirs are not work.
+    spun: Cell<usize>,
+    /// A spinner found something this turn.
+    worked: Cell<bool>,
+    /// The loop's clock: read once per turn after its tasks ran (and by the first
+    /// `turn_now` after a sleep); and when the core last did any work.
+    now: Cell<Option<Instant>>,
+    idle_since: Cell<Instant>,
     start: Instant,
     config: Config,
 }
@@ -128,6 +138,48 @@ static NEXT_CORE_ID: AtomicUsize = AtomicUsize::new(1);
 thread_local! {
     static CURRENT: RefCell<Option<Rc<Core>>> = const { RefCell::new(None) };
     static CURRENT_ID: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Busy-poll mode: yield until the next loop turn, for a task that polls a socket directly
+/// (a syscall per turn, no driver round trip). Callers check [`spinning`] first and wait on
+/// the driver instead once it is false, so an idle core can still fall asleep.
+pub(crate) async fn spin_yield() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            return Poll::Ready(());
+        }
+        yielded = true;
+        with_core(|c| c.spinners.borrow_mut().push(cx.waker().clone()));
+        Poll::Pending
+    })
+    .await
+}
+
+/// True if the current core busy-polls right now (see [`Core::spinning`]).
+pub(crate) fn spinning() -> bool {
+    with_core(Core::spinning)
+}
+
+/// True if the current core is configured to busy-poll (even if idle right now).
+pub(crate) fn busy_poll_mode() -> bool {
+    with_core(Core::busy_poll_mode)
+}
+
+/// Now, to within one turn of the current core's loop (see [`Core::turn_now`]): for times
+/// that need no better, without a clock read per use.
+pub(crate) fn turn_now() -> Instant {
+    with_core(Core::turn_now)
+}
+
+/// True if tasks of the current core are waiting to run in this turn.
+pub(crate) fn has_ready_tasks() -> bool {
+    with_core(|c| !c.run_queue.borrow().is_empty())
+}
+
+/// A spinner found work (a datagram): the core is not idle.
+pub(crate) fn note_spin_work() {
+    with_core(|c| c.worked.set(true));
 }
 
 /// Run `f` with the current core.
@@ -217,6 +269,11 @@ impl Core {
             run_queue: RefCell::new(VecDeque::with_capacity(256)),
             timers: RefCell::new(TimerWheel::new(0)),
             fired: RefCell::new(Vec::with_capacity(64)),
+            spinners: RefCell::new(Vec::with_capacity(8)),
+            spun: Cell::new(0),
+            worked: Cell::new(false),
+            now: Cell::new(None),
+            idle_since: Cell::new(Instant::now()),
             start: Instant::now(),
             config,
         })
@@ -305,30 +362,61 @@ impl Core {
         tracing::warn!("tasks still alive after core teardown");
     }
 
-    /// One loop turn. `idle_since` tracks busy-poll idleness.
-    fn turn(&self, idle_since: &mut Instant, main_ready: &AtomicBool) -> io::Result<()> {
+    /// One loop turn: run ready tasks, fire timers, then reap I/O (sleeping for it only if
+    /// nothing is ready and the core is not busy-polling).
+    fn turn(&self, main_ready: &AtomicBool) -> io::Result<()> {
         let ran = self.run_ready();
         let now = Instant::now();
-        if ran > 0 {
-            *idle_since = now;
+        self.now.set(Some(now));
+        // A spinner's empty poll is not work, or a busy-polling core would never fall asleep.
+        if ran > self.spun.get() || self.worked.take() {
+            self.idle_since.set(now);
         }
         self.fire_timers(now);
-        let ready = !self.run_queue.borrow().is_empty() || main_ready.load(Ordering::Acquire);
-        let wait = if ready {
-            Wait::No
-        } else {
-            match self.config.wait {
-                WaitMode::Sleep => Wait::Sleep(self.sleep_timeout(now)),
-                WaitMode::BusyPoll { idle_after: None } => Wait::No,
-                WaitMode::BusyPoll { idle_after: Some(d) } if now.duration_since(*idle_since) < d => Wait::No,
-                WaitMode::BusyPoll { .. } => Wait::Sleep(self.sleep_timeout(now)),
-            }
-        };
+        let spinning = !self.spinners.borrow().is_empty();
+        let ready = spinning || !self.run_queue.borrow().is_empty() || main_ready.load(Ordering::Acquire);
+        let wait = if ready || self.spinning() { Wait::No } else { Wait::Sleep(self.sleep_timeout(now)) };
+        if matches!(wait, Wait::Sleep(_)) {
+            // Stale after a sleep: the next `turn_now` reads the clock.
+            self.now.set(None);
+        }
         let woke = self.driver.borrow_mut().turn(wait)?;
+        // Spinners run again next turn: they poll their socket once more, or (the core going
+        // idle) fall back to waiting on the driver.
+        if spinning {
+            let mut spinners = std::mem::take(&mut *self.spinners.borrow_mut());
+            self.spun.set(spinners.len());
+            spinners.drain(..).for_each(Waker::wake);
+            *self.spinners.borrow_mut() = spinners;
+        } else {
+            self.spun.set(0);
+        }
         if woke || !self.shared.queue.is_empty() {
             self.drain_remote();
         }
         Ok(())
+    }
+
+    /// True while the core busy-polls: in busy-poll mode and not idle past `idle_after`.
+    pub(crate) fn spinning(&self) -> bool {
+        match self.config.wait {
+            WaitMode::Sleep => false,
+            WaitMode::BusyPoll { idle_after: None } => true,
+            WaitMode::BusyPoll { idle_after: Some(d) } => self.turn_now().duration_since(self.idle_since.get()) < d,
+        }
+    }
+
+    /// Now, to within a turn of the loop (no clock read unless the core just slept).
+    pub(crate) fn turn_now(&self) -> Instant {
+        self.now.get().unwrap_or_else(|| {
+            let now = Instant::now();
+            self.now.set(Some(now));
+            now
+        })
+    }
+
+    pub(crate) fn busy_poll_mode(&self) -> bool {
+        matches!(self.config.wait, WaitMode::BusyPoll { .. })
     }
 }
 
@@ -397,14 +485,13 @@ impl LocalRuntime {
         let waker = Waker::from(Arc::new(MainWaker { woken: woken.clone(), shared: self.core.shared.clone() }));
         let mut cx = Context::from_waker(&waker);
         let mut future = pin!(future);
-        let mut idle_since = Instant::now();
         loop {
             if woken.swap(false, Ordering::AcqRel) {
                 if let Poll::Ready(v) = future.as_mut().poll(&mut cx) {
                     return v;
                 }
             }
-            if let Err(e) = self.core.turn(&mut idle_since, &woken) {
+            if let Err(e) = self.core.turn(&woken) {
                 // The driver failing is not recoverable for this core.
                 panic!("multispace core driver failed: {e}");
             }

@@ -14,4 +14,6 @@ pub use self::core::{current_driver, current_driver_stats, Config, LocalRuntime,
 pub use self::executor::{spawn, yield_now, JoinHandle};
 pub use self::multi::{block_on_thread, CoreGone, CoreHandle, Runtime, RuntimeBuilder};
 
-pub(crate) use self::core::{try_with_driver, with_driver};
+pub(crate) use self::core::{
+    busy_poll_mode, has_ready_tasks, note_spin_work, spin_yield, spinning, try_with_driver, turn_now, with_driver,
+};

@@ -2,12 +2,13 @@
 #![allow(dead_code)]
 
 pub mod hops;
+pub mod relay;
 
 use std::future::Future;
 use std::time::Duration;
 
 use multispace_rpc::runtime::time::timeout;
-use multispace_rpc::{Config, DriverChoice, DriverKind, LocalRuntime};
+use multispace_rpc::{Config, DriverChoice, DriverKind, LocalRuntime, WaitMode};
 
 /// The drivers to test: both, unless `MULTISPACE_DRIVER` pins one (CI's forced-fallback run).
 pub fn drivers() -> Vec<DriverKind> {
@@ -25,8 +26,17 @@ where
     F: Fn(DriverKind) -> Fut,
     Fut: Future<Output = ()>,
 {
+    each_driver_waiting(WaitMode::Sleep, body)
+}
+
+/// [`each_driver`] with the cores waiting as `wait` says (sleeping or busy-polling).
+pub fn each_driver_waiting<F, Fut>(wait: WaitMode, body: F)
+where
+    F: Fn(DriverKind) -> Fut,
+    Fut: Future<Output = ()>,
+{
     for kind in drivers() {
-        let rt = LocalRuntime::new(Config { driver: DriverChoice::Force(kind), ..Config::default() })
+        let rt = LocalRuntime::new(Config { driver: DriverChoice::Force(kind), wait, ..Config::default() })
             .unwrap_or_else(|e| panic!("{kind} driver unavailable: {e}"));
         assert_eq!(rt.driver_kind(), kind);
         rt.block_on(body(kind));

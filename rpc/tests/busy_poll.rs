@@ -1,0 +1,136 @@
+//! Busy-polling cores (`WaitMode::BusyPoll`), on both drivers: datagram sockets are then
+//! read directly every loop turn instead of through the driver. Calls over UDP and TCP and
+//! one-way datagrams work as on a sleeping core; a core with `idle_after` still falls
+//! asleep when idle (the direct readers hand back to the driver) and wakes for the next
+//! datagram; retransmission still recovers lost datagrams exactly once.
+
+mod common;
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::Duration;
+
+use common::relay::lossy_relay;
+use common::{each_driver_waiting, must, until};
+use multispace_rpc::runtime::current_driver_stats;
+use multispace_rpc::runtime::time::sleep;
+use multispace_rpc::{
+    spawn, CallOptions, Client, ConnConfig, Message, OneWaySender, OneWayServer, Server, ServerConfig, Service, Status,
+    Transport, WaitMode,
+};
+
+const BUMP: u32 = 1;
+const NOTE: u32 = 2;
+
+/// `BUMP` counts (not idempotent: a call run twice shows); `NOTE` is one-way.
+fn service(count: Rc<Cell<u64>>, notes: Rc<RefCell<Vec<u32>>>) -> Service {
+    Service::builder("busy")
+        .method(BUMP, move |_ctx, _r: Message<()>| {
+            let count = count.clone();
+            async move {
+                count.set(count.get() + 1);
+                Ok::<u64, Status>(count.get())
+            }
+        })
+        .one_way(NOTE, move |_ctx, n: Message<u32>| {
+            notes.borrow_mut().push(n.to_native());
+            async {}
+        })
+        .build()
+}
+
+const SPIN_FOREVER: WaitMode = WaitMode::BusyPoll { idle_after: None };
+const SPIN_THEN_SLEEP: WaitMode = WaitMode::BusyPoll { idle_after: Some(Duration::from_millis(2)) };
+
+fn calls_work(wait: WaitMode) {
+    each_driver_waiting(wait, |kind| async move {
+        let (count, notes) = (Rc::new(Cell::new(0)), Rc::new(RefCell::new(Vec::new())));
+        let config = ServerConfig { datagram: true, ..ServerConfig::default() };
+        let server =
+            Server::bind_with("127.0.0.1:0".parse().unwrap(), [service(count.clone(), notes.clone())], config).unwrap();
+        let addr = server.local_addr();
+        spawn(server.serve()).detach();
+        let udp = Client::with_config(addr, ConnConfig { transport: Transport::Udp, ..ConnConfig::default() });
+        let tcp = Client::new(addr);
+
+        for i in 1..=50u64 {
+            let n = must("a UDP call", udp.call::<(), u64>(BUMP, &(), CallOptions::default())).await.unwrap();
+            assert_eq!(n.to_native(), i, "{kind}: call {i} ran once, in order");
+        }
+        let many: Vec<_> = (0..200)
+            .map(|_| {
+                let udp = udp.clone();
+                spawn(
+                    async move { udp.call::<(), u64>(BUMP, &(), CallOptions::default()).await.map(|m| m.to_native()) },
+                )
+            })
+            .collect();
+        for t in many {
+            must("a concurrent UDP call", t).await.expect("call");
+        }
+        for _ in 0..20 {
+            must("a TCP call", tcp.call::<(), u64>(BUMP, &(), CallOptions::default())).await.unwrap();
+        }
+        assert_eq!(count.get(), 270);
+
+        let notes_server =
+            OneWayServer::bind("127.0.0.1:0".parse().unwrap(), [service(count.clone(), notes.clone())]).unwrap();
+        let notes_addr = notes_server.local_addr();
+        spawn(notes_server.serve()).detach();
+        let sender = OneWaySender::new().unwrap();
+        for i in 0..20u32 {
+            sender.send(notes_addr, NOTE, &i).await.unwrap();
+            until("one-way datagram delivered", || notes.borrow().len() == i as usize + 1).await;
+        }
+        assert_eq!(*notes.borrow(), (0..20).collect::<Vec<_>>());
+
+        // Idle for 15 idle_after periods: a core allowed to fall asleep must, although its
+        // datagram readers were spinning; one spinning for ever never sleeps.
+        let before = current_driver_stats().expect("on a core").sleeps;
+        sleep(Duration::from_millis(30)).await;
+        let after = current_driver_stats().expect("on a core").sleeps;
+        match wait {
+            WaitMode::BusyPoll { idle_after: Some(_) } => assert!(after > before, "{kind}: an idle core slept"),
+            _ => assert_eq!(after, before, "{kind}: a core spinning for ever never sleeps"),
+        }
+        // And the next datagrams are still read, by the driver first, then directly again.
+        for _ in 0..5 {
+            must("a call after the idle spell", udp.call::<(), u64>(BUMP, &(), CallOptions::default())).await.unwrap();
+        }
+        assert_eq!(count.get(), 275);
+    });
+}
+
+#[test]
+fn calls_and_one_way_datagrams_work_on_a_core_that_spins_for_ever() {
+    calls_work(SPIN_FOREVER);
+}
+
+#[test]
+fn a_busy_polling_core_falls_asleep_when_idle_and_wakes_for_the_next_datagram() {
+    calls_work(SPIN_THEN_SLEEP);
+}
+
+#[test]
+fn every_call_runs_exactly_once_through_loss_while_busy_polling() {
+    for wait in [SPIN_FOREVER, SPIN_THEN_SLEEP] {
+        each_driver_waiting(wait, |kind| async move {
+            let (count, notes) = (Rc::new(Cell::new(0)), Rc::new(RefCell::new(Vec::new())));
+            let config = ServerConfig { datagram: true, ..ServerConfig::default() };
+            let server =
+                Server::bind_with("127.0.0.1:0".parse().unwrap(), [service(count.clone(), notes)], config).unwrap();
+            let addr = server.local_addr();
+            spawn(server.serve()).detach();
+            let (relay, dropped) = lossy_relay(addr);
+            let client = Client::with_config(relay, ConnConfig { transport: Transport::Udp, ..ConnConfig::default() });
+            for i in 1..=100u64 {
+                let n =
+                    must("a call through the lossy relay", client.call::<(), u64>(BUMP, &(), CallOptions::default()))
+                        .await
+                        .expect("retransmission recovers every loss");
+                assert_eq!(n.to_native(), i, "{kind}: call {i} ran once, in order");
+            }
+            assert!(dropped.get() > 30, "{kind}: the relay did drop datagrams ({})", dropped.get());
+        });
+    }
+}
