@@ -260,13 +260,14 @@ pub fn core_metrics(out: &mut String) {
     counter(out, "multispace_tls_handshakes_total", "TLS handshakes completed on this core.", "counter", &tls);
     if let Some(d) = multispace_rpc::runtime::current_driver_stats() {
         let one = |v: u64| [(String::new(), v)];
-        let rows: [(&str, &str, u64); 6] = [
+        let rows: [(&str, &str, u64); 7] = [
             ("turns", "Event-loop turns of this core.", d.turns),
             ("enters", "Turns that entered the kernel (io_uring_enter or epoll_wait).", d.enters),
             ("sleeps", "Turns allowed to sleep in the kernel (nothing ready).", d.sleeps),
             ("submissions", "io_uring submission entries queued (0 with epoll).", d.submissions),
             ("completions", "io_uring completions or epoll events reaped.", d.completions),
             ("remote_wakes", "Wake-ups from other threads through the core's eventfd.", d.remote_wakes),
+            ("direct_reads", "Datagrams read directly by busy-polling tasks.", d.direct_reads),
         ];
         for (name, help, v) in rows {
             counter(out, &format!("multispace_driver_{name}_total"), help, "counter", &one(v));

@@ -71,6 +71,12 @@ fn steady_state_calls_do_not_allocate() {
             };
             // Warm-up long enough for the datagram receivers to retire and reuse a buffer.
             run(6000).await;
+            if wait != WaitMode::Sleep {
+                // And through an idle spell, so a busy-polling reader has also waited on the
+                // driver once (its pooled state is warm if a stall sends it there again).
+                multispace_rpc::runtime::time::sleep(std::time::Duration::from_millis(80)).await;
+                run(100).await;
+            }
             ALLOCS.store(0, Ordering::Relaxed);
             COUNTING.store(true, Ordering::Relaxed);
             run(1000).await;

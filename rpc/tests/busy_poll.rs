@@ -15,8 +15,8 @@ use common::{each_driver_waiting, must, until};
 use multispace_rpc::runtime::current_driver_stats;
 use multispace_rpc::runtime::time::sleep;
 use multispace_rpc::{
-    spawn, CallOptions, Client, ConnConfig, Message, OneWaySender, OneWayServer, Server, ServerConfig, Service, Status,
-    Transport, WaitMode,
+    spawn, CallOptions, Client, ConnConfig, DriverKind, Message, OneWaySender, OneWayServer, Server, ServerConfig,
+    Service, Status, Transport, WaitMode,
 };
 
 const BUMP: u32 = 1;
@@ -53,9 +53,18 @@ fn calls_work(wait: WaitMode) {
         let udp = Client::with_config(addr, ConnConfig { transport: Transport::Udp, ..ConnConfig::default() });
         let tcp = Client::new(addr);
 
+        let before = current_driver_stats().expect("on a core");
         for i in 1..=50u64 {
             let n = must("a UDP call", udp.call::<(), u64>(BUMP, &(), CallOptions::default())).await.unwrap();
             assert_eq!(n.to_native(), i, "{kind}: call {i} ran once, in order");
+        }
+        let after = current_driver_stats().expect("on a core");
+        // 100 datagrams (and the session's hello and its echo): read directly, not by the driver.
+        let direct = after.direct_reads - before.direct_reads;
+        assert!(direct >= 50, "{kind}: only {direct} of 102 datagrams were read directly");
+        if kind == DriverKind::Uring && wait == SPIN_FOREVER {
+            let reaped = after.completions - before.completions;
+            assert!(reaped < 50, "{kind}: {reaped} io_uring completions for 50 calls read directly");
         }
         let many: Vec<_> = (0..200)
             .map(|_| {
@@ -133,4 +142,38 @@ fn every_call_runs_exactly_once_through_loss_while_busy_polling() {
             assert!(dropped.get() > 30, "{kind}: the relay did drop datagrams ({})", dropped.get());
         });
     }
+}
+
+#[test]
+fn more_datagram_sockets_than_spin_directly_all_get_their_datagrams() {
+    // 24 servers and 24 client connections on one core: 48 sockets wanting to spin, more
+    // than a core reads directly; the rest wait on the driver and must still be served.
+    each_driver_waiting(SPIN_FOREVER, |kind| async move {
+        let count = Rc::new(Cell::new(0));
+        let clients: Vec<Client> = (0..24)
+            .map(|_| {
+                let config = ServerConfig { datagram: true, ..ServerConfig::default() };
+                let svc = service(count.clone(), Rc::default());
+                let server = Server::bind_with("127.0.0.1:0".parse().unwrap(), [svc], config).unwrap();
+                let addr = server.local_addr();
+                spawn(server.serve()).detach();
+                Client::with_config(addr, ConnConfig { transport: Transport::Udp, ..ConnConfig::default() })
+            })
+            .collect();
+        let tasks: Vec<_> = clients
+            .iter()
+            .cloned()
+            .map(|c| {
+                spawn(async move {
+                    for _ in 0..20 {
+                        c.call::<(), u64>(BUMP, &(), CallOptions::default()).await.expect("call");
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            must("20 calls on each of 24 connections", t).await;
+        }
+        assert_eq!(count.get(), 480, "{kind}: every call ran once");
+    });
 }

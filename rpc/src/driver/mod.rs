@@ -82,6 +82,8 @@ pub struct DriverStats {
     pub completions: u64,
     /// Wake-ups from other threads through the core's eventfd.
     pub remote_wakes: u64,
+    /// Datagrams read directly by busy-polling tasks, without the driver.
+    pub direct_reads: u64,
 }
 
 /// How long one driver turn may block.
@@ -142,6 +144,13 @@ impl Driver {
     }
 
     /// Counters since the core started.
+    pub(crate) fn stats_mut(&mut self) -> &mut DriverStats {
+        match self {
+            Driver::Uring(d) => &mut d.stats,
+            Driver::Epoll(d) => &mut d.stats,
+        }
+    }
+
     pub(crate) fn stats(&self) -> DriverStats {
         match self {
             Driver::Uring(d) => d.stats,

@@ -164,20 +164,25 @@ impl MultiReceiver {
         &mut self,
         mut buf: BytesMut,
         spin: &dyn Fn() -> bool,
+        yield_to_woken: bool,
     ) -> (io::Result<(usize, SocketAddr)>, BytesMut) {
         debug_assert_eq!(self.kind, Kind::Datagram);
         let busy = runtime::busy_poll_mode();
         if busy {
-            // Tasks the last datagram woke (a caller waiting for this reply) go first: reading
-            // again now would put a failed syscall between a reply and its caller.
-            if runtime::has_ready_tasks() {
+            // A client's tasks woken by the last datagram (callers given their replies) run
+            // first: reading again now would put a failed syscall between a reply and its
+            // caller. Servers read on (a burst is drained in one turn).
+            if yield_to_woken && runtime::has_ready_tasks() {
                 runtime::spin_yield().await;
             }
             while runtime::spinning() && spin() {
                 match direct_recv_from(self.fd, &mut buf) {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => runtime::spin_yield().await,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     res => {
-                        runtime::note_spin_work();
+                        if res.is_ok() {
+                            runtime::note_direct_read();
+                        }
                         return (res, buf);
                     }
                 }

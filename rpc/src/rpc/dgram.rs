@@ -130,8 +130,8 @@ pub(crate) struct DgramConn {
     /// Datagrams received from the server so far: a call that sees it unchanged over
     /// `peer_timeout` gives up. A counter rather than a timestamp: no clock read per reply.
     heard: Cell<u64>,
-    /// When a call last started or a datagram last came (the core's turn clock, no read of
-    /// its own): a busy-polling reader keeps spinning for `SPIN_LINGER` after that.
+    /// When a datagram last came (the loop's clock, no read of its own): a busy-polling
+    /// reader keeps spinning while calls wait and for `SPIN_LINGER` after that.
     active_at: Cell<Instant>,
     bufs: BufPool,
     config: DatagramConfig,
@@ -327,8 +327,8 @@ impl DgramConn {
                 let refused = io::Error::from_raw_os_error(libc::ECONNREFUSED);
                 return Err(CallError::Connect(refused).into());
             }
-            // The turn's clock: the first retransmission may come up to a turn early, harmless.
-            let now = runtime::turn_now();
+            // After the send, so off the caller's critical path.
+            let now = Instant::now();
             let mut backoff = Backoff::new(now, self.config.retransmit, self.config.max_retransmit);
             let mut timer = sleep_until(backoff.due());
             let mut heard = (self.heard.get(), now);
@@ -464,10 +464,12 @@ fn datagram_len(frame: &[u8]) -> usize {
 /// growing the current buffer would allocate every time).
 ///
 /// `spin` says whether a datagram is expected soon: on a busy-polling core the socket is then
-/// read directly every loop turn (see `MultiReceiver::recv_from`).
+/// read directly every loop turn (see `MultiReceiver::recv_from`). A `client` lets the callers
+/// each reply woke run before it reads again.
 pub(crate) async fn receive_loop(
     sock: &UdpSocket,
     spin: impl Fn() -> bool,
+    client: bool,
     mut on: impl FnMut(io::Result<(Bytes, usize, SocketAddr)>) -> bool,
 ) {
     const CHUNK: usize = 4 * MAX_DATAGRAM;
@@ -485,7 +487,7 @@ pub(crate) async fn receive_loop(
             }
             spares.push_back(old);
         }
-        let (res, b) = rx.recv_from(buf, &spin).await;
+        let (res, b) = rx.recv_from(buf, &spin, client).await;
         buf = b;
         let item = match res {
             Ok((n, peer)) => {
@@ -505,7 +507,7 @@ pub(crate) async fn receive_loop(
 
 async fn read_replies(conn: Weak<DgramConn>, sock: Rc<UdpSocket>) {
     let spin = || conn.upgrade().is_some_and(|c| c.expecting());
-    receive_loop(&sock, spin, |item| {
+    receive_loop(&sock, spin, true, |item| {
         let Some(conn) = conn.upgrade() else { return false };
         match item {
             Ok((d, n, _)) => conn.on_datagram(d, n),
@@ -568,6 +570,7 @@ impl DgramEndpoint {
         receive_loop(
             &self.sock,
             || true,
+            false,
             |item| {
                 match item {
                     Ok((d, n, peer)) => self.on_datagram(d, n, peer),
@@ -719,7 +722,8 @@ impl DgramEndpoint {
             Ok(svc) => svc,
             Err(status) => return reply.err(method_id, &status),
         };
-        let deadline = (h.deadline_us > 0).then(|| now + Duration::from_micros(h.deadline_us.into()));
+        // From a fresh clock: the loop's may be a turn's worth of handlers old.
+        let deadline = (h.deadline_us > 0).then(|| Instant::now() + Duration::from_micros(h.deadline_us.into()));
         let ctx = CallContext { method_id, request_id: id, deadline, peer: Some(peer), principal: None, trace };
         match svc.dispatch(ctx, payload, Some(reply)) {
             Dispatched::Running(task) => {

@@ -192,6 +192,7 @@ impl OneWayServer {
         super::dgram::receive_loop(
             &self.sock,
             || true,
+            false,
             |item| {
                 let (datagram, n, peer) = match item {
                     Ok(d) => d,

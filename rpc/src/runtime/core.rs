@@ -125,8 +125,8 @@ pub(crate) struct Core {
     spun: Cell<usize>,
     /// A spinner found something this turn.
     worked: Cell<bool>,
-    /// The loop's clock: read once per turn after its tasks ran (and by the first
-    /// `turn_now` after a sleep); and when the core last did any work.
+    /// The loop's clock: read by the first `turn_now` of a turn's tasks, and after they ran;
+    /// and when the core last did any work.
     now: Cell<Option<Instant>>,
     idle_since: Cell<Instant>,
     start: Instant,
@@ -156,9 +156,14 @@ pub(crate) async fn spin_yield() {
     .await
 }
 
-/// True if the current core busy-polls right now (see [`Core::spinning`]).
+/// Sockets a core reads directly at most: each costs a syscall per turn, so past this many
+/// the rest wait on the driver, whose readiness scales (one enter for any number).
+const MAX_SPINNERS: usize = 16;
+
+/// True if a task may read its socket directly this turn: the core busy-polls right now (see
+/// [`Core::spinning`]) and not too many others already do.
 pub(crate) fn spinning() -> bool {
-    with_core(Core::spinning)
+    with_core(|c| c.spinning() && c.spinners.borrow().len() < MAX_SPINNERS)
 }
 
 /// True if the current core is configured to busy-poll (even if idle right now).
@@ -177,9 +182,12 @@ pub(crate) fn has_ready_tasks() -> bool {
     with_core(|c| !c.run_queue.borrow().is_empty())
 }
 
-/// A spinner found work (a datagram): the core is not idle.
-pub(crate) fn note_spin_work() {
-    with_core(|c| c.worked.set(true));
+/// A spinner read a datagram: the core is not idle.
+pub(crate) fn note_direct_read() {
+    with_core(|c| {
+        c.worked.set(true);
+        c.driver.borrow_mut().stats_mut().direct_reads += 1;
+    });
 }
 
 /// Run `f` with the current core.
@@ -365,21 +373,20 @@ impl Core {
     /// One loop turn: run ready tasks, fire timers, then reap I/O (sleeping for it only if
     /// nothing is ready and the core is not busy-polling).
     fn turn(&self, main_ready: &AtomicBool) -> io::Result<()> {
+        // Tasks read the clock lazily (`turn_now`), at most once per turn.
+        self.now.set(None);
         let ran = self.run_ready();
         let now = Instant::now();
         self.now.set(Some(now));
         // A spinner's empty poll is not work, or a busy-polling core would never fall asleep.
-        if ran > self.spun.get() || self.worked.take() {
+        let worked = self.worked.take();
+        if ran > self.spun.get() || worked {
             self.idle_since.set(now);
         }
         self.fire_timers(now);
         let spinning = !self.spinners.borrow().is_empty();
         let ready = spinning || !self.run_queue.borrow().is_empty() || main_ready.load(Ordering::Acquire);
         let wait = if ready || self.spinning() { Wait::No } else { Wait::Sleep(self.sleep_timeout(now)) };
-        if matches!(wait, Wait::Sleep(_)) {
-            // Stale after a sleep: the next `turn_now` reads the clock.
-            self.now.set(None);
-        }
         let woke = self.driver.borrow_mut().turn(wait)?;
         // Spinners run again next turn: they poll their socket once more, or (the core going
         // idle) fall back to waiting on the driver.
@@ -406,7 +413,8 @@ impl Core {
         }
     }
 
-    /// Now, to within a turn of the loop (no clock read unless the core just slept).
+    /// Now, to within the time this turn's tasks have run so far (one clock read per turn),
+    /// for coarse uses: lingering, sweeps, idle timers.
     pub(crate) fn turn_now(&self) -> Instant {
         self.now.get().unwrap_or_else(|| {
             let now = Instant::now();
@@ -485,6 +493,8 @@ impl LocalRuntime {
         let waker = Waker::from(Arc::new(MainWaker { woken: woken.clone(), shared: self.core.shared.clone() }));
         let mut cx = Context::from_waker(&waker);
         let mut future = pin!(future);
+        // The clock of an earlier `block_on` may be long stale.
+        self.core.now.set(None);
         loop {
             if woken.swap(false, Ordering::AcqRel) {
                 if let Poll::Ready(v) = future.as_mut().poll(&mut cx) {

@@ -15,5 +15,5 @@ pub use self::executor::{spawn, yield_now, JoinHandle};
 pub use self::multi::{block_on_thread, CoreGone, CoreHandle, Runtime, RuntimeBuilder};
 
 pub(crate) use self::core::{
-    busy_poll_mode, has_ready_tasks, note_spin_work, spin_yield, spinning, try_with_driver, turn_now, with_driver,
+    busy_poll_mode, has_ready_tasks, note_direct_read, spin_yield, spinning, try_with_driver, turn_now, with_driver,
 };
