@@ -121,8 +121,10 @@ pub(crate) struct Core {
     fired: RefCell<Vec<Waker>>,
     /// Busy-poll only: tasks polling a socket directly, run again next turn ([`spin_yield`]).
     spinners: RefCell<Vec<Waker>>,
-    /// Spinners put back in the run queue by the last turn: polls of theirs are not work.
-    spun: Cell<usize>,
+    /// Spinner tasks resumed by this turn's `run_ready`: polls of theirs are not work (a
+    /// `block_on` future spinning is polled outside it, so it is not counted).
+    resumed: Cell<usize>,
+    in_run_ready: Cell<bool>,
     /// A spinner found something this turn.
     worked: Cell<bool>,
     /// The loop's clock: read by the first `turn_now` of a turn's tasks, and after they ran;
@@ -147,6 +149,11 @@ pub(crate) async fn spin_yield() {
     let mut yielded = false;
     std::future::poll_fn(|cx| {
         if yielded {
+            with_core(|c| {
+                if c.in_run_ready.get() {
+                    c.resumed.set(c.resumed.get() + 1);
+                }
+            });
             return Poll::Ready(());
         }
         yielded = true;
@@ -278,7 +285,8 @@ impl Core {
             timers: RefCell::new(TimerWheel::new(0)),
             fired: RefCell::new(Vec::with_capacity(64)),
             spinners: RefCell::new(Vec::with_capacity(8)),
-            spun: Cell::new(0),
+            resumed: Cell::new(0),
+            in_run_ready: Cell::new(false),
             worked: Cell::new(false),
             now: Cell::new(None),
             idle_since: Cell::new(Instant::now()),
@@ -304,12 +312,14 @@ impl Core {
 
     fn run_ready(&self) -> usize {
         let mut n = 0;
+        self.in_run_ready.set(true);
         while n < self.config.tasks_per_turn {
             let next = self.run_queue.borrow_mut().pop_front();
             let Some(r) = next else { break };
             r.run();
             n += 1;
         }
+        self.in_run_ready.set(false);
         n
     }
 
@@ -380,7 +390,7 @@ impl Core {
         self.now.set(Some(now));
         // A spinner's empty poll is not work, or a busy-polling core would never fall asleep.
         let worked = self.worked.take();
-        if ran > self.spun.get() || worked {
+        if ran > self.resumed.take() || worked {
             self.idle_since.set(now);
         }
         self.fire_timers(now);
@@ -392,11 +402,8 @@ impl Core {
         // idle) fall back to waiting on the driver.
         if spinning {
             let mut spinners = std::mem::take(&mut *self.spinners.borrow_mut());
-            self.spun.set(spinners.len());
             spinners.drain(..).for_each(Waker::wake);
             *self.spinners.borrow_mut() = spinners;
-        } else {
-            self.spun.set(0);
         }
         if woke || !self.shared.queue.is_empty() {
             self.drain_remote();
