@@ -26,7 +26,11 @@ pub enum WaitMode {
     #[default]
     Sleep,
     /// Spin on completions without sleeping, for the lowest latency on a dedicated core.
-    /// With `idle_after`, fall back to sleeping after that long without any work.
+    /// Datagram sockets (UDP rpc servers and client connections awaiting replies, one-way
+    /// servers; up to 16 per core) are then read directly, one `recvmsg` per loop turn, as
+    /// a spinning raw socket would be, rather than through the driver. With `idle_after`,
+    /// fall back to sleeping after that long without any work (the direct readers then wait
+    /// on the driver again).
     BusyPoll {
         /// Sleep after this long idle; `None` spins for ever.
         idle_after: Option<Duration>,
