@@ -109,6 +109,11 @@ pub(crate) fn eventfd_drain(fd: RawFd) {
     let _ = unsafe { libc::read(fd, (&mut v as *mut u64).cast(), 8) };
 }
 
+/// A datagram's source as an IP address (anything else is refused).
+pub(crate) fn ip_addr(addr: &SockAddr) -> io::Result<std::net::SocketAddr> {
+    addr.as_socket().ok_or_else(|| io::Error::other("datagram from a non-IP address"))
+}
+
 /// Storage for one datagram operation: the msghdr, its iovec and the peer address, together
 /// in one heap block so the pointers between them and from the kernel stay valid.
 pub(crate) struct MsgHdr {

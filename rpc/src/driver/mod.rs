@@ -143,7 +143,7 @@ impl Driver {
         }
     }
 
-    /// Counters since the core started.
+    /// The counters, for the core to add what it does outside the driver.
     pub(crate) fn stats_mut(&mut self) -> &mut DriverStats {
         match self {
             Driver::Uring(d) => &mut d.stats,
@@ -151,6 +151,7 @@ impl Driver {
         }
     }
 
+    /// Counters since the core started.
     pub(crate) fn stats(&self) -> DriverStats {
         match self {
             Driver::Uring(d) => d.stats,

@@ -190,9 +190,7 @@ impl MultiReceiver {
         }
         if busy || with_driver(|d| matches!(d, Driver::Epoll(_))) {
             let (res, buf) = op::Op::new(op::RecvFrom::new(self.fd, buf), self.reg).await;
-            let res = res.and_then(|(n, a)| {
-                a.as_socket().map(|a| (n, a)).ok_or_else(|| io::Error::other("datagram from a non-IP address"))
-            });
+            let res = res.and_then(|(n, a)| sys::ip_addr(&a).map(|a| (n, a)));
             return (res, buf);
         }
         let res = std::future::poll_fn(|cx| {
@@ -313,7 +311,7 @@ fn direct_recv_from(fd: RawFd, buf: &mut BytesMut) -> io::Result<(usize, SocketA
     }
     // SAFETY: the kernel initialised `n` bytes of the spare capacity.
     unsafe { buf.set_len(buf.len() + n) };
-    let addr = hdr.source().as_socket().ok_or_else(|| io::Error::other("datagram from a non-IP address"))?;
+    let addr = sys::ip_addr(&hdr.source())?;
     Ok((n, addr))
 }
 
@@ -337,7 +335,7 @@ fn copy_datagram(raw: &[u8], msghdr: &libc::msghdr, out: &mut BytesMut) -> io::R
     unsafe { std::ptr::copy_nonoverlapping(name.as_ptr(), (&raw mut storage).cast::<u8>(), len) };
     // SAFETY: `storage` holds the kernel's address of `len` bytes.
     let addr = unsafe { SockAddr::new(storage, len as libc::socklen_t) };
-    let addr = addr.as_socket().ok_or_else(|| io::Error::other("datagram from a non-IP address"))?;
+    let addr = sys::ip_addr(&addr)?;
     Ok((payload.len(), addr))
 }
 

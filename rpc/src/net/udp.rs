@@ -80,9 +80,7 @@ impl UdpSocket {
     /// Receive one datagram into the spare capacity of `buf` (reserve first).
     pub async fn recv_from(&self, buf: BytesMut) -> (io::Result<(usize, SocketAddr)>, BytesMut) {
         let (res, buf) = Op::new(op::RecvFrom::new(self.inner.fd(), buf), self.inner.reg).await;
-        let res = res.and_then(|(n, a)| {
-            a.as_socket().map(|a| (n, a)).ok_or_else(|| io::Error::other("datagram from a non-IP address"))
-        });
+        let res = res.and_then(|(n, a)| crate::sys::ip_addr(&a).map(|a| (n, a)));
         (res, buf)
     }
 

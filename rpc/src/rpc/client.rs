@@ -250,7 +250,7 @@ impl Client {
         let conn = self.connection().await?;
         let id = conn.calls.borrow_mut().start().map_err(|_| CallError::Overloaded { remote: false })?;
         let guard = PendingCall { conn: &conn, id, done: false };
-        let budget_us = wire_budget(deadline, Instant::now());
+        let budget_us = wire_budget(deadline);
         let prefix: &[u8] = trace.as_ref().map_or(&[], |b| b);
         let header = &mut |len| {
             let mut h = Header::request(id, method_id, budget_us, len);
@@ -276,11 +276,11 @@ impl Client {
     }
 }
 
-/// The `deadline_us` a request sent at `now` carries: the time left, at least 1 (0 means
-/// none). A budget too long for the field (over ~71 minutes) is sent as none: the client
+/// The `deadline_us` a request sent now carries: the time left, at least 1 (0 means none;
+/// the clock is read only for a call with a deadline). A budget too long for the field (over ~71 minutes) is sent as none: the client
 /// still enforces it, and a shortened one would make the server give up early.
-pub(crate) fn wire_budget(deadline: Option<Instant>, now: Instant) -> u32 {
-    deadline.map_or(0, |d| u32::try_from(d.saturating_duration_since(now).as_micros().max(1)).unwrap_or(0))
+pub(crate) fn wire_budget(deadline: Option<Instant>) -> u32 {
+    deadline.map_or(0, |d| u32::try_from(d.saturating_duration_since(Instant::now()).as_micros().max(1)).unwrap_or(0))
 }
 
 /// Cancels the call if its future is dropped before the response arrives.

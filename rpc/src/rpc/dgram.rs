@@ -301,8 +301,7 @@ impl DgramConn {
                 prefix[SESSION_BLOCK_LEN..].copy_from_slice(t);
                 plen += TRACE_BLOCK_LEN;
             }
-            // The clock is read only for calls that have a deadline.
-            let budget_us = deadline.map_or(0, |_| wire_budget(deadline, Instant::now()));
+            let budget_us = wire_budget(deadline);
             let mut buf = self.take_buf();
             let max_payload = self.config.max_datagram.saturating_sub(HEADER_LEN);
             let res = encode(&mut buf, max_payload, &prefix[..plen], &mut |len| {
@@ -352,7 +351,7 @@ impl DgramConn {
                     }
                     if deadline.is_some() {
                         // The copy carries what is left of the budget, not the first one's.
-                        buf[20..24].copy_from_slice(&wire_budget(deadline, now).to_le_bytes());
+                        buf[20..24].copy_from_slice(&wire_budget(deadline).to_le_bytes());
                     }
                     if self.transmit(&buf).is_err() {
                         gave_up = true;

@@ -398,13 +398,13 @@ impl Core {
             self.idle_since.set(now);
         }
         self.fire_timers(now);
-        let spinning = !self.spinners.borrow().is_empty();
-        let ready = spinning || !self.run_queue.borrow().is_empty() || main_ready.load(Ordering::Acquire);
+        let has_spinners = !self.spinners.borrow().is_empty();
+        let ready = has_spinners || !self.run_queue.borrow().is_empty() || main_ready.load(Ordering::Acquire);
         let wait = if ready || self.spinning() { Wait::No } else { Wait::Sleep(self.sleep_timeout(now)) };
         let woke = self.driver.borrow_mut().turn(wait)?;
         // Spinners run again next turn: they poll their socket once more, or (the core going
         // idle) fall back to waiting on the driver.
-        if spinning {
+        if has_spinners {
             let mut spinners = std::mem::take(&mut *self.spinners.borrow_mut());
             spinners.drain(..).for_each(Waker::wake);
             *self.spinners.borrow_mut() = spinners;
