@@ -1,8 +1,8 @@
 //! Per-core call metrics, for dashboards and the node's `/metrics` page.
 //!
 //! Each method a service registers owns its counters — calls, failures by error code, and a
-//! latency histogram from dispatch to reply — in plain cells on its core, so recording a call
-//! is a few increments: no lookup, no lock, no allocation. [`snapshot`] lists every method
+//! latency histogram from the loop turn that read the request to the reply — in plain cells
+//! on its core, so recording a call is a few increments: no lookup, no lock, no allocation. [`snapshot`] lists every method
 //! still registered on the calling core (summed over services of the same name), and
 //! [`render_prometheus`] writes them in the Prometheus text format.
 

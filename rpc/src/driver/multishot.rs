@@ -22,7 +22,7 @@ use socket2::SockAddr;
 
 use super::{op, Driver, Registration};
 use crate::runtime::{self, try_with_driver, with_driver};
-use crate::sys::{self, MsgHdr};
+use crate::sys;
 
 /// A ring of `count` buffers of `size` bytes registered with the kernel under one
 /// buffer-group id.
@@ -300,19 +300,16 @@ impl MultiReceiver {
 
 /// One non-blocking recvmsg into the spare capacity of `buf`.
 fn direct_recv_from(fd: RawFd, buf: &mut BytesMut) -> io::Result<(usize, SocketAddr)> {
-    let mut hdr = MsgHdr::zeroed();
     let spare = buf.spare_capacity_mut();
-    let msg = hdr.prepare_recv(spare.as_mut_ptr().cast(), spare.len());
-    // SAFETY: `msg` points into `hdr`, which stays put until the call returns, and describes
-    // the spare capacity of `buf`, writable for its length.
-    let n = unsafe { sys::recvmsg(fd, msg) }?;
-    if hdr.truncated() {
+    let room = spare.len();
+    // SAFETY: the spare capacity of `buf` is writable for its length.
+    let (n, source) = unsafe { sys::recvfrom(fd, spare.as_mut_ptr().cast(), room) }?;
+    if n > room {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "datagram larger than the caller's buffer"));
     }
     // SAFETY: the kernel initialised `n` bytes of the spare capacity.
     unsafe { buf.set_len(buf.len() + n) };
-    let addr = sys::ip_addr(&hdr.source())?;
-    Ok((n, addr))
+    Ok((n, sys::ip_addr(&source)?))
 }
 
 /// Parse a multishot recvmsg buffer and copy its payload into `out`.
@@ -364,5 +361,43 @@ impl Drop for MultiReceiver {
             }),
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::UdpSocket;
+    use std::os::fd::AsRawFd;
+
+    use super::*;
+
+    /// Waits (bounded) until `fd` has a datagram: loopback usually delivers within the send,
+    /// but softirq processing may be deferred.
+    fn wait_readable(fd: RawFd) {
+        let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd.
+        assert_eq!(unsafe { libc::poll(&mut p, 1, 10_000) }, 1, "datagram not delivered");
+    }
+
+    #[test]
+    fn a_direct_read_returns_the_datagram_and_its_source_and_refuses_one_too_large() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_nonblocking(true).unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut buf = BytesMut::with_capacity(64);
+        let err = direct_recv_from(rx.as_raw_fd(), &mut buf).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+
+        tx.send_to(b"hello", rx.local_addr().unwrap()).unwrap();
+        wait_readable(rx.as_raw_fd());
+        let (n, from) = direct_recv_from(rx.as_raw_fd(), &mut buf).unwrap();
+        assert_eq!((n, from), (5, tx.local_addr().unwrap()));
+        assert_eq!(&buf[..], b"hello");
+
+        tx.send_to(&[7u8; 200], rx.local_addr().unwrap()).unwrap();
+        wait_readable(rx.as_raw_fd());
+        let err = direct_recv_from(rx.as_raw_fd(), &mut buf).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert_eq!(&buf[..], b"hello", "a truncated datagram adds nothing to the buffer");
     }
 }

@@ -216,7 +216,8 @@ impl DgramConn {
     /// request).
     async fn session(&self) -> Result<u64, CallError> {
         let mut timer: Option<(Backoff, Sleep)> = None;
-        let mut heard = (self.heard.get(), Instant::now());
+        // Read the clock only while opening: an open session is the per-call path.
+        let mut heard: Option<(u64, Instant)> = None;
         // Whether this caller has taken part in an opening (sent or waited on a hello): an
         // earlier refusal is news about the past, only one after that is an answer.
         let mut tried = false;
@@ -242,7 +243,9 @@ impl DgramConn {
                 State::Opening(id) => {
                     tried = true;
                     let (backoff, sleep) = timer.get_or_insert_with(|| {
-                        let b = Backoff::new(Instant::now(), self.config.retransmit, self.config.max_retransmit);
+                        let now = Instant::now();
+                        heard = Some((self.heard.get(), now));
+                        let b = Backoff::new(now, self.config.retransmit, self.config.max_retransmit);
                         (b, sleep_until(b.due()))
                     });
                     let mut waiters = self.waiters.borrow_mut();
@@ -254,8 +257,9 @@ impl DgramConn {
                         return Poll::Pending;
                     }
                     let now = Instant::now();
+                    let heard = heard.get_or_insert((self.heard.get(), now));
                     if self.heard.get() != heard.0 {
-                        heard = (self.heard.get(), now);
+                        *heard = (self.heard.get(), now);
                     } else if now.saturating_duration_since(heard.1) >= self.config.peer_timeout {
                         self.set_state(State::Closed);
                         let e = io::Error::new(io::ErrorKind::TimedOut, "no answer to the datagram session hello");

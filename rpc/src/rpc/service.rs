@@ -305,7 +305,8 @@ impl ServiceBuilder {
         let dispatch = move |ctx: CallContext, payload: Bytes, reply: Option<Reply>| {
             let (handler, metrics) = (handler.clone(), metrics.clone());
             run_pooled(&pool, async move {
-                let (method_id, started) = (ctx.method_id, Instant::now());
+                // The loop's clock: the call's time counts from the turn that read its request.
+                let (method_id, started) = (ctx.method_id, crate::runtime::turn_now());
                 let result = run_handler(ctx, payload, &metrics, started, |ctx, msg| handler(ctx, msg)).await;
                 let outcome = result.as_ref().map(|_| ()).map_err(Status::code);
                 // Reply first: the caller is waiting, the metrics are not.
@@ -336,7 +337,8 @@ impl ServiceBuilder {
         let dispatch = move |ctx: CallContext, payload: Bytes, reply: Option<Reply>| {
             let (handler, metrics) = (handler.clone(), metrics.clone());
             run_pooled(&pool, async move {
-                let (method_id, started) = (ctx.method_id, Instant::now());
+                // The loop's clock: the call's time counts from the turn that read its request.
+                let (method_id, started) = (ctx.method_id, crate::runtime::turn_now());
                 let result = run_handler(ctx, payload, &metrics, started, |ctx, msg| {
                     let fut = handler(ctx, msg);
                     async move {
