@@ -72,11 +72,13 @@ pub struct Rpc {
 /// Server and client TLS configurations from a throwaway cluster CA.
 pub fn tls_pair() -> anyhow::Result<(TlsConfig, TlsConfig)> {
     let ca = Authority::create("bench CA", 1)?;
-    let make = |name: &str| -> anyhow::Result<TlsConfig> {
-        let issued = ca.issue(&Leaf::new(name, 1))?;
-        Ok(TlsConfig::from_pem(ca.cert_pem().as_bytes(), issued.cert_pem.as_bytes(), issued.key_pem.as_bytes())?)
-    };
-    Ok((make("bench-server")?, make("bench-client")?))
+    Ok((tls_config(&ca, "bench-server")?, tls_config(&ca, "bench-client")?))
+}
+
+/// A configuration with a newly issued certificate from `ca`: a peer no one has seen.
+pub fn tls_config(ca: &Authority, name: &str) -> anyhow::Result<TlsConfig> {
+    let issued = ca.issue(&Leaf::new(name, 1))?;
+    Ok(TlsConfig::from_pem(ca.cert_pem().as_bytes(), issued.cert_pem.as_bytes(), issued.key_pem.as_bytes())?)
 }
 
 impl Rpc {
@@ -132,6 +134,13 @@ impl Rpc {
     /// server's resumption ticket, so the next connection resumes; without, TLS clients
     /// offer no ticket and every handshake is a full one.
     pub fn connects(&mut self, n: u64, hist: &mut Histogram<u64>, resume: bool) {
+        self.connects_as(n, hist, resume, Vec::new());
+    }
+
+    /// [`Rpc::connects`], the i-th connection with `fresh[i]` as its TLS configuration when
+    /// given (configurations made beforehand, untimed: e.g. each with a certificate neither
+    /// end has seen, so both check the other's chain in full).
+    pub fn connects_as(&mut self, n: u64, hist: &mut Histogram<u64>, resume: bool, fresh: Vec<TlsConfig>) {
         let (addr, mut conn) = (self.addr, self.conn.clone());
         if !resume {
             conn.tls = conn.tls.map(TlsConfig::without_resumption);
@@ -141,9 +150,14 @@ impl Rpc {
             .core(0)
             .run(move || async move {
                 let mut h = Histogram::<u64>::new(3).expect("histogram");
+                let mut fresh = fresh.into_iter();
                 for _ in 0..n {
+                    let mut conn = conn.clone();
+                    if let Some(tls) = fresh.next() {
+                        conn.tls = Some(if resume { tls } else { tls.without_resumption() });
+                    }
                     let t = Instant::now();
-                    let client = Client::with_config(addr, conn.clone());
+                    let client = Client::with_config(addr, conn);
                     client.connect_now().await.expect("benchmark connect");
                     let _ = h.record(t.elapsed().as_nanos() as u64);
                     if resume {

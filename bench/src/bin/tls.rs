@@ -8,10 +8,12 @@ use std::time::Duration;
 
 use clap::Parser;
 use hdrhistogram::Histogram;
-use multispace_bench::ours::{tls_pair, Rpc};
+use multispace_bench::ours::{tls_config, tls_pair, Rpc};
 use multispace_bench::shapes::Shape;
 use multispace_bench::{measure, pin_caller, PingPong, Waiting, Windowed};
+use multispace_rpc::tls::certs::Authority;
 use multispace_rpc::DriverKind;
+use multispace_rpc::TlsConfig;
 use serde::Serialize;
 
 #[derive(Parser)]
@@ -25,6 +27,10 @@ struct Args {
     /// Write the figures as JSON here.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// Only run this many full handshakes in memory and exit: for profiling the handshake's
+    /// CPU (e.g. instructions per handshake under callgrind, at two counts).
+    #[arg(long)]
+    memory_only: Option<u64>,
 }
 
 #[derive(Serialize, Clone, Debug)]
@@ -53,34 +59,63 @@ fn build(tls: bool, waiting: Waiting) -> anyhow::Result<Rpc> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(n) = args.memory_only {
+        let (server, client) = tls_pair()?;
+        let (server, client) = (server.without_resumption(), client.without_resumption());
+        for _ in 0..n {
+            multispace_rpc::tls::handshake_in_memory(&client, &server)?;
+        }
+        return Ok(());
+    }
     pin_caller();
     let (calls, conns, window_calls) = if args.quick { (3_000, 100, 30_000) } else { (20_000, 500, 300_000) };
     let mut figures = Vec::new();
     let name = |tls: bool| if tls { "mtls" } else { "plain" };
 
-    // Handshakes: fresh connections one after another — plain TCP, full TLS handshakes, and
-    // TLS resumed from the previous connection's ticket (a client reconnecting to a server
-    // it already knows: after a failure, or a short-lived CLI client).
+    // Handshakes: fresh connections one after another — plain TCP; full TLS handshakes
+    // between peers that have seen each other's certificates before (each end remembers the
+    // chains it verified, so it checks only the handshake signature and the dates); full
+    // handshakes at first contact (every connection with a newly issued client certificate
+    // and a new client configuration, made beforehand, so both ends verify the other's chain
+    // in full); and TLS resumed from the previous connection's ticket (a client reconnecting
+    // to a server it already knows: after a failure, or a short-lived CLI client).
     // Both waiting styles: sleeping, each message of the handshake wakes the other core;
     // spinning shows the handshake without those wake-ups.
-    let kinds: [(&str, bool, bool); 3] = [("plain", false, false), ("mtls", true, false), ("mtls", true, true)];
+    #[derive(Clone, Copy, PartialEq)]
+    enum Kind {
+        Plain,
+        Known,
+        FirstContact,
+        Resumed,
+    }
+    let kinds = [Kind::Plain, Kind::Known, Kind::FirstContact, Kind::Resumed];
     for waiting in [Waiting::Sleep, Waiting::Spin] {
-        let mut p50 = [Vec::new(), Vec::new(), Vec::new()];
-        let mut p99 = [Vec::new(), Vec::new(), Vec::new()];
+        let mut p50 = vec![Vec::new(); kinds.len()];
+        let mut p99 = vec![Vec::new(); kinds.len()];
         for _ in 0..args.rounds {
-            for (i, &(_, tls, resume)) in kinds.iter().enumerate() {
-                let mut rpc = build(tls, waiting)?;
+            for (i, &kind) in kinds.iter().enumerate() {
+                let ca = Authority::create("bench CA", 1)?;
+                let tls = (kind != Kind::Plain)
+                    .then(|| anyhow::Ok((tls_config(&ca, "bench-server")?, tls_config(&ca, "bench-client")?)))
+                    .transpose()?;
+                let mut rpc = Rpc::with_tls(DriverKind::Uring, waiting, Shape::Void, tls)?;
+                let fresh = if kind == Kind::FirstContact {
+                    (0..conns).map(|i| tls_config(&ca, &format!("client-{i}"))).collect::<anyhow::Result<_>>()?
+                } else {
+                    Vec::new()
+                };
                 let mut h = Histogram::<u64>::new(3)?;
-                rpc.connects(conns, &mut h, resume);
+                rpc.connects_as(conns, &mut h, kind == Kind::Resumed, fresh);
                 p50[i].push(h.value_at_quantile(0.5) as f64 / 1000.0);
                 p99[i].push(h.value_at_quantile(0.99) as f64 / 1000.0);
             }
         }
-        for (i, &(transport, _, resume)) in kinds.iter().enumerate() {
-            let what = if resume {
-                "reconnect until ready (TCP + resumed handshake)"
-            } else {
-                "connect until ready (TCP + handshake)"
+        for (i, &kind) in kinds.iter().enumerate() {
+            let (what, transport) = match kind {
+                Kind::Plain => ("connect until ready (TCP)", "plain"),
+                Kind::Known => ("connect until ready (TCP + full handshake, peers seen before)", "mtls"),
+                Kind::FirstContact => ("connect until ready (TCP + full handshake, first contact)", "mtls"),
+                Kind::Resumed => ("reconnect until ready (TCP + resumed handshake)", "mtls"),
             };
             figures.push(Figure {
                 what: what.into(),
@@ -95,23 +130,31 @@ fn main() -> anyhow::Result<()> {
     }
 
     // The same handshakes in memory: cryptography and certificate checks alone.
-    for resume in [false, true] {
-        let (server, client) = tls_pair()?;
-        let (server, client) =
-            if resume { (server, client) } else { (server.without_resumption(), client.without_resumption()) };
-        // The first handshake of a resuming pair is a full one that fetches the ticket.
+    for kind in [Kind::Known, Kind::FirstContact, Kind::Resumed] {
+        let resume = kind == Kind::Resumed;
+        let ca = Authority::create("bench CA", 1)?;
+        let pair = |ca: &Authority| -> anyhow::Result<(TlsConfig, TlsConfig)> {
+            let (server, client) = (tls_config(ca, "bench-server")?, tls_config(ca, "bench-client")?);
+            Ok(if resume { (server, client) } else { (server.without_resumption(), client.without_resumption()) })
+        };
+        let (server, client) = pair(&ca)?;
+        // The first handshake of a pair is a full one that verifies the chains and, when
+        // resuming, fetches the ticket.
         multispace_rpc::tls::handshake_in_memory(&client, &server)?;
         let mut h = Histogram::<u64>::new(3)?;
         for _ in 0..conns {
+            // First contact: new configurations and certificates each time, made untimed.
+            let fresh = if kind == Kind::FirstContact { Some(pair(&ca)?) } else { None };
+            let (server, client) = fresh.as_ref().map_or((&server, &client), |(s, c)| (s, c));
             let t = std::time::Instant::now();
-            let resumed = multispace_rpc::tls::handshake_in_memory(&client, &server)?;
+            let resumed = multispace_rpc::tls::handshake_in_memory(client, server)?;
             let _ = h.record(t.elapsed().as_nanos() as u64);
             anyhow::ensure!(resumed == resume, "handshake kind: resumed {resumed}, expected {resume}");
         }
-        let what = if resume {
-            "resumed handshake in memory (crypto, no I/O)"
-        } else {
-            "handshake in memory (crypto + checks, no I/O)"
+        let what = match kind {
+            Kind::Resumed => "resumed handshake in memory (crypto, no I/O)",
+            Kind::FirstContact => "full handshake in memory, first contact (crypto + chain checks, no I/O)",
+            _ => "full handshake in memory, peers seen before (crypto, no I/O)",
         };
         figures.push(Figure {
             what: what.into(),
