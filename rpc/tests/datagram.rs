@@ -165,6 +165,34 @@ fn every_call_runs_exactly_once_through_loss_and_duplication() {
 }
 
 #[test]
+fn past_the_reply_cache_budget_a_lost_reply_is_reported_and_the_call_never_runs_twice() {
+    each_driver(|_| async {
+        // No reply fits the budget: every retransmission after a lost reply finds it gone.
+        let f = start_with(ServerConfig { datagram: true, reply_cache_bytes: 16, ..ServerConfig::default() });
+        let (relay, dropped) = lossy_relay(f.addr);
+        let client = udp_client(relay);
+        let (mut ok, mut gone) = (0u64, 0u64);
+        for _ in 0..60u64 {
+            match must("a call through the lossy relay", client.call::<(), u64>(BUMP, &(), CallOptions::default()))
+                .await
+            {
+                Ok(n) => {
+                    ok += 1;
+                    assert_eq!(n.to_native(), ok + gone, "each call runs once, in order");
+                }
+                Err(e) => {
+                    let text = e.to_string();
+                    assert!(text.contains("reply was dropped"), "a clear error: {text}");
+                    gone += 1;
+                }
+            }
+        }
+        assert_eq!(f.count.get(), 60, "every call ran exactly once, answered or not");
+        assert!(gone > 0 && ok > 0, "{ok} answered, {gone} reported gone ({} datagrams dropped)", dropped.get());
+    });
+}
+
+#[test]
 fn deadlines_cancellation_and_unknown_methods() {
     each_driver(|_| async {
         let f = start();

@@ -27,6 +27,9 @@ struct Args {
     /// Call over UDP datagram sessions instead of TCP.
     #[arg(long)]
     udp: bool,
+    /// Call over mutual TLS (TCP).
+    #[arg(long)]
+    tls: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -39,7 +42,18 @@ fn main() -> anyhow::Result<()> {
         } else {
             Service::builder("null").method(1, |_ctx, _r: Message<()>| async { Ok::<(), Status>(()) }).build()
         };
-        let config = ServerConfig { datagram: args.udp, ..ServerConfig::default() };
+        let (server_tls, client_tls) = match args.tls {
+            true => {
+                let (s, c) = multispace_bench::ours::tls_pair()?;
+                (Some(s), Some(c))
+            }
+            false => (None, None),
+        };
+        let config = ServerConfig {
+            datagram: args.udp,
+            conn: ConnConfig { tls: server_tls, ..ConnConfig::default() },
+            ..ServerConfig::default()
+        };
         let server = Server::bind_with("127.0.0.1:0".parse()?, [svc], config)?;
         let addr = server.local_addr();
         spawn(server.serve()).detach();
@@ -50,7 +64,7 @@ fn main() -> anyhow::Result<()> {
             }
         } else {
             let transport = if args.udp { Transport::Udp } else { Transport::Tcp };
-            let c = Client::with_config(addr, ConnConfig { transport, ..ConnConfig::default() });
+            let c = Client::with_config(addr, ConnConfig { transport, tls: client_tls, ..ConnConfig::default() });
             for _ in 0..args.calls {
                 c.call::<(), ()>(1, &(), CallOptions::default()).await?;
             }

@@ -9,12 +9,14 @@
 //! server keeps, per session and slot, the newest sequence it saw and its reply, so a new
 //! request on a slot releases the previous reply (the client only reuses a slot once it has
 //! its answer or has given up), and the table is bounded by sessions × slots whatever the
-//! call rate. A server that does not know a session (it restarted, or expired the session
-//! while idle) refuses with `SessionUnknown` and runs nothing.
+//! call rate. The cached replies also have a byte budget: past it the oldest are dropped
+//! (a retransmission of such a call is answered with an error saying it ran but its reply is
+//! gone, never by running it again). A server that does not know a session (it restarted,
+//! or expired the session while idle) refuses with `SessionUnknown` and runs nothing.
 //!
 //! Block layout (little-endian): session id `u64` (never 0), then 8 reserved zero bytes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::time::{Duration, Instant};
 
@@ -122,6 +124,9 @@ pub enum Admit<'a, R> {
     Running,
     /// A retransmission of a finished call: send this reply again.
     Replay(&'a R),
+    /// A retransmission of a finished call whose reply was dropped to stay within the byte
+    /// budget: tell the client it ran and its reply is gone (it must not run again).
+    ReplyDropped,
     /// Older than the slot's newest call: the client has moved on; drop it.
     Stale,
     /// The session is not open here: refuse (it did not run).
@@ -133,7 +138,10 @@ pub enum Admit<'a, R> {
 enum SlotState<R, H> {
     /// Running; the task handle once the handler is waiting on something.
     Running(Option<H>),
+    /// Answered, the reply kept for retransmissions.
     Done(R),
+    /// Answered, the reply dropped (byte budget).
+    Dropped,
     /// The client cancelled it: a late copy of the request must not run it again.
     Cancelled,
 }
@@ -155,6 +163,31 @@ impl<R, H> Session<R, H> {
     }
 }
 
+/// A cached reply's cost against the byte budget.
+pub trait CacheSize {
+    /// Bytes this reply holds (its buffer's capacity, not just its length).
+    fn cache_size(&self) -> usize;
+}
+
+impl CacheSize for bytes::BytesMut {
+    fn cache_size(&self) -> usize {
+        self.capacity()
+    }
+}
+
+/// What became of a finished call's reply.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Kept<R> {
+    /// Cached for retransmissions.
+    Cached,
+    /// The call ran here but its reply is not kept (larger than the whole budget): handed
+    /// back; a retransmission is answered as [`Admit::ReplyDropped`].
+    Dropped(R),
+    /// The call is no longer running here (cancelled, the slot moved on, or the session is
+    /// gone): handed back.
+    NotRunning(R),
+}
+
 /// Why a session could not be opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionsFull;
@@ -172,6 +205,16 @@ pub struct Sessions<P, R, H> {
     max_sessions: usize,
     max_slots: u32,
     idle: Duration,
+    /// Bytes of cached replies, and the budget.
+    cached_bytes: usize,
+    max_cached_bytes: usize,
+    /// Cached replies, oldest first, as (session, slot, sequence); entries whose slot has
+    /// moved on are skipped when met (and compacted away so the queue stays bounded).
+    order: VecDeque<((P, u64), u32, u32)>,
+    /// Slots holding a cached reply.
+    cached: usize,
+    /// Replies dropped for the budget, for the caller to reuse ([`Sessions::pop_evicted`]).
+    evicted: Vec<R>,
 }
 
 impl<P, R, H> std::fmt::Debug for Sessions<P, R, H> {
@@ -180,11 +223,71 @@ impl<P, R, H> std::fmt::Debug for Sessions<P, R, H> {
     }
 }
 
-impl<P: Hash + Eq + Copy, R, H> Sessions<P, R, H> {
-    /// At most `max_sessions` sessions of at most `max_slots` slots each; sessions silent for
-    /// `idle` are forgotten by [`Sessions::expire`].
-    pub fn new(max_sessions: usize, max_slots: u32, idle: Duration) -> Self {
-        Sessions { map: HashMap::default(), max_sessions, max_slots, idle }
+impl<P: Hash + Eq + Copy, R: CacheSize, H> Sessions<P, R, H> {
+    /// At most `max_sessions` sessions of at most `max_slots` slots each, and at most
+    /// `max_cached_bytes` of cached replies; sessions silent for `idle` are forgotten by
+    /// [`Sessions::expire`].
+    pub fn new(max_sessions: usize, max_slots: u32, idle: Duration, max_cached_bytes: usize) -> Self {
+        Sessions {
+            map: HashMap::default(),
+            max_sessions,
+            max_slots,
+            idle,
+            cached_bytes: 0,
+            max_cached_bytes,
+            order: VecDeque::new(),
+            cached: 0,
+            evicted: Vec::new(),
+        }
+    }
+
+    /// Bytes of replies cached now.
+    pub fn cached_bytes(&self) -> usize {
+        self.cached_bytes
+    }
+
+    /// A reply dropped from the cache to stay within the budget, to reuse or free.
+    pub fn pop_evicted(&mut self) -> Option<R> {
+        self.evicted.pop()
+    }
+
+    /// Account for the cached replies of a session being dropped.
+    fn forget(&mut self, s: &Session<R, H>) {
+        for sl in s.slots.iter().flatten() {
+            if let SlotState::Done(r) = &sl.state {
+                self.cached_bytes -= r.cache_size();
+                self.cached -= 1;
+            }
+        }
+    }
+
+    /// Drop the oldest cached replies until the cache is within its budget.
+    fn evict(&mut self) {
+        while self.cached_bytes > self.max_cached_bytes {
+            let Some((key, slot, seq)) = self.order.pop_front() else { break };
+            let Some(sl) = self.map.get_mut(&key).and_then(|s| s.slots.get_mut(slot as usize)).and_then(|s| s.as_mut())
+            else {
+                continue;
+            };
+            if sl.seq != seq || !matches!(sl.state, SlotState::Done(_)) {
+                continue;
+            }
+            if let SlotState::Done(r) = std::mem::replace(&mut sl.state, SlotState::Dropped) {
+                self.cached_bytes -= r.cache_size();
+                self.cached -= 1;
+                self.evicted.push(r);
+            }
+        }
+        // Entries of replies released since: compact once they outnumber the live ones.
+        if self.order.len() > 2 * self.cached + 64 {
+            let map = &self.map;
+            self.order.retain(|(key, slot, seq)| {
+                map.get(key)
+                    .and_then(|s| s.slots.get(*slot as usize))
+                    .and_then(|s| s.as_ref())
+                    .is_some_and(|sl| sl.seq == *seq && matches!(sl.state, SlotState::Done(_)))
+            });
+        }
     }
 
     /// Open sessions.
@@ -218,7 +321,11 @@ impl<P: Hash + Eq + Copy, R, H> Sessions<P, R, H> {
             let victim =
                 self.map.iter().filter(|(_, s)| !s.any_running()).min_by_key(|(_, s)| s.last_seen).map(|(k, _)| *k);
             match victim {
-                Some(k) => drop(self.map.remove(&k)),
+                Some(k) => {
+                    if let Some(s) = self.map.remove(&k) {
+                        self.forget(&s);
+                    }
+                }
                 None => return Err(SessionsFull),
             }
         }
@@ -236,10 +343,12 @@ impl<P: Hash + Eq + Copy, R, H> Sessions<P, R, H> {
         now: Instant,
         released: &mut Option<Released<R, H>>,
     ) -> Admit<'_, R> {
-        let Some(s) = self.map.get_mut(&(peer, id)) else { return Admit::UnknownSession };
+        // Fields apart: a replayed reply borrows the map while the byte count changes.
+        let Sessions { map, max_slots, cached_bytes, cached, .. } = self;
+        let Some(s) = map.get_mut(&(peer, id)) else { return Admit::UnknownSession };
         s.last_seen = now;
         let (seq, slot) = ((request_id >> 32) as u32, request_id as u32);
-        if slot >= self.max_slots {
+        if slot >= *max_slots {
             return Admit::TooManySlots;
         }
         let index = slot as usize;
@@ -257,6 +366,7 @@ impl<P: Hash + Eq + Copy, R, H> Sessions<P, R, H> {
             return match &sl.state {
                 SlotState::Running(_) => Admit::Running,
                 SlotState::Done(r) => Admit::Replay(r),
+                SlotState::Dropped => Admit::ReplyDropped,
                 SlotState::Cancelled => Admit::Stale,
             };
         }
@@ -268,9 +378,13 @@ impl<P: Hash + Eq + Copy, R, H> Sessions<P, R, H> {
         // on by the client).
         let old = std::mem::replace(sl, Slot { seq, state: SlotState::Running(None) });
         *released = match old.state {
-            SlotState::Done(r) => Some(Released::Reply(r)),
+            SlotState::Done(r) => {
+                *cached_bytes -= r.cache_size();
+                *cached -= 1;
+                Some(Released::Reply(r))
+            }
             SlotState::Running(h) => Some(Released::Running(h)),
-            SlotState::Cancelled => None,
+            SlotState::Dropped | SlotState::Cancelled => None,
         };
         Admit::Run
     }
@@ -287,18 +401,31 @@ impl<P: Hash + Eq + Copy, R, H> Sessions<P, R, H> {
         }
     }
 
-    /// The call finished with `reply`: keep it for retransmissions. Returns it back if the
-    /// slot has moved on (or the session is gone), and the task handle if there was one.
-    pub fn finish(&mut self, peer: P, id: u64, request_id: u64, reply: R) -> (Option<R>, Option<H>) {
-        match self.slot_mut(peer, id, request_id) {
-            Some(sl) if matches!(sl.state, SlotState::Running(_)) => {
-                match std::mem::replace(&mut sl.state, SlotState::Done(reply)) {
-                    SlotState::Running(h) => (None, h),
-                    _ => (None, None),
-                }
-            }
-            _ => (Some(reply), None),
+    /// The call finished with `reply`: keep it for retransmissions, dropping the oldest
+    /// cached replies if the budget needs it ([`Sessions::pop_evicted`] hands them out).
+    /// Also returns the task handle if there was one.
+    pub fn finish(&mut self, peer: P, id: u64, request_id: u64, reply: R) -> (Kept<R>, Option<H>) {
+        let size = reply.cache_size();
+        let max = self.max_cached_bytes;
+        let Some(sl) = self.slot_mut(peer, id, request_id).filter(|sl| matches!(sl.state, SlotState::Running(_)))
+        else {
+            return (Kept::NotRunning(reply), None);
+        };
+        let (kept, state) = match size > max {
+            true => (Kept::Dropped(reply), SlotState::Dropped),
+            false => (Kept::Cached, SlotState::Done(reply)),
+        };
+        let task = match std::mem::replace(&mut sl.state, state) {
+            SlotState::Running(h) => h,
+            _ => None,
+        };
+        if matches!(kept, Kept::Cached) {
+            self.cached_bytes += size;
+            self.cached += 1;
+            self.order.push_back(((peer, id), request_id as u32, (request_id >> 32) as u32));
+            self.evict();
         }
+        (kept, task)
     }
 
     /// The client cancelled `request_id`: mark it so, returning the running task (dropping
@@ -335,6 +462,7 @@ impl<P: Hash + Eq + Copy, R, H> Sessions<P, R, H> {
         let mut tasks = Vec::new();
         for k in &gone {
             if let Some(s) = self.map.remove(k) {
+                self.forget(&s);
                 tasks.extend(s.slots.into_iter().flatten().filter_map(|sl| match sl.state {
                     SlotState::Running(h) => h,
                     _ => None,
@@ -346,6 +474,8 @@ impl<P: Hash + Eq + Copy, R, H> Sessions<P, R, H> {
 
     /// Drop every session (the server stops), returning the running tasks.
     pub fn clear(&mut self) -> Vec<H> {
+        (self.cached_bytes, self.cached) = (0, 0);
+        self.order.clear();
         let mut tasks = Vec::new();
         for (_, s) in self.map.drain() {
             for sl in s.slots.into_iter().flatten() {
@@ -364,12 +494,18 @@ mod tests {
 
     type T = Sessions<u8, &'static str, u32>;
 
+    impl CacheSize for &'static str {
+        fn cache_size(&self) -> usize {
+            self.len()
+        }
+    }
+
     fn id(seq: u32, slot: u32) -> u64 {
         (u64::from(seq) << 32) | u64::from(slot)
     }
 
     fn table() -> (T, Instant) {
-        let mut t = T::new(2, 4, Duration::from_secs(10));
+        let mut t = T::new(2, 4, Duration::from_secs(10), 1 << 20);
         let now = Instant::now();
         t.hello(1, 77, now).unwrap();
         (t, now)
@@ -381,7 +517,7 @@ mod tests {
         let mut rel = None;
         assert_eq!(t.admit(1, 77, id(1, 0), now, &mut rel), Admit::Run);
         assert_eq!(t.admit(1, 77, id(1, 0), now, &mut rel), Admit::Running, "retransmitted while running");
-        assert_eq!(t.finish(1, 77, id(1, 0), "reply"), (None, None));
+        assert_eq!(t.finish(1, 77, id(1, 0), "reply"), (Kept::Cached, None));
         assert_eq!(t.admit(1, 77, id(1, 0), now, &mut rel), Admit::Replay(&"reply"));
         assert_eq!(t.admit(1, 77, id(1, 0), now, &mut rel), Admit::Replay(&"reply"), "as often as it comes");
         assert_eq!(rel, None);
@@ -431,7 +567,7 @@ mod tests {
         assert_eq!(t.cancel(1, 77, id(1, 2)), Some(9));
         assert_eq!(t.attach(1, 77, id(1, 2), 10), Some(10), "not running any more");
         let (back, task) = t.finish(1, 77, id(1, 2), "late");
-        assert_eq!((back, task), (Some("late"), None), "a reply for a cancelled call is handed back");
+        assert_eq!((back, task), (Kept::NotRunning("late"), None), "a reply for a cancelled call is handed back");
         assert_eq!(t.admit(1, 77, id(1, 2), now, &mut rel), Admit::Stale, "a delayed copy does not run it again");
         assert_eq!(t.cancel(1, 77, id(1, 2)), None);
         assert_eq!(t.admit(1, 77, id(2, 2), now, &mut rel), Admit::Run, "the slot's next call runs");
@@ -455,6 +591,51 @@ mod tests {
         assert_eq!((gone, tasks), (2, vec![5]), "silent sessions go, and the call still running is handed back");
         assert!(t.is_empty());
         assert_eq!(t.clear(), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn cached_replies_stay_within_the_byte_budget_oldest_dropped_first_and_never_run_again() {
+        let now = Instant::now();
+        let mut t = T::new(4, 8, Duration::from_secs(10), 10);
+        t.hello(1, 77, now).unwrap();
+        t.hello(2, 88, now).unwrap();
+        let mut rel = None;
+        for (peer, sid, slot, reply) in [(1, 77, 0, "aaaa"), (2, 88, 0, "bbbb"), (1, 77, 1, "cccc")] {
+            assert_eq!(t.admit(peer, sid, id(1, slot), now, &mut rel), Admit::Run);
+            assert_eq!(t.finish(peer, sid, id(1, slot), reply), (Kept::Cached, None));
+            assert!(t.cached_bytes() <= 10, "{} bytes cached", t.cached_bytes());
+        }
+        assert_eq!(t.pop_evicted(), Some("aaaa"), "the oldest reply made room");
+        assert_eq!(t.pop_evicted(), None);
+        assert_eq!(t.cached_bytes(), 8);
+        assert_eq!(t.admit(1, 77, id(1, 0), now, &mut rel), Admit::ReplyDropped, "ran once: not run again");
+        assert_eq!(t.admit(2, 88, id(1, 0), now, &mut rel), Admit::Replay(&"bbbb"));
+        // A reply larger than the whole budget is not kept at all.
+        assert_eq!(t.admit(2, 88, id(1, 1), now, &mut rel), Admit::Run);
+        assert_eq!(t.finish(2, 88, id(1, 1), "far too large"), (Kept::Dropped("far too large"), None));
+        assert_eq!(t.admit(2, 88, id(1, 1), now, &mut rel), Admit::ReplyDropped);
+        // Releasing (a new call on the slot), expiring and evicting sessions give bytes back.
+        assert_eq!(t.admit(2, 88, id(2, 0), now, &mut rel), Admit::Run);
+        assert_eq!(rel.take(), Some(Released::Reply("bbbb")));
+        assert_eq!(t.cached_bytes(), 4);
+        assert_eq!(t.admit(1, 77, id(2, 0), now, &mut rel), Admit::Run, "a dropped reply's slot moves on");
+        assert_eq!(rel.take(), None);
+        t.expire(now + Duration::from_secs(60));
+        assert_eq!(t.cached_bytes(), 0);
+    }
+
+    #[test]
+    fn the_eviction_queue_stays_bounded_when_replies_are_released_instead() {
+        let now = Instant::now();
+        let mut t = T::new(1, 1, Duration::from_secs(10), 1 << 20);
+        t.hello(1, 77, now).unwrap();
+        let mut rel = None;
+        for seq in 1..10_000 {
+            assert_eq!(t.admit(1, 77, id(seq, 0), now, &mut rel), Admit::Run);
+            t.finish(1, 77, id(seq, 0), "r");
+        }
+        assert_eq!(t.cached_bytes(), 1);
+        assert!(t.order.len() <= 2 * t.cached + 65, "{} queued", t.order.len());
     }
 
     #[test]

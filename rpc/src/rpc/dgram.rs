@@ -30,7 +30,7 @@ use crate::buf::{encode_frame, encode_raw, EncodeError, Payload};
 use crate::net::UdpSocket;
 use crate::proto::calls::CallTable;
 use crate::proto::frame::{decode_datagram, ErrorCode, FrameKind, Header, HEADER_LEN};
-use crate::proto::session::{self, Admit, Backoff, Released, Sessions, FLAG_SESSION, SESSION_BLOCK_LEN};
+use crate::proto::session::{self, Admit, Backoff, Kept, Released, Sessions, FLAG_SESSION, SESSION_BLOCK_LEN};
 use crate::proto::trace::{FLAG_TRACE, TRACE_BLOCK_LEN};
 use crate::rpc::oneway::MAX_DATAGRAM;
 use crate::runtime::time::{sleep_until, Sleep};
@@ -547,16 +547,16 @@ impl DgramEndpoint {
         sock: UdpSocket,
         services: Rc<[Service]>,
         load: Rc<ServerState>,
-        max_sessions: usize,
-        max_slots: usize,
-        idle: Duration,
+        config: &super::server::ServerConfig,
     ) -> Rc<DgramEndpoint> {
-        let slots = u32::try_from(max_slots).unwrap_or(u32::MAX);
+        let slots = u32::try_from(config.conn.max_in_flight).unwrap_or(u32::MAX);
+        let idle = config.session_idle;
+        let sessions = Sessions::new(config.max_sessions, slots, idle, config.reply_cache_bytes);
         Rc::new(DgramEndpoint {
             sock,
             services,
             load,
-            sessions: RefCell::new(Sessions::new(max_sessions, slots, idle)),
+            sessions: RefCell::new(sessions),
             bufs: BufPool::default(),
             last_sweep: Cell::new(Instant::now()),
             idle,
@@ -689,6 +689,13 @@ impl DgramEndpoint {
                 return self.send_uncached(peer, Header { kind: FrameKind::Pending, ..Header::cancel(id) }, &[]);
             }
             Admit::Replay(reply) => return self.send(reply, peer),
+            Admit::ReplyDropped => {
+                drop(sessions);
+                tracing::debug!(%peer, "retransmitted call whose reply was dropped from the cache");
+                let detail = b"the call ran, but its reply was dropped from the server's reply cache (memory budget); it does not run again";
+                let h = Header::error(id, method_id, ErrorCode::Internal, detail.len() as u32);
+                return self.send_uncached(peer, h, detail);
+            }
             Admit::Stale => return,
             Admit::UnknownSession => {
                 drop(sessions);
@@ -781,12 +788,23 @@ impl DgramEndpoint {
     fn finish(&self, peer: SocketAddr, sid: u64, id: u64, mut buf: BytesMut) {
         buf.truncate(datagram_len(&buf));
         self.send(&buf, peer);
-        let (back, task) = self.sessions.borrow_mut().finish(peer, sid, id, buf);
-        match back {
-            // Not cached: the client cancelled the call (already counted out) or moved on.
-            Some(b) => self.recycle(b),
-            None => self.leave(),
+        let mut sessions = self.sessions.borrow_mut();
+        let (kept, task) = sessions.finish(peer, sid, id, buf);
+        match kept {
+            Kept::Cached => self.leave(),
+            // Larger than the whole cache budget: sent once, not kept.
+            Kept::Dropped(b) => {
+                self.leave();
+                self.recycle(b);
+            }
+            // The client cancelled the call (already counted out) or moved on.
+            Kept::NotRunning(b) => self.recycle(b),
         }
+        // Older replies that made room for this one.
+        while let Some(b) = sessions.pop_evicted() {
+            self.recycle(b);
+        }
+        drop(sessions);
         // The handler's own task is finishing now: let it, rather than cancel it by drop.
         if let Some(t) = task {
             t.detach();

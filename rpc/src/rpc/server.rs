@@ -37,6 +37,11 @@ pub struct ServerConfig {
     /// A datagram session silent this long is forgotten (default 2 min); its client opens a
     /// new one on its next call, transparently.
     pub session_idle: Duration,
+    /// Bytes of datagram replies kept for retransmissions, over all sessions (default
+    /// 64 MiB; each reply counts its buffer). Past it the oldest are dropped: a
+    /// retransmission of such a call gets an `Internal` error saying it ran but its reply is
+    /// gone — it never runs twice.
+    pub reply_cache_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -50,6 +55,7 @@ impl Default for ServerConfig {
             datagram: false,
             max_sessions: 10_000,
             session_idle: Duration::from_secs(120),
+            reply_cache_bytes: 64 << 20,
         }
     }
 }
@@ -161,14 +167,7 @@ impl Server {
                 // The same port number as the listener (an ephemeral one is known only now).
                 let at = listener.local_addr().map_err(ServeError::Bind)?;
                 let sock = UdpSocket::bind_reuse(at, config.reuse_port).map_err(ServeError::Bind)?;
-                Some(DgramEndpoint::new(
-                    sock,
-                    services.clone(),
-                    load.clone(),
-                    config.max_sessions,
-                    config.conn.max_in_flight,
-                    config.session_idle,
-                ))
+                Some(DgramEndpoint::new(sock, services.clone(), load.clone(), &config))
             }
         };
         Ok(Server { listener, datagrams, services, config, load })
