@@ -21,7 +21,9 @@
 //! - [`server`]: a table node — the thin I/O driver hosting its replicas on one core of our
 //!   runtime, moving raft messages over our rpc and answering clients ([`api`] holds the
 //!   generated stubs of both interfaces); a node a membership change removes from a group
-//!   drops that replica and its disk state and never hosts the group again;
+//!   drops that replica and its disk state and never hosts the group again — one that was
+//!   down or cut off at the time learns it from the members, which answer its raft
+//!   messages with "you were removed";
 //! - [`client`]: the client library — routing by key, redirects and leader hints, retries
 //!   that take effect once;
 //! - [`linearizability`]: a checker (Wing–Gong search with memoization, per key) for the

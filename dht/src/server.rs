@@ -172,11 +172,16 @@ struct GroupSlot {
     replica: Replica,
     writes: HashMap<(u64, u64), oneshot::Sender<WriteAnswer>>,
     reads: HashMap<u64, (Vec<u8>, oneshot::Sender<ReadAnswer>)>,
+    /// Nodes whose removal from the group this replica applied (since it started): a
+    /// message from one of them is answered "you were removed" instead of being stepped.
+    /// Only applied removals count — a node merely missing from the configuration may be
+    /// one this replica has not yet seen added.
+    removed_members: BTreeSet<NodeId>,
 }
 
 impl GroupSlot {
     fn new(replica: Replica) -> Self {
-        GroupSlot { replica, writes: HashMap::new(), reads: HashMap::new() }
+        GroupSlot { replica, writes: HashMap::new(), reads: HashMap::new(), removed_members: BTreeSet::new() }
     }
 
     /// Answers every waiting write and read with `refusal`.
@@ -469,6 +474,15 @@ impl Inner {
                     }
                 }
                 let conf_changed = !rd.member_updates.is_empty();
+                for u in &rd.member_updates {
+                    use raft::eraftpb::ConfChangeType;
+                    match u.change {
+                        ConfChangeType::RemoveNode => slot.removed_members.insert(u.node),
+                        ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                            slot.removed_members.remove(&u.node)
+                        }
+                    };
+                }
                 added.extend(rd.member_updates.drain(..).map(|u| (*gid, u)));
                 if let Some((role, leader)) = rd.role_changed {
                     tracing::debug!(node = self.config.id, group = *gid, ?role, ?leader, "role changed");
@@ -706,10 +720,13 @@ impl Inner {
         }
     }
 
-    fn deliver(&self, from: NodeId, messages: Vec<(GroupId, Vec<u8>)>) {
+    /// Steps `from`'s messages; returns the groups `from` was removed from (see
+    /// [`GroupSlot::removed_members`]), whose messages are not stepped.
+    fn deliver(&self, from: NodeId, messages: Vec<(GroupId, Vec<u8>)>) -> Vec<GroupId> {
+        let mut gone: Vec<GroupId> = Vec::new();
         let mut st = self.state.borrow_mut();
         if st.failed.is_some() {
-            return;
+            return gone;
         }
         for (group, bytes) in messages {
             let Ok(msg) = Message::parse_from_bytes(&bytes) else {
@@ -731,11 +748,42 @@ impl Inner {
                 }
             }
             if let Some(slot) = st.groups.get_mut(&group) {
+                if slot.removed_members.contains(&from) && !slot.replica.is_member(from) {
+                    if !gone.contains(&group) {
+                        gone.push(group);
+                    }
+                    continue;
+                }
                 slot.replica.step(msg);
             }
         }
         drop(st);
         self.wake.notify();
+        gone
+    }
+
+    /// Member `by` answered that this node was removed from `groups`: a removal this node
+    /// missed (it was down or cut off when the change was applied). Each is dropped as if it
+    /// had applied the change: served one more turn, then removed, durably.
+    fn removed_by(&self, by: NodeId, groups: Vec<GroupId>) {
+        let mut st = self.state.borrow_mut();
+        let mut any = false;
+        for gid in groups {
+            if st.groups.contains_key(&gid) && !st.leaving.contains(&gid) {
+                tracing::info!(
+                    node = self.config.id,
+                    group = gid,
+                    by,
+                    "a member says this node was removed: dropping the replica"
+                );
+                st.leaving.insert(gid);
+                any = true;
+            }
+        }
+        drop(st);
+        if any {
+            self.wake.notify();
+        }
     }
 
     fn report_delivery(&self, to: NodeId, batch: &[(GroupId, MessageType)], delivered: bool) {
@@ -825,8 +873,14 @@ async fn send_loop(inner: Rc<Inner>, link: Rc<PeerLink>, to: NodeId, addr: Socke
                 q.drain(..kinds.len());
                 (kinds, encoded)
             };
-            let delivered = client.deliver(me, encoded).await.is_ok();
-            inner.report_delivery(to, &batch, delivered);
+            let answer = client.deliver(me, encoded).await;
+            inner.report_delivery(to, &batch, answer.is_ok());
+            if let Ok(gone) = answer {
+                let gone: Vec<GroupId> = gone.iter().map(|g| g.to_native()).collect();
+                if !gone.is_empty() {
+                    inner.removed_by(to, gone);
+                }
+            }
         }
     }
 }
@@ -907,12 +961,11 @@ impl RaftPeer for PeerImpl {
         _ctx: &CallContext,
         from: &Archived<u64>,
         messages: &Archived<Vec<(u64, Vec<u8>)>>,
-    ) -> Result<(), Status> {
+    ) -> Result<Vec<u64>, Status> {
         let from = from.to_native();
         if !self.0.nodes.borrow().contains_key(&from) {
             return Err(Status::application(format!("unknown node {from}")));
         }
-        self.0.deliver(from, owned::<Vec<(u64, Vec<u8>)>>(messages)?);
-        Ok(())
+        Ok(self.0.deliver(from, owned::<Vec<(u64, Vec<u8>)>>(messages)?))
     }
 }

@@ -316,6 +316,52 @@ fn a_replacement_node_joins_is_promoted_and_the_old_one_removed_while_writes_con
     assert!(fresh.maps().group(group).unwrap().members.contains(&4));
 }
 
+#[test]
+fn a_member_that_was_down_when_removed_learns_it_and_drops_its_replica() {
+    use multispace_dht::api::table::MemberChange;
+
+    let mut cluster = Cluster::start(3, 2, Durability::Durable);
+    let client = cluster.client();
+    let group = client.maps().group_of(b"k-0").id;
+    let rt = rt();
+    rt.block_on(async {
+        for i in 0..50 {
+            client.put(format!("k-{i}").as_bytes(), b"v").await.unwrap();
+        }
+    });
+    let leader = cluster.leader_of(group).expect("a leader after 50 writes");
+    let down = [1, 2, 3].into_iter().find(|n| *n != leader).unwrap();
+    cluster.nodes.get_mut(&down).unwrap().kill();
+    rt.block_on(async {
+        client.change_members(group, MemberChange::Remove { node: down }).await.expect("removed while down");
+        for i in 50..100 {
+            client.put(format!("k-{i}").as_bytes(), b"v").await.unwrap();
+        }
+    });
+    // It comes back with the replica it had, still a member as far as it knows; the members
+    // answer its messages with "you were removed" and it drops the group.
+    cluster.restart(down);
+    let hosts = |cluster: &Cluster| cluster.nodes[&down].status().iter().any(|s| s.group == group);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while hosts(&cluster) {
+        assert!(Instant::now() < deadline, "node {down}, removed while down, still hosts group {group}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // For good: a restart does not bring it back, and its other groups are still there.
+    cluster.nodes.get_mut(&down).unwrap().kill();
+    cluster.restart(down);
+    assert!(!hosts(&cluster), "a restart brought the removed replica back");
+    let others: Vec<u64> =
+        client.maps().groups().filter(|g| g.id != group && g.members.contains(&down)).map(|g| g.id).collect();
+    let hosted: Vec<u64> = cluster.nodes[&down].status().iter().map(|s| s.group).collect();
+    assert!(others.iter().all(|g| hosted.contains(g)), "its other groups are back: {hosted:?} ⊇ {others:?}");
+    // The group goes on with the two members left.
+    rt.block_on(async {
+        client.put(b"k-0", b"after").await.unwrap();
+        assert_eq!(client.get(b"k-0").await.unwrap(), Some(b"after".to_vec()));
+    });
+}
+
 /// A tmpfs of `size` mounted on a new temporary directory, unmounted on drop.
 struct Tmpfs(tempfile::TempDir);
 
