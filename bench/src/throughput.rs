@@ -118,7 +118,7 @@ impl Drop for RawWindowedUdp {
 /// One measured throughput figure.
 #[derive(Debug, Clone, Serialize)]
 pub struct Rate {
-    /// What was measured (`calls`, `one-way`, `multicast`, `scaling`).
+    /// What was measured (`calls`, `one-way`, `multicast`, `transfer MB/s, ...`, `scaling`).
     pub kind: String,
     /// The system.
     pub system: String,

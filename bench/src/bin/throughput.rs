@@ -1,13 +1,15 @@
 //! Throughput report: null calls per second with 1, 16 and 256 in flight (ours on both
 //! drivers, raw windowed UDP echo, tarpc, tonic), one-way and multicast messages per second
-//! against a raw UDP blast, and calls per second from one core to all cores.
+//! against a raw UDP blast, calls per second from one core to all cores, and large
+//! transfers (64 KiB to 1 MiB carried by one call, either way) against raw TCP.
 //!
 //! `cargo run --release -p multispace-bench --bin throughput -- [--quick] [--json PATH]`
 
 use clap::Parser;
+use multispace_bench::raw::RawTcp;
 use multispace_bench::shapes::Shape;
 use multispace_bench::throughput::{oneway_blast, rate, raw_udp_blast, scaling, Rate, RawWindowedUdp};
-use multispace_bench::{pin_caller, Waiting, Windowed};
+use multispace_bench::{pin_caller, PingPong, Waiting, Windowed};
 use multispace_rpc::DriverKind;
 
 #[derive(Parser)]
@@ -66,6 +68,41 @@ fn main() -> anyhow::Result<()> {
         push("multicast", &format!("multispace multicast ({driver})"), 0, r, Some(lost));
     }
 
+    // Large transfers: one call at a time carrying `size` bytes one way (an empty answer or
+    // a 4-byte request the other way), in MB/s, against a raw TCP ping-pong of the same sizes
+    // (blocking sockets, TCP_NODELAY). Best of `rounds`.
+    let per_size_bytes: u64 = if args.quick { 16 << 20 } else { 128 << 20 };
+    for size in [64usize << 10, 256 << 10, 1 << 20] {
+        for (dir, shape, (request, response)) in
+            [("request", Shape::Bytes(size), (size, 1)), ("reply", Shape::ReturnBytes(size), (4, size))]
+        {
+            let kind = format!("transfer MB/s, {} KiB {dir}", size >> 10);
+            let calls = per_size_bytes / size as u64;
+            let mut systems: Vec<(String, Box<dyn PingPong>)> = vec![
+                ("raw TCP (ping-pong)".into(), Box::new(RawTcp::new(request, response, Waiting::Sleep)?)),
+                (
+                    "multispace rpc (io_uring)".into(),
+                    Box::new(multispace_bench::ours::Rpc::new(DriverKind::Uring, Waiting::Sleep, shape)?),
+                ),
+                (
+                    "multispace rpc (epoll)".into(),
+                    Box::new(multispace_bench::ours::Rpc::new(DriverKind::Epoll, Waiting::Sleep, shape)?),
+                ),
+            ];
+            let mut best = vec![0f64; systems.len()];
+            for _ in 0..rounds {
+                for (i, (_, sys)) in systems.iter_mut().enumerate() {
+                    sys.run(calls / 10 + 1, None);
+                    let t = sys.run(calls, None);
+                    best[i] = best[i].max((calls * size as u64) as f64 / t.as_secs_f64() / 1e6);
+                }
+            }
+            for ((name, _), mbps) in systems.iter().zip(best) {
+                push(&kind, name, 1, mbps, None);
+            }
+        }
+    }
+
     let cores = multispace_bench::throughput::cpus_online();
     for k in 1..=cores {
         push(
@@ -83,6 +120,7 @@ fn main() -> anyhow::Result<()> {
         match kind {
             "calls" => rates.iter().find(|x| x.kind == "calls" && x.window == r.window && x.system.starts_with("raw")),
             "one-way" => rates.iter().find(|x| x.kind == "one-way" && x.system.starts_with("raw")),
+            k if k.starts_with("transfer") => rates.iter().find(|x| x.kind == k && x.system.starts_with("raw")),
             _ => rates.iter().find(|x| x.kind == "scaling" && x.window == 1),
         }
         .map(|f| r.per_s / f.per_s)
@@ -107,7 +145,8 @@ fn main() -> anyhow::Result<()> {
     }
     println!(
         "\nFloors: `calls` against raw windowed UDP echo with the same window; `one-way` and `multicast` against a raw \
-         UDP blast (delivered messages per second); `scaling` against one core."
+         UDP blast (delivered messages per second); `transfer` (MB/s, one call at a time) against a raw TCP \
+         ping-pong of the same sizes; `scaling` against one core."
     );
     if let Some(path) = args.json {
         std::fs::write(&path, serde_json::to_string_pretty(&rates)?)?;
