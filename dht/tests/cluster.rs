@@ -72,6 +72,25 @@ impl Cluster {
         let t = DhtThread::start(self.configs[&id].clone()).unwrap();
         self.nodes.insert(id, t);
     }
+
+    /// Waits (bounded) until node `id` no longer hosts `group`, then checks it is gone for
+    /// good: a restart does not bring the replica back, and the node's other groups
+    /// (per `maps`) come back with it.
+    fn assert_drops_group_for_good(&mut self, id: u64, group: u64, maps: &Maps) {
+        let hosts = |cluster: &Cluster| cluster.nodes[&id].status().iter().any(|s| s.group == group);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while hosts(self) {
+            assert!(Instant::now() < deadline, "removed node {id} still hosts group {group}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.nodes.get_mut(&id).unwrap().kill();
+        self.restart(id);
+        assert!(!hosts(self), "a restart brought the removed replica back");
+        let others: Vec<u64> =
+            maps.groups().filter(|g| g.id != group && g.members.contains(&id)).map(|g| g.id).collect();
+        let hosted: Vec<u64> = self.nodes[&id].status().iter().map(|s| s.group).collect();
+        assert!(others.iter().all(|g| hosted.contains(g)), "its other groups are back: {hosted:?} ⊇ {others:?}");
+    }
 }
 
 fn rt() -> LocalRuntime {
@@ -281,19 +300,7 @@ fn a_replacement_node_joins_is_promoted_and_the_old_one_removed_while_writes_con
     // The old member applied its removal: it drops its replica (and refuses the group from
     // now on), and a restart does not bring the replica back.
     let old = old_member.get();
-    let hosts = |cluster: &Cluster| cluster.nodes[&old].status().iter().any(|s| s.group == group);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while hosts(&cluster) {
-        assert!(Instant::now() < deadline, "the removed member still hosts group {group}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    cluster.nodes.get_mut(&old).unwrap().kill();
-    cluster.restart(old);
-    assert!(!hosts(&cluster), "a restart brought the removed replica back");
-    let others: Vec<u64> =
-        client.maps().groups().filter(|g| g.id != group && g.members.contains(&old)).map(|g| g.id).collect();
-    let hosted: Vec<u64> = cluster.nodes[&old].status().iter().map(|s| s.group).collect();
-    assert!(others.iter().all(|g| hosted.contains(g)), "its other groups are back: {hosted:?} ⊇ {others:?}");
+    cluster.assert_drops_group_for_good(old, group, &client.maps());
     // Now it goes away for good; group `group` lives on the other two and node 4.
     cluster.nodes.get_mut(&old).unwrap().kill();
     let status4 = node4.status().into_iter().find(|s| s.group == group).unwrap();
@@ -341,20 +348,7 @@ fn a_member_that_was_down_when_removed_learns_it_and_drops_its_replica() {
     // It comes back with the replica it had, still a member as far as it knows; the members
     // answer its messages with "you were removed" and it drops the group.
     cluster.restart(down);
-    let hosts = |cluster: &Cluster| cluster.nodes[&down].status().iter().any(|s| s.group == group);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while hosts(&cluster) {
-        assert!(Instant::now() < deadline, "node {down}, removed while down, still hosts group {group}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    // For good: a restart does not bring it back, and its other groups are still there.
-    cluster.nodes.get_mut(&down).unwrap().kill();
-    cluster.restart(down);
-    assert!(!hosts(&cluster), "a restart brought the removed replica back");
-    let others: Vec<u64> =
-        client.maps().groups().filter(|g| g.id != group && g.members.contains(&down)).map(|g| g.id).collect();
-    let hosted: Vec<u64> = cluster.nodes[&down].status().iter().map(|s| s.group).collect();
-    assert!(others.iter().all(|g| hosted.contains(g)), "its other groups are back: {hosted:?} ⊇ {others:?}");
+    cluster.assert_drops_group_for_good(down, group, &client.maps());
     // The group goes on with the two members left.
     rt.block_on(async {
         client.put(b"k-0", b"after").await.unwrap();
