@@ -165,10 +165,14 @@ fn server_death_mid_call_fails_the_call_then_reconnects() {
         });
         until("call in flight", || client.in_flight() == 1).await;
         // Kill the server's core: its sockets close with it.
-        std::thread::spawn(move || server_rt.shutdown());
+        let shutdown = std::thread::spawn(move || server_rt.shutdown());
         let err = must("call fails promptly", call).await.unwrap_err();
         assert!(matches!(err, CallError::ConnectionLost), "{err:?}");
         assert!(!err.did_not_run(), "a lost call may have run");
+        // Rebind only once the old listener is closed: with SO_REUSEPORT the bind succeeds
+        // beside a listener still being torn down, which could take the reconnect and then
+        // reset it.
+        shutdown.join().unwrap();
 
         // A new server on the same address; the client reconnects on next use.
         let svc = Service::builder("echo")

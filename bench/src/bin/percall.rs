@@ -43,10 +43,7 @@ fn main() -> anyhow::Result<()> {
             Service::builder("null").method(1, |_ctx, _r: Message<()>| async { Ok::<(), Status>(()) }).build()
         };
         let (server_tls, client_tls) = match args.tls {
-            true => {
-                let (s, c) = multispace_bench::ours::tls_pair()?;
-                (Some(s), Some(c))
-            }
+            true => multispace_bench::ours::tls_pair().map(|(s, c)| (Some(s), Some(c)))?,
             false => (None, None),
         };
         let config = ServerConfig {

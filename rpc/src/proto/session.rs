@@ -197,6 +197,23 @@ fn newer(a: u32, b: u32) -> bool {
     a != b && a.wrapping_sub(b) < (1 << 31)
 }
 
+/// The slot `request_id` names in session `(peer, id)`, if it still holds that call.
+fn slot<P: Hash + Eq, R, H>(
+    map: &HashMap<(P, u64), Session<R, H>, foldhash::fast::RandomState>,
+    peer: P,
+    id: u64,
+    request_id: u64,
+) -> Option<&Slot<R, H>> {
+    let sl = map.get(&(peer, id))?.slots.get(request_id as u32 as usize)?.as_ref()?;
+    (sl.seq == (request_id >> 32) as u32).then_some(sl)
+}
+
+/// A cached reply leaves the cache: take it off the byte and reply counts.
+fn uncount<R: CacheSize>(bytes: &mut usize, replies: &mut usize, r: &R) {
+    *bytes -= r.cache_size();
+    *replies -= 1;
+}
+
 /// The server's sessions, keyed by `P` (the peer address) and session id; `R` is a cached
 /// reply, `H` a running call's task handle.
 pub struct Sessions<P, R, H> {
@@ -208,9 +225,9 @@ pub struct Sessions<P, R, H> {
     /// Bytes of cached replies, and the budget.
     cached_bytes: usize,
     max_cached_bytes: usize,
-    /// Cached replies, oldest first, as (session, slot, sequence); entries whose slot has
+    /// Cached replies, oldest first, as (peer, session, request id); entries whose slot has
     /// moved on are skipped when met (and compacted away so the queue stays bounded).
-    order: VecDeque<((P, u64), u32, u32)>,
+    order: VecDeque<(P, u64, u64)>,
     /// Slots holding a cached reply.
     cached: usize,
     /// Replies dropped for the budget, for the caller to reuse ([`Sessions::pop_evicted`]).
@@ -255,8 +272,7 @@ impl<P: Hash + Eq + Copy, R: CacheSize, H> Sessions<P, R, H> {
     fn forget(&mut self, s: &Session<R, H>) {
         for sl in s.slots.iter().flatten() {
             if let SlotState::Done(r) = &sl.state {
-                self.cached_bytes -= r.cache_size();
-                self.cached -= 1;
+                uncount(&mut self.cached_bytes, &mut self.cached, r);
             }
         }
     }
@@ -264,28 +280,19 @@ impl<P: Hash + Eq + Copy, R: CacheSize, H> Sessions<P, R, H> {
     /// Drop the oldest cached replies until the cache is within its budget.
     fn evict(&mut self) {
         while self.cached_bytes > self.max_cached_bytes {
-            let Some((key, slot, seq)) = self.order.pop_front() else { break };
-            let Some(sl) = self.map.get_mut(&key).and_then(|s| s.slots.get_mut(slot as usize)).and_then(|s| s.as_mut())
-            else {
-                continue;
-            };
-            if sl.seq != seq || !matches!(sl.state, SlotState::Done(_)) {
-                continue;
-            }
+            let Some((peer, id, request_id)) = self.order.pop_front() else { break };
+            let cached = |sl: &&mut Slot<R, H>| matches!(sl.state, SlotState::Done(_));
+            let Some(sl) = self.slot_mut(peer, id, request_id).filter(cached) else { continue };
             if let SlotState::Done(r) = std::mem::replace(&mut sl.state, SlotState::Dropped) {
-                self.cached_bytes -= r.cache_size();
-                self.cached -= 1;
+                uncount(&mut self.cached_bytes, &mut self.cached, &r);
                 self.evicted.push(r);
             }
         }
         // Entries of replies released since: compact once they outnumber the live ones.
         if self.order.len() > 2 * self.cached + 64 {
             let map = &self.map;
-            self.order.retain(|(key, slot, seq)| {
-                map.get(key)
-                    .and_then(|s| s.slots.get(*slot as usize))
-                    .and_then(|s| s.as_ref())
-                    .is_some_and(|sl| sl.seq == *seq && matches!(sl.state, SlotState::Done(_)))
+            self.order.retain(|&(peer, id, request_id)| {
+                slot(map, peer, id, request_id).is_some_and(|sl| matches!(sl.state, SlotState::Done(_)))
             });
         }
     }
@@ -379,8 +386,7 @@ impl<P: Hash + Eq + Copy, R: CacheSize, H> Sessions<P, R, H> {
         let old = std::mem::replace(sl, Slot { seq, state: SlotState::Running(None) });
         *released = match old.state {
             SlotState::Done(r) => {
-                *cached_bytes -= r.cache_size();
-                *cached -= 1;
+                uncount(cached_bytes, cached, &r);
                 Some(Released::Reply(r))
             }
             SlotState::Running(h) => Some(Released::Running(h)),
@@ -422,7 +428,7 @@ impl<P: Hash + Eq + Copy, R: CacheSize, H> Sessions<P, R, H> {
         if matches!(kept, Kept::Cached) {
             self.cached_bytes += size;
             self.cached += 1;
-            self.order.push_back(((peer, id), request_id as u32, (request_id >> 32) as u32));
+            self.order.push_back((peer, id, request_id));
             self.evict();
         }
         (kept, task)
