@@ -9,6 +9,7 @@ use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use hdrhistogram::Histogram;
 use multispace_rpc::runtime::time::timeout;
 use multispace_rpc::tls::certs::{Authority, Leaf};
@@ -40,6 +41,7 @@ pub(crate) fn runtimes(driver: DriverKind, waiting: Waiting) -> anyhow::Result<(
 
 /// The Table 1 service: one method per shape.
 fn table1_service() -> Service {
+    let shared = Bytes::from(vec![7u8; 1 << 20]);
     Service::builder("table1")
         .method(Shape::Void.method_id(), |_ctx, _r: Message<()>| async { Ok::<(), Status>(()) })
         .method(Shape::Int.method_id(), |_ctx, _r: Message<i32>| async { Ok::<(), Status>(()) })
@@ -56,8 +58,17 @@ fn table1_service() -> Service {
         .method(Shape::ReturnBytes(0).method_id(), |_ctx, r: Message<i32>| async move {
             Ok::<Vec<u8>, Status>(vec![7u8; r.to_native().clamp(0, 1 << 20) as usize])
         })
+        .method(SHARED_REPLY_METHOD, move |_ctx, r: Message<i32>| {
+            let reply = shared.slice(..r.to_native().clamp(0, 1 << 20) as usize);
+            async move { Ok::<Bytes, Status>(reply) }
+        })
         .build()
 }
+
+/// `byte[n] f(int)` answered from a buffer the server built once (a `Bytes` slice, archived
+/// like a `Vec<u8>`), as a raw TCP echo answers: the large-transfer rows measure moving the
+/// bytes, not making them. Table 1 builds the array per call, as its peers do.
+const SHARED_REPLY_METHOD: u32 = 7;
 
 /// Reliable calls of one shape over TCP, plain or with mutual TLS.
 pub struct Rpc {
@@ -66,6 +77,8 @@ pub struct Rpc {
     _server_rt: Runtime,
     addr: SocketAddr,
     shape: Shape,
+    /// The method called: the shape's, or [`SHARED_REPLY_METHOD`].
+    method: u32,
     conn: ConnConfig,
 }
 
@@ -87,9 +100,15 @@ impl Rpc {
         Self::with_tls(driver, waiting, shape, None)
     }
 
+    /// `byte[len] f(int)` answered from a buffer the server built once: for transfer rates
+    /// against raw TCP, whose echo does not build its reply per call either.
+    pub fn shared_reply(driver: DriverKind, waiting: Waiting, len: usize) -> anyhow::Result<Self> {
+        Self::build(driver, waiting, Shape::ReturnBytes(len), None, Transport::Tcp, SHARED_REPLY_METHOD)
+    }
+
     /// [`Rpc::new`] over UDP datagram sessions.
     pub fn udp(driver: DriverKind, waiting: Waiting, shape: Shape) -> anyhow::Result<Self> {
-        Self::build(driver, waiting, shape, None, Transport::Udp)
+        Self::build(driver, waiting, shape, None, Transport::Udp, shape.method_id())
     }
 
     /// [`Rpc::new`], with mutual TLS when `tls` is (server, client) configurations.
@@ -99,7 +118,7 @@ impl Rpc {
         shape: Shape,
         tls: Option<(TlsConfig, TlsConfig)>,
     ) -> anyhow::Result<Self> {
-        Self::build(driver, waiting, shape, tls, Transport::Tcp)
+        Self::build(driver, waiting, shape, tls, Transport::Tcp, shape.method_id())
     }
 
     fn build(
@@ -108,6 +127,7 @@ impl Rpc {
         shape: Shape,
         tls: Option<(TlsConfig, TlsConfig)>,
         transport: Transport,
+        method: u32,
     ) -> anyhow::Result<Self> {
         let (server_rt, client_rt) = runtimes(driver, waiting)?;
         let (server_tls, client_tls) = tls.map_or((None, None), |(s, c)| (Some(s), Some(c)));
@@ -123,7 +143,7 @@ impl Rpc {
             Ok::<_, multispace_rpc::ServeError>(addr)
         })??;
         let conn = ConnConfig { tls: client_tls, transport, ..ConnConfig::default() };
-        let mut me = Rpc { client_rt, _server_rt: server_rt, addr, shape, conn };
+        let mut me = Rpc { client_rt, _server_rt: server_rt, addr, shape, method, conn };
         me.run(1000, None);
         Ok(me)
     }
@@ -187,7 +207,7 @@ async fn timed<Req: Payload, Resp: Validate>(client: &Client, method: u32, req: 
 
 impl PingPong for Rpc {
     fn run(&mut self, n: u64, hist: Option<&mut Histogram<u64>>) -> Duration {
-        let (addr, shape, conn) = (self.addr, self.shape, self.conn.clone());
+        let (addr, shape, m, conn) = (self.addr, self.shape, self.method, self.conn.clone());
         let (elapsed, h) = self
             .client_rt
             .core(0)
@@ -195,7 +215,6 @@ impl PingPong for Rpc {
                 let client =
                     CLIENT.with(|c| c.borrow_mut().get_or_insert_with(|| Client::with_config(addr, conn)).clone());
                 let mut h = Histogram::<u64>::new(3).expect("histogram");
-                let m = shape.method_id();
                 let start = Instant::now();
                 match shape {
                     Shape::Void => timed::<(), ()>(&client, m, &(), n, &mut h).await,

@@ -3,7 +3,7 @@
 //! counts and reports the difference per call (user-space instructions only: the kernel is
 //! not counted, so this is our own CPU per call, deterministic unlike time).
 //!
-//! `cargo run --release -p multispace-bench --bin percall -- --calls N [--driver epoll] [--stub] [--udp]`
+//! `cargo run --release -p multispace-bench --bin percall -- --calls N [--driver epoll] [--stub] [--udp] [--tls] [--bytes N]`
 
 use clap::Parser;
 use multispace_rpc::{
@@ -30,6 +30,10 @@ struct Args {
     /// Call over mutual TLS (TCP).
     #[arg(long)]
     tls: bool,
+    /// Each call carries a request of this many bytes (a `Vec<u8>`) instead of nothing:
+    /// the per-call cost of large transfers.
+    #[arg(long, default_value_t = 0)]
+    bytes: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -40,7 +44,13 @@ fn main() -> anyhow::Result<()> {
         let svc = if args.stub {
             calc::service(Calculator::new("percall"))
         } else {
-            Service::builder("null").method(1, |_ctx, _r: Message<()>| async { Ok::<(), Status>(()) }).build()
+            Service::builder("null")
+                .method(1, |_ctx, _r: Message<()>| async { Ok::<(), Status>(()) })
+                .method(2, |_ctx, r: Message<Vec<u8>>| async move {
+                    std::hint::black_box(r.len());
+                    Ok::<(), Status>(())
+                })
+                .build()
         };
         let (server_tls, client_tls) = match args.tls {
             true => multispace_bench::ours::tls_pair().map(|(s, c)| (Some(s), Some(c)))?,
@@ -62,8 +72,12 @@ fn main() -> anyhow::Result<()> {
         } else {
             let transport = if args.udp { Transport::Udp } else { Transport::Tcp };
             let c = Client::with_config(addr, ConnConfig { transport, tls: client_tls, ..ConnConfig::default() });
+            let payload = vec![7u8; args.bytes];
             for _ in 0..args.calls {
-                c.call::<(), ()>(1, &(), CallOptions::default()).await?;
+                match args.bytes {
+                    0 => c.call::<(), ()>(1, &(), CallOptions::default()).await?,
+                    _ => c.call::<Vec<u8>, ()>(2, &payload, CallOptions::default()).await?,
+                };
             }
         }
         Ok::<_, anyhow::Error>(())

@@ -145,11 +145,13 @@ pub(crate) struct MultiReceiver {
     armed: Option<usize>,
     data: Option<Box<MultiData>>,
     partial: Option<(u16, usize, usize)>,
+    /// The armed op was asked to end (for a direct read); its final completion is pending.
+    stopping: bool,
 }
 
 impl MultiReceiver {
     pub(crate) fn new(fd: RawFd, reg: Registration, kind: Kind) -> Self {
-        MultiReceiver { fd, reg, kind, armed: None, data: None, partial: None }
+        MultiReceiver { fd, reg, kind, armed: None, data: None, partial: None, stopping: false }
     }
 
     /// Receive one datagram into the spare capacity of `buf` (reserve room for the largest
@@ -239,6 +241,65 @@ impl MultiReceiver {
         (res, buf)
     }
 
+    /// Receive stream bytes straight into the spare capacity of `buf`, for a read expected
+    /// to be large (the rest of a big frame). On io_uring the armed multishot is stopped
+    /// first and the bytes it already took are handed out, in order; then one receive goes
+    /// straight into `buf`, so the kernel copies once into the frame and no ring buffer sits
+    /// in between (16 KiB buffers would cost a completion, a wake-up and a second copy each).
+    /// The next [`MultiReceiver::recv`] arms the multishot again. Cancel-safe like `recv`
+    /// up to the direct receive; dropping that one loses what it read, which only happens
+    /// when the connection is being closed anyway.
+    pub(crate) async fn recv_direct(&mut self, buf: BytesMut) -> (io::Result<usize>, BytesMut) {
+        debug_assert_eq!(self.kind, Kind::Stream);
+        if with_driver(|d| matches!(d, Driver::Epoll(_))) {
+            return op::Op::new(op::Recv { fd: self.fd, buf }, self.reg).await;
+        }
+        loop {
+            if self.partial.is_some() {
+                return self.recv(buf).await;
+            }
+            let Some(key) = self.armed else { break };
+            let stopping = &mut self.stopping;
+            let (res, flags) = std::future::poll_fn(|cx| {
+                with_driver(|d| {
+                    let Driver::Uring(d) = d else { unreachable!("driver changed under a core") };
+                    if let Some(completion) = d.poll_multi(key, cx.waker()) {
+                        return Poll::Ready(completion);
+                    }
+                    // Bytes already received are taken through the ring; the multishot is
+                    // stopped only once it has nothing queued, so a stop costs no extra wait.
+                    if !*stopping {
+                        *stopping = true;
+                        d.cancel_multi(key);
+                    }
+                    Poll::Pending
+                })
+            })
+            .await;
+            if !cqueue::more(flags) {
+                self.finish(key);
+            }
+            match (res, cqueue::buffer_select(flags)) {
+                (r, _) if r == -libc::ECANCELED || r == -libc::ENOBUFS => {}
+                (r, _) if r < 0 => return (Err(io::Error::from_raw_os_error(-r)), buf),
+                (0, None) => return (Ok(0), buf),
+                (n, Some(bid)) => self.partial = Some((bid, 0, n as usize)),
+                (_, None) => return (Err(io::Error::other("multishot completion without a buffer")), buf),
+            }
+        }
+        op::Op::new(op::Recv { fd: self.fd, buf }, self.reg).await
+    }
+
+    /// The multishot op `key` posted its final completion.
+    fn finish(&mut self, key: usize) {
+        with_driver(|d| {
+            let Driver::Uring(d) = d else { unreachable!("driver changed under a core") };
+            d.finish_multi(key);
+        });
+        self.armed = None;
+        self.stopping = false;
+    }
+
     /// The next completion as (buffer id, length), `None` at end of stream. Arms (or re-arms)
     /// the multishot receive as needed.
     fn poll_completion(&mut self, waker: &std::task::Waker) -> Poll<io::Result<Option<(u16, usize)>>> {
@@ -274,15 +335,19 @@ impl MultiReceiver {
                     }
                 };
                 let Some((res, flags)) = d.poll_multi(key, waker) else { return Poll::Pending };
+                let stopped = self.stopping && res == -libc::ECANCELED;
                 if !cqueue::more(flags) {
-                    // The kernel ended the multishot (buffers ran out, end of stream, or an
-                    // error): re-arm on the next pass if reading goes on.
+                    // The kernel ended the multishot (buffers ran out, end of stream, an
+                    // error, or a stop asked for by `recv_direct`): re-arm on the next pass
+                    // if reading goes on.
                     d.finish_multi(key);
                     self.armed = None;
+                    self.stopping = false;
                 }
-                if res == -libc::ENOBUFS {
+                if res == -libc::ENOBUFS || stopped {
                     // Every buffer was taken by completions queued before this one, and those
-                    // have all been consumed and recycled by now: re-arm.
+                    // have all been consumed and recycled by now; or a direct read that asked
+                    // for the stop was dropped: re-arm.
                     continue;
                 }
                 if res < 0 {

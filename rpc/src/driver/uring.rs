@@ -187,6 +187,15 @@ impl UringDriver {
         self.ops.remove(key);
     }
 
+    /// Ask the kernel to end a multishot op early; its owner keeps polling it, taking the
+    /// completions already queued, until the final one (`-ECANCELED`).
+    pub(crate) fn cancel_multi(&mut self, key: usize) {
+        if self.ops.get(key).is_some_and(Lifecycle::outstanding) {
+            let cancel = opcode::AsyncCancel::new(key as u64).build().user_data(CANCEL_TOKEN);
+            self.push(&cancel);
+        }
+    }
+
     /// The owner of a multishot op is gone: cancel it and keep its ring until it ends.
     pub(crate) fn abandon_multi(&mut self, key: usize, data: Box<MultiData>) {
         let Some(slot) = self.ops.get_mut(key) else { return };

@@ -111,6 +111,10 @@ pub(crate) enum ReadError {
     Tls(TlsError),
 }
 
+/// A frame still missing at least this many bytes is read without the receive ring in
+/// between (see `MultiReceiver::recv_direct`); smaller reads keep the multishot armed.
+const DIRECT_READ: usize = 32 << 10;
+
 /// Retired read buffers kept for reuse per connection.
 const MAX_SPARES: usize = 4;
 
@@ -136,6 +140,8 @@ pub(crate) struct FrameReader {
     tls: Option<(Rc<Session>, BytesMut, Rc<Outbox>)>,
     /// The peer closed its TLS side (close_notify).
     peer_closed: bool,
+    /// The last frame was large: read the next one directly too.
+    large: bool,
 }
 
 impl FrameReader {
@@ -151,6 +157,7 @@ impl FrameReader {
             frame_deadline: None,
             tls: None,
             peer_closed: false,
+            large: false,
         }
     }
 
@@ -191,6 +198,7 @@ impl FrameReader {
             let need = match decode_frame(&self.buf, self.max_payload) {
                 Ok(Decoded::Frame { header, len }) => {
                     self.frame_deadline = None;
+                    self.large = len >= DIRECT_READ;
                     let frame = self.buf.split_to(len).freeze();
                     let start = crate::proto::frame::HEADER_LEN;
                     let payload = frame.slice(start..start + header.payload_len as usize);
@@ -199,7 +207,7 @@ impl FrameReader {
                 Ok(Decoded::NeedMore(n)) => n,
                 Err(e) => return Err(ReadError::Protocol(e)),
             };
-            self.make_room(need);
+            self.make_room(if self.large { need.max(self.chunk) } else { need });
             if self.peer_closed {
                 return if self.buf.is_empty() { Ok(None) } else { Err(ReadError::Truncated) };
             }
@@ -222,16 +230,27 @@ impl FrameReader {
                 }
             };
             let rx = self.rx.as_mut().expect("set above");
+            // The rest of a large frame is read straight into its buffer; after a large frame
+            // so is the next one's start, since the kernel would otherwise fill the whole
+            // receive ring (and we copy it out) before we learn the frame is large again.
+            let direct = need >= DIRECT_READ || self.large;
+            let read = async move {
+                if direct {
+                    rx.recv_direct(target).await
+                } else {
+                    rx.recv(target).await
+                }
+            };
             let (res, received) = if partial {
-                // One deadline per frame, set when its first bytes arrive. The receive is
-                // cancel-safe, so the timeout loses no bytes (it ends the connection anyway).
+                // One deadline per frame, set when its first bytes arrive. A timeout ends the
+                // connection, so what a dropped receive had read does not matter.
                 let deadline = *self.frame_deadline.get_or_insert_with(|| Instant::now() + self.frame_timeout);
-                match timeout_at(deadline, rx.recv(target)).await {
+                match timeout_at(deadline, read).await {
                     Ok(r) => r,
                     Err(_) => return Err(ReadError::Truncated),
                 }
             } else {
-                rx.recv(target).await
+                read.await
             };
             match &mut self.tls {
                 None => self.buf = received,
