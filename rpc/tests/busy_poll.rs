@@ -1,5 +1,6 @@
-//! Busy-polling cores (`WaitMode::BusyPoll`), on both drivers: datagram sockets are then
-//! read directly every loop turn instead of through the driver. Calls over UDP and TCP and
+//! Busy-polling cores (`WaitMode::BusyPoll`), on both drivers: datagram sockets, and TCP
+//! connections that carried a frame lately, are then read directly every loop turn instead
+//! of through the driver (and TCP frames sent directly). Calls over UDP and TCP and
 //! one-way datagrams work as on a sleeping core; a core with `idle_after` still falls
 //! asleep when idle (the direct readers hand back to the driver) and wakes for the next
 //! datagram; retransmission still recovers lost datagrams exactly once.
@@ -21,8 +22,10 @@ use multispace_rpc::{
 
 const BUMP: u32 = 1;
 const NOTE: u32 = 2;
+const ECHO: u32 = 3;
 
-/// `BUMP` counts (not idempotent: a call run twice shows); `NOTE` is one-way.
+/// `BUMP` counts (not idempotent: a call run twice shows); `ECHO` returns its bytes; `NOTE`
+/// is one-way.
 fn service(count: Rc<Cell<u64>>, notes: Rc<RefCell<Vec<u32>>>) -> Service {
     Service::builder("busy")
         .method(BUMP, move |_ctx, _r: Message<()>| {
@@ -31,6 +34,10 @@ fn service(count: Rc<Cell<u64>>, notes: Rc<RefCell<Vec<u32>>>) -> Service {
                 count.set(count.get() + 1);
                 Ok::<u64, Status>(count.get())
             }
+        })
+        .method(ECHO, |_ctx, r: Message<Vec<u8>>| {
+            let v = r.as_slice().to_vec();
+            async move { Ok::<Vec<u8>, Status>(v) }
         })
         .one_way(NOTE, move |_ctx, n: Message<u32>| {
             notes.borrow_mut().push(n.to_native());
@@ -53,10 +60,25 @@ fn calls_work(wait: WaitMode) {
         let udp = Client::with_config(addr, ConnConfig { transport: Transport::Udp, ..ConnConfig::default() });
         let tcp = Client::new(addr);
 
+        // TCP: once a connection has had a frame, both ends read it (and write it) directly.
+        must("a first TCP call", tcp.call::<(), u64>(BUMP, &(), CallOptions::default())).await.unwrap();
+        let before = current_driver_stats().expect("on a core");
+        for _ in 0..20 {
+            must("a TCP call", tcp.call::<(), u64>(BUMP, &(), CallOptions::default())).await.unwrap();
+        }
+        let after = current_driver_stats().expect("on a core");
+        let direct = after.direct_reads - before.direct_reads;
+        assert!(direct >= 20, "{kind}: only {direct} of 40 TCP frames were read directly");
+        if kind == DriverKind::Uring && wait == SPIN_FOREVER {
+            let reaped = after.completions - before.completions;
+            assert!(reaped < 20, "{kind}: {reaped} io_uring completions for 20 TCP calls read and sent directly");
+        }
+        assert_eq!(count.get(), 21);
+
         let before = current_driver_stats().expect("on a core");
         for i in 1..=50u64 {
             let n = must("a UDP call", udp.call::<(), u64>(BUMP, &(), CallOptions::default())).await.unwrap();
-            assert_eq!(n.to_native(), i, "{kind}: call {i} ran once, in order");
+            assert_eq!(n.to_native(), 21 + i, "{kind}: call {i} ran once, in order");
         }
         let after = current_driver_stats().expect("on a core");
         // 100 datagrams (and the session's hello and its echo): read directly, not by the driver.
@@ -77,10 +99,13 @@ fn calls_work(wait: WaitMode) {
         for t in many {
             must("a concurrent UDP call", t).await.expect("call");
         }
-        for _ in 0..20 {
-            must("a TCP call", tcp.call::<(), u64>(BUMP, &(), CallOptions::default())).await.unwrap();
+        // Large and small frames mixed: the receive ring hands over to direct reads and back
+        // without losing or reordering a byte.
+        for (i, size) in [10usize, 100_000, 3, 1 << 20, 0, 40_000, 17].into_iter().enumerate() {
+            let v: Vec<u8> = (0..size).map(|b| (b * 3 + i) as u8).collect();
+            let r = must("a TCP echo", tcp.call::<Vec<u8>, Vec<u8>>(ECHO, &v, CallOptions::default())).await.unwrap();
+            assert!(r.as_slice() == v.as_slice(), "{kind}: {size} bytes echoed intact");
         }
-        assert_eq!(count.get(), 270);
 
         let notes_server =
             OneWayServer::bind("127.0.0.1:0".parse().unwrap(), [service(count.clone(), notes.clone())]).unwrap();
@@ -106,7 +131,8 @@ fn calls_work(wait: WaitMode) {
         for _ in 0..5 {
             must("a call after the idle spell", udp.call::<(), u64>(BUMP, &(), CallOptions::default())).await.unwrap();
         }
-        assert_eq!(count.get(), 275);
+        must("a TCP call after the idle spell", tcp.call::<(), u64>(BUMP, &(), CallOptions::default())).await.unwrap();
+        assert_eq!(count.get(), 277);
     });
 }
 
@@ -146,7 +172,7 @@ fn every_call_runs_exactly_once_through_loss_while_busy_polling() {
 
 #[test]
 fn more_datagram_sockets_than_spin_directly_all_get_their_datagrams() {
-    // 24 servers and 24 client connections on one core: 48 sockets wanting to spin, more
+    // 24 servers with 24 UDP and 24 TCP clients on one core: 96 sockets wanting to spin, more
     // than a core reads directly; the rest wait on the driver and must still be served.
     each_driver_waiting(SPIN_FOREVER, |kind| async move {
         let count = Rc::new(Cell::new(0));
@@ -160,6 +186,9 @@ fn more_datagram_sockets_than_spin_directly_all_get_their_datagrams() {
                 Client::with_config(addr, ConnConfig { transport: Transport::Udp, ..ConnConfig::default() })
             })
             .collect();
+        // And 24 TCP connections to the same servers: more connections than spin directly.
+        let tcp: Vec<Client> = clients.iter().map(|c| Client::new(c.addr())).collect();
+        let clients: Vec<Client> = clients.into_iter().chain(tcp).collect();
         let tasks: Vec<_> = clients
             .iter()
             .cloned()
@@ -174,6 +203,6 @@ fn more_datagram_sockets_than_spin_directly_all_get_their_datagrams() {
         for t in tasks {
             must("20 calls on each of 24 connections", t).await;
         }
-        assert_eq!(count.get(), 480, "{kind}: every call ran once");
+        assert_eq!(count.get(), 960, "{kind}: every call ran once");
     });
 }

@@ -251,14 +251,58 @@ impl MultiReceiver {
     /// when the connection is being closed anyway.
     pub(crate) async fn recv_direct(&mut self, buf: BytesMut) -> (io::Result<usize>, BytesMut) {
         debug_assert_eq!(self.kind, Kind::Stream);
-        if with_driver(|d| matches!(d, Driver::Epoll(_))) {
-            return op::Op::new(op::Recv { fd: self.fd, buf }, self.reg).await;
+        let buf = match self.stop_multishot(buf).await {
+            Ok(buf) => buf,
+            Err(out) => return out,
+        };
+        op::Op::new(op::Recv { fd: self.fd, buf }, self.reg).await
+    }
+
+    /// Busy-poll: read the stream directly, one non-blocking `recv` per loop turn (as a
+    /// spinning raw socket loop does), while the core spins and `spin()` holds, instead of
+    /// through the driver: no io_uring enter or epoll wait per message. `None` once it stops
+    /// spinning (the caller then waits on the driver). On io_uring the armed multishot is
+    /// stopped first and the bytes it took handed out in order, so the two never interleave.
+    pub(crate) async fn recv_spinning(
+        &mut self,
+        buf: BytesMut,
+        spin: &dyn Fn() -> bool,
+    ) -> (Option<io::Result<usize>>, BytesMut) {
+        debug_assert_eq!(self.kind, Kind::Stream);
+        if !(runtime::spinning() && spin()) {
+            return (None, buf);
         }
+        let mut buf = match self.stop_multishot(buf).await {
+            Ok(buf) => buf,
+            Err((res, buf)) => return (Some(res), buf),
+        };
+        while runtime::spinning() && spin() {
+            let spare = buf.spare_capacity_mut();
+            // SAFETY: the spare capacity of `buf` is writable for its length.
+            match unsafe { sys::recv(self.fd, spare.as_mut_ptr().cast(), spare.len()) } {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => runtime::spin_yield().await,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return (Some(Err(e)), buf),
+                Ok(n) => {
+                    // SAFETY: the kernel initialised `n` bytes of the spare capacity.
+                    unsafe { buf.set_len(buf.len() + n) };
+                    runtime::note_direct_read();
+                    return (Some(Ok(n)), buf);
+                }
+            }
+        }
+        (None, buf)
+    }
+
+    /// Stop the armed multishot receive (io_uring) so the stream can be read directly:
+    /// bytes it already took come out first, as `Err((Ok(n), buf))` (also an error or the
+    /// end of stream it reported); `Ok(buf)` once it is stopped and nothing is left of it.
+    async fn stop_multishot(&mut self, buf: BytesMut) -> Result<BytesMut, (io::Result<usize>, BytesMut)> {
         loop {
             if self.partial.is_some() {
-                return self.recv(buf).await;
+                return Err(self.recv(buf).await);
             }
-            let Some(key) = self.armed else { break };
+            let Some(key) = self.armed else { return Ok(buf) };
             let stopping = &mut self.stopping;
             let (res, flags) = std::future::poll_fn(|cx| {
                 with_driver(|d| {
@@ -281,13 +325,12 @@ impl MultiReceiver {
             }
             match (res, cqueue::buffer_select(flags)) {
                 (r, _) if r == -libc::ECANCELED || r == -libc::ENOBUFS => {}
-                (r, _) if r < 0 => return (Err(io::Error::from_raw_os_error(-r)), buf),
-                (0, None) => return (Ok(0), buf),
+                (r, _) if r < 0 => return Err((Err(io::Error::from_raw_os_error(-r)), buf)),
+                (0, None) => return Err((Ok(0), buf)),
                 (n, Some(bid)) => self.partial = Some((bid, 0, n as usize)),
-                (_, None) => return (Err(io::Error::other("multishot completion without a buffer")), buf),
+                (_, None) => return Err((Err(io::Error::other("multishot completion without a buffer")), buf)),
             }
         }
-        op::Op::new(op::Recv { fd: self.fd, buf }, self.reg).await
     }
 
     /// The multishot op `key` posted its final completion.

@@ -57,7 +57,21 @@ impl TcpStream {
     }
 
     /// Send `buf[pos..]` once; returns how many bytes went.
+    ///
+    /// On a busy-polling core the bytes go out at once with a non-blocking `send`, as a
+    /// spinning raw socket loop sends them, rather than as a submission that waits for the
+    /// loop's next io_uring enter and whose completion takes another turn; the driver is used
+    /// only when the socket's buffer is full.
     pub async fn send(&self, buf: BytesMut, pos: usize) -> (io::Result<usize>, BytesMut) {
+        if crate::runtime::busy_poll_mode() {
+            match crate::sys::send(self.inner.fd(), &buf[pos..]) {
+                Ok(n) if n > 0 || pos == buf.len() => return (Ok(n), buf),
+                Err(e) if !matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {
+                    return (Err(e), buf)
+                }
+                _ => {}
+            }
+        }
         Op::new(op::Send { fd: self.inner.fd(), buf, pos }, self.inner.reg).await
     }
 

@@ -92,7 +92,17 @@ impl UdpSocket {
     }
 
     /// Send `buf` as one datagram to `to`.
+    ///
+    /// On a busy-polling core the datagram goes out at once with a non-blocking `sendto`, as
+    /// a spinning raw socket sends it, instead of waiting for the loop's next io_uring enter
+    /// and a turn for the completion; the driver is used only when the socket's buffer is full.
     pub async fn send_to(&self, buf: BytesMut, to: SocketAddr) -> (io::Result<usize>, BytesMut) {
+        if crate::runtime::busy_poll_mode() {
+            match self.try_send_to(&buf, to) {
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
+                res => return (res, buf),
+            }
+        }
         Op::new(op::SendTo::new(self.inner.fd(), buf, &SockAddr::from(to)), self.inner.reg).await
     }
 

@@ -16,7 +16,7 @@ use crate::buf::{encode_frame, encode_raw, EncodeError, Payload};
 use crate::driver::multishot::MultiReceiver;
 use crate::net::TcpStream;
 use crate::proto::frame::{decode_frame, Decoded, ErrorCode, FrameError, Header, DEFAULT_MAX_PAYLOAD};
-use crate::runtime::time::timeout_at;
+use crate::runtime::{self, time::timeout_at};
 use crate::tls::{Session, TlsConfig, TlsError};
 
 /// Limits and timeouts of reliable connections, shared by clients and servers.
@@ -115,6 +115,11 @@ pub(crate) enum ReadError {
 /// between (see `MultiReceiver::recv_direct`); smaller reads keep the multishot armed.
 const DIRECT_READ: usize = 32 << 10;
 
+/// On a busy-polling core, a connection that received a frame this recently is read directly
+/// on every loop turn (see `MultiReceiver::recv_spinning`, at most 16 sockets per core);
+/// quieter ones wait on the driver, so idle connections cost the spinning core nothing.
+const SPIN_LINGER: Duration = Duration::from_millis(50);
+
 /// Retired read buffers kept for reuse per connection.
 const MAX_SPARES: usize = 4;
 
@@ -142,6 +147,8 @@ pub(crate) struct FrameReader {
     peer_closed: bool,
     /// The last frame was large: read the next one directly too.
     large: bool,
+    /// Busy-poll: when the last frame arrived (see [`SPIN_LINGER`]).
+    last_frame: Option<Instant>,
 }
 
 impl FrameReader {
@@ -158,6 +165,7 @@ impl FrameReader {
             tls: None,
             peer_closed: false,
             large: false,
+            last_frame: None,
         }
     }
 
@@ -199,6 +207,9 @@ impl FrameReader {
                 Ok(Decoded::Frame { header, len }) => {
                     self.frame_deadline = None;
                     self.large = len >= DIRECT_READ;
+                    if runtime::busy_poll_mode() {
+                        self.last_frame = Some(runtime::turn_now());
+                    }
                     let frame = self.buf.split_to(len).freeze();
                     let start = crate::proto::frame::HEADER_LEN;
                     let payload = frame.slice(start..start + header.payload_len as usize);
@@ -234,7 +245,15 @@ impl FrameReader {
             // so is the next one's start, since the kernel would otherwise fill the whole
             // receive ring (and we copy it out) before we learn the frame is large again.
             let direct = need >= DIRECT_READ || self.large;
+            let spin_until = self.last_frame.map(|t| t + SPIN_LINGER);
             let read = async move {
+                if let Some(until) = spin_until.filter(|_| runtime::busy_poll_mode()) {
+                    let (res, target) = rx.recv_spinning(target, &|| runtime::turn_now() < until).await;
+                    match res {
+                        Some(res) => return (res, target),
+                        None => return rx.recv(target).await,
+                    }
+                }
                 if direct {
                     rx.recv_direct(target).await
                 } else {
