@@ -113,14 +113,15 @@ impl std::fmt::Debug for TlsConfig {
     }
 }
 
-/// ring's provider with the SHA-256 suites first: TLS 1.3 hashes its transcript and derives
-/// its keys with the suite's hash, and SHA-256 has hardware help (SHA-NI) on current x86
-/// cores where SHA-384 has none; AES-128 is also the cheaper cipher per record. (On this
-/// project's 2-core VM the handshake difference was within run-to-run noise: the signatures
-/// and key exchange dominate.) AES-256-GCM-SHA384 stays on offer for other peers.
+/// aws-lc-rs's provider (X25519 first: its X25519 and Ed25519, most of a handshake's CPU,
+/// cost about half of ring's here) with the SHA-256 suites first: TLS 1.3 hashes its
+/// transcript and derives its keys with the suite's hash, and SHA-256 has hardware help
+/// (SHA-NI) on current x86 cores where SHA-384 has none; AES-128 is also the cheaper cipher
+/// per record. (On this project's 2-core VM the suite's effect on the handshake was within
+/// run-to-run noise.) AES-256-GCM-SHA384 stays on offer for other peers.
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    use rustls::crypto::ring::cipher_suite;
-    let mut p = rustls::crypto::ring::default_provider();
+    use rustls::crypto::aws_lc_rs::cipher_suite;
+    let mut p = rustls::crypto::aws_lc_rs::default_provider();
     p.cipher_suites = vec![
         cipher_suite::TLS13_AES_128_GCM_SHA256,
         cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
@@ -203,7 +204,7 @@ impl TlsConfig {
         // the clock on every resumed connection, so one that expired is refused at the next
         // connection as with a full handshake. No early data: a replayed ClientHello gains nothing. One
         // ticket per connection: each resumption consumes one and receives the next.
-        server.ticketer = rustls::crypto::ring::Ticketer::new().map_err(TlsError::Config)?;
+        server.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().map_err(TlsError::Config)?;
         server.send_tls13_tickets = 1;
         // webpki's checks against the same roots, remembering the chains they accepted.
         let client = ClientConfig::builder_with_provider(provider())
