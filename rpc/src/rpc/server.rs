@@ -159,15 +159,17 @@ impl Server {
         if config.datagram && config.conn.tls.is_some() {
             return Err(ServeError::DatagramWithTls);
         }
-        let listener = TcpListener::bind(addr, config.reuse_port).map_err(ServeError::Bind)?;
+        let bind_tcp = || TcpListener::bind(addr, config.reuse_port);
         let load: Rc<ServerState> = Rc::default();
-        let datagrams = match config.datagram {
-            false => None,
+        let (listener, datagrams) = match config.datagram {
+            false => (bind_tcp().map_err(ServeError::Bind)?, None),
             true => {
                 // The same port number as the listener (an ephemeral one is known only now).
-                let at = listener.local_addr().map_err(ServeError::Bind)?;
-                let sock = UdpSocket::bind_reuse(at, config.reuse_port).map_err(ServeError::Bind)?;
-                Some(DgramEndpoint::new(sock, services.clone(), load.clone(), &config))
+                let (listener, sock) = bind_same_port(addr.port() == 0, bind_tcp, |l| {
+                    UdpSocket::bind_reuse(l.local_addr()?, config.reuse_port)
+                })
+                .map_err(ServeError::Bind)?;
+                (listener, Some(DgramEndpoint::new(sock, services.clone(), load.clone(), &config)))
             }
         };
         Ok(Server { listener, datagrams, services, config, load })
@@ -254,6 +256,31 @@ impl Drop for CancelAll {
         // Take them out first: a cancelled task's destructor must not find the slab borrowed.
         let tasks: Vec<JoinHandle<()>> = self.0.borrow_mut().drain().collect();
         drop(tasks);
+    }
+}
+
+/// Binds a listener, then a UDP socket on its port. An ephemeral TCP port may already be
+/// some other socket's UDP port (ports are allocated per protocol), so when the port was
+/// left to the kernel (`ephemeral`) and the UDP bind finds it taken, another listener is
+/// bound (before the last is closed, so the kernel offers a new port), a bounded number of
+/// times.
+fn bind_same_port<L, U>(
+    ephemeral: bool,
+    mut bind_tcp: impl FnMut() -> std::io::Result<L>,
+    mut bind_udp: impl FnMut(&L) -> std::io::Result<U>,
+) -> std::io::Result<(L, U)> {
+    const ATTEMPTS: usize = 64;
+    let mut listener = bind_tcp()?;
+    let mut attempt = 1;
+    loop {
+        match bind_udp(&listener) {
+            Ok(sock) => return Ok((listener, sock)),
+            Err(e) if ephemeral && e.kind() == std::io::ErrorKind::AddrInUse && attempt < ATTEMPTS => {
+                attempt += 1;
+                listener = bind_tcp()?;
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -460,4 +487,54 @@ pub(crate) fn admit<'s>(
         return refuse(ErrorCode::PermissionDenied, why);
     }
     Ok(svc)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::io;
+
+    use super::bind_same_port;
+
+    fn in_use() -> io::Error {
+        io::ErrorKind::AddrInUse.into()
+    }
+
+    #[test]
+    fn an_ephemeral_port_taken_for_udp_is_exchanged_for_another() {
+        let next = Cell::new(40_000u16);
+        let tcp = || {
+            next.set(next.get() + 1);
+            Ok(next.get())
+        };
+        // Ports 40 001 and 40 002 are taken for UDP; 40 003 is free.
+        let (tcp_port, udp_port) =
+            bind_same_port(true, tcp, |&p| if p < 40_003 { Err(in_use()) } else { Ok(p) }).unwrap();
+        assert_eq!((tcp_port, udp_port), (40_003, 40_003));
+    }
+
+    #[test]
+    fn a_port_the_caller_chose_is_not_exchanged_and_other_errors_are_not_retried() {
+        let binds = Cell::new(0);
+        let tcp = || {
+            binds.set(binds.get() + 1);
+            Ok(7000u16)
+        };
+        let err = bind_same_port(false, tcp, |_| Err::<u16, _>(in_use())).unwrap_err();
+        assert_eq!((err.kind(), binds.get()), (io::ErrorKind::AddrInUse, 1));
+        let denied = || io::Error::from(io::ErrorKind::PermissionDenied);
+        let err = bind_same_port(true, || Ok(0u16), |_| Err::<u16, _>(denied())).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
+    }
+
+    #[test]
+    fn retries_are_bounded() {
+        let binds = Cell::new(0);
+        let tcp = || {
+            binds.set(binds.get() + 1);
+            Ok(binds.get())
+        };
+        let err = bind_same_port(true, tcp, |_| Err::<u32, _>(in_use())).unwrap_err();
+        assert_eq!((err.kind(), binds.get()), (io::ErrorKind::AddrInUse, 64));
+    }
 }
