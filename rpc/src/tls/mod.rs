@@ -113,8 +113,8 @@ impl std::fmt::Debug for TlsConfig {
     }
 }
 
-/// aws-lc-rs's provider (X25519 first: its X25519 and Ed25519, most of a handshake's CPU,
-/// cost about half of ring's here) with the SHA-256 suites first: TLS 1.3 hashes its
+/// aws-lc-rs's provider (X25519 first; with its X25519 and Ed25519, most of a handshake's
+/// CPU, a handshake costs about half what it did with ring's) with the SHA-256 suites first: TLS 1.3 hashes its
 /// transcript and derives its keys with the suite's hash, and SHA-256 has hardware help
 /// (SHA-NI) on current x86 cores where SHA-384 has none; AES-128 is also the cheaper cipher
 /// per record. (On this project's 2-core VM the suite's effect on the handshake was within
