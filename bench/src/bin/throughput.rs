@@ -3,7 +3,7 @@
 //! against a raw UDP blast, calls per second from one core to all cores, and large
 //! transfers (64 KiB to 1 MiB carried by one call, either way) against raw TCP.
 //!
-//! `cargo run --release -p multispace-bench --bin throughput -- [--quick] [--json PATH]`
+//! `cargo run --release -p multispace-bench --bin throughput -- [--quick] [--json PATH] [--only calls,one-way,transfers,scaling]`
 
 use clap::Parser;
 use multispace_bench::raw::RawTcp;

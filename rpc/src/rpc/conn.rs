@@ -247,13 +247,13 @@ impl FrameReader {
             let direct = need >= DIRECT_READ || self.large;
             let spin_until = self.last_frame.map(|t| t + SPIN_LINGER);
             let read = async move {
-                if let Some(until) = spin_until.filter(|_| runtime::busy_poll_mode()) {
-                    let (res, target) = rx.recv_spinning(target, &|| runtime::turn_now() < until).await;
-                    match res {
-                        Some(res) => return (res, target),
-                        None => return rx.recv(target).await,
-                    }
-                }
+                let target = match spin_until.filter(|_| runtime::busy_poll_mode()) {
+                    Some(until) => match rx.recv_spinning(target, &|| runtime::turn_now() < until).await {
+                        (Some(res), target) => return (res, target),
+                        (None, target) => target,
+                    },
+                    None => target,
+                };
                 if direct {
                     rx.recv_direct(target).await
                 } else {
