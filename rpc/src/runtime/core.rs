@@ -27,10 +27,11 @@ pub enum WaitMode {
     Sleep,
     /// Spin on completions without sleeping, for the lowest latency on a dedicated core.
     /// Datagram sockets (UDP rpc servers and client connections awaiting replies, one-way
-    /// servers; up to 16 per core) are then read directly, one `recvmsg` per loop turn, as
-    /// a spinning raw socket would be, rather than through the driver. With `idle_after`,
-    /// fall back to sleeping after that long without any work (the direct readers then wait
-    /// on the driver again).
+    /// servers) and TCP connections that carried a frame in the last 50 ms, up to 16 sockets
+    /// per core, are then read directly, one non-blocking receive per loop turn, as a
+    /// spinning raw socket would be, rather than through the driver; TCP frames and one-way
+    /// datagrams are sent directly too. With `idle_after`, fall back to sleeping after that
+    /// long without any work (the direct readers then wait on the driver again).
     BusyPoll {
         /// Sleep after this long idle; `None` spins for ever.
         idle_after: Option<Duration>,
