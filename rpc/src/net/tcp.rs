@@ -65,7 +65,7 @@ impl TcpStream {
     pub async fn send(&self, buf: BytesMut, pos: usize) -> (io::Result<usize>, BytesMut) {
         if crate::runtime::busy_poll_mode() {
             match crate::sys::send(self.inner.fd(), &buf[pos..]) {
-                Ok(n) if n > 0 || pos == buf.len() => return (Ok(n), buf),
+                Ok(n) if n > 0 => return (Ok(n), buf),
                 Err(e) if !matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {
                     return (Err(e), buf)
                 }

@@ -247,7 +247,8 @@ impl FrameReader {
             let direct = need >= DIRECT_READ || self.large;
             let spin_until = self.last_frame.map(|t| t + SPIN_LINGER);
             let read = async move {
-                let target = match spin_until.filter(|_| runtime::busy_poll_mode()) {
+                // `last_frame` is only ever set on a busy-polling core.
+                let target = match spin_until {
                     Some(until) => match rx.recv_spinning(target, &|| runtime::turn_now() < until).await {
                         (Some(res), target) => return (res, target),
                         (None, target) => target,
