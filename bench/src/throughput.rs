@@ -1,4 +1,4 @@
-//! Throughput: null calls per second with 1, 16 and 256 in flight on one client core against
+//! Throughput: null calls per second with 1, 16, 32 and 256 in flight on one client core against
 //! one server core (ours, raw windowed UDP echo, the peers); one-way and multicast messages
 //! per second against a raw UDP blast; and how calls per second grow from one core to all.
 
@@ -46,6 +46,19 @@ pub fn cpus_online() -> usize {
     // SAFETY: sysconf has no memory-safety preconditions.
     let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
     usize::try_from(n).unwrap_or(1).max(1)
+}
+
+/// Let the calling thread run on every online CPU (undoing an earlier pin).
+fn allow_all_cpus() {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes within it (CPU numbers
+    // past its size are ignored by the macro's bounds), and sched_setaffinity only reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for cpu in 0..cpus_online() {
+            libc::CPU_SET(cpu, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
 }
 
 /// Raw UDP echo with a window: the client keeps `window` datagrams in flight, sending one
@@ -228,8 +241,14 @@ pub fn oneway_blast(driver: DriverKind, n: u64, multicast: bool) -> anyhow::Resu
 /// Thread-per-core scaling: `cores` cores, each running its own server and a client keeping
 /// `window` null calls in flight to it, nothing shared. Total calls per second.
 pub fn scaling(driver: DriverKind, cores: usize, n_per_core: u64, window: usize) -> anyhow::Result<f64> {
-    let rt =
-        RuntimeBuilder::new().cores(cores).pin(true).driver(multispace_rpc::DriverChoice::Force(driver)).build()?;
+    // The runtime pins its cores among the CPUs the building thread may use; the report's
+    // caller is pinned to one CPU, so build from a thread that may use all of them.
+    let rt = std::thread::spawn(move || {
+        allow_all_cpus();
+        RuntimeBuilder::new().cores(cores).pin(true).driver(multispace_rpc::DriverChoice::Force(driver)).build()
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("runtime builder thread panicked"))??;
     // A plain fn item: it captures nothing, so each core can be handed its own copy.
     async fn work(n_per_core: u64, window: usize) {
         let server = Server::bind(

@@ -1,4 +1,4 @@
-//! Throughput report: null calls per second with 1, 16 and 256 in flight (ours on both
+//! Throughput report: null calls per second with 1, 16, 32 and 256 in flight (ours on both
 //! drivers, raw windowed UDP echo, tarpc, tonic), one-way and multicast messages per second
 //! against a raw UDP blast, calls per second from one core to all cores, and large
 //! transfers (64 KiB to 1 MiB carried by one call, either way) against raw TCP.
@@ -33,7 +33,8 @@ enum Part {
     Scaling,
 }
 
-const WINDOWS: [usize; 3] = [1, 16, 256];
+// 32 in flight is the window the throughput target names.
+const WINDOWS: [usize; 4] = [1, 16, 32, 256];
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -118,13 +119,11 @@ fn main() -> anyhow::Result<()> {
     if part(Part::Scaling) {
         let cores = multispace_bench::throughput::cpus_online();
         for k in 1..=cores {
-            push(
-                "scaling",
-                "multispace rpc (io_uring), 16 in flight per core",
-                k,
-                scaling(DriverKind::Uring, k, n, 16)?,
-                None,
-            );
+            let mut best = 0f64;
+            for _ in 0..rounds {
+                best = best.max(scaling(DriverKind::Uring, k, n * 4, 16)?);
+            }
+            push("scaling", "multispace rpc (io_uring), 16 in flight per core", k, best, None);
         }
     }
 

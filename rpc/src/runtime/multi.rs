@@ -41,7 +41,9 @@ impl RuntimeBuilder {
         self.cores = n.max(1);
         self
     }
-    /// Pin core `i` to CPU `i % cpus` (default true).
+    /// Pin core `i` to the `i`-th CPU the building thread may run on, wrapping around (default
+    /// true). The CPUs are those of the building thread's affinity mask, so a thread pinned to
+    /// one CPU builds a runtime whose cores all share that CPU (logged as a warning).
     pub fn pin(mut self, pin: bool) -> Self {
         self.pin = pin;
         self
@@ -71,6 +73,13 @@ impl RuntimeBuilder {
     /// Start the core threads. Fails if any core cannot set up its driver.
     pub fn build(self) -> io::Result<Runtime> {
         let cpus = core_affinity::get_core_ids().unwrap_or_default();
+        if self.pin && !cpus.is_empty() && cpus.len() < self.cores {
+            tracing::warn!(
+                cores = self.cores,
+                cpus = cpus.len(),
+                "more cores than CPUs this thread may run on: pinned cores will share CPUs"
+            );
+        }
         let mut cores = Vec::with_capacity(self.cores);
         let mut threads = Vec::with_capacity(self.cores);
         for i in 0..self.cores {
