@@ -228,7 +228,10 @@ pub fn oneway_blast(driver: DriverKind, n: u64, multicast: bool) -> anyhow::Resu
     };
     let start = Instant::now();
     client_rt.core(0).run(move || async move {
-        let sender = if multicast { OneWaySender::multicast(&group) } else { OneWaySender::new() }.expect("sender");
+        // One destination, as the raw blast's connected socket has.
+        let sender = if multicast { OneWaySender::multicast(&group) } else { OneWaySender::new() }
+            .and_then(|s| s.connect(target))
+            .expect("sender");
         for i in 0..n {
             let _ = sender.send(target, 1, &i).await;
         }

@@ -40,6 +40,27 @@ fn one_way_datagrams_reach_the_handler() {
 }
 
 #[test]
+fn a_sender_with_a_fixed_destination_still_reaches_others() {
+    each_driver(|_| async {
+        let (a_seen, b_seen) = (Rc::new(RefCell::new(Vec::new())), Rc::new(RefCell::new(Vec::new())));
+        let a = OneWayServer::bind("127.0.0.1:0".parse().unwrap(), [collector(a_seen.clone())]).unwrap();
+        let b = OneWayServer::bind("127.0.0.1:0".parse().unwrap(), [collector(b_seen.clone())]).unwrap();
+        let (a_addr, b_addr) = (a.local_addr(), b.local_addr());
+        spawn(a.serve()).detach();
+        spawn(b.serve()).detach();
+        let sender = OneWaySender::new().unwrap().connect(a_addr).unwrap();
+        for i in 0..20 {
+            let (to, seen) = if i % 2 == 0 { (a_addr, &a_seen) } else { (b_addr, &b_seen) };
+            sender.send(to, LOG, &format!("entry {i}")).await.unwrap();
+            until("datagram delivered", || seen.borrow().len() == i / 2 + 1).await;
+        }
+        let evens: Vec<String> = (0..20).step_by(2).map(|i| format!("entry {i}")).collect();
+        let odds: Vec<String> = (1..20).step_by(2).map(|i| format!("entry {i}")).collect();
+        assert_eq!((&*a_seen.borrow(), &*b_seen.borrow()), (&evens, &odds));
+    });
+}
+
+#[test]
 fn one_way_call_too_big_for_a_datagram_is_refused() {
     each_driver(|_| async {
         let sender = OneWaySender::new().unwrap();

@@ -48,6 +48,13 @@ impl UdpSocket {
         self.inner.sock.send(buf)
     }
 
+    /// Fix this (bound) socket's peer: sends without an address go to `peer`, routed once
+    /// instead of per datagram; only `peer`'s datagrams are received after this, and an ICMP
+    /// port-unreachable from it fails the next send or receive with `ECONNREFUSED`.
+    pub fn connect_to(&self, peer: SocketAddr) -> io::Result<()> {
+        self.inner.sock.connect(&peer.into())
+    }
+
     /// [`UdpSocket::try_send`] to `to` on an unconnected socket.
     pub fn try_send_to(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
         self.inner.sock.send_to(buf, &to.into())
