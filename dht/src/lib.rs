@@ -23,7 +23,8 @@
 //!   generated stubs of both interfaces); a node a membership change removes from a group
 //!   drops that replica and its disk state and never hosts the group again — one that was
 //!   down or cut off at the time learns it from the members, which answer its raft
-//!   messages with "you were removed";
+//!   messages with "you were removed" (the removed ids are replicated state, in snapshots
+//!   too), and a removed id is never added back;
 //! - [`client`]: the client library — routing by key, redirects and leader hints, retries
 //!   that take effect once;
 //! - [`linearizability`]: a checker (Wing–Gong search with memoization, per key) for the

@@ -20,7 +20,7 @@
 use std::collections::VecDeque;
 
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message, Snapshot};
+use raft::eraftpb::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, Snapshot};
 use raft::{Config, RawNode, ReadOnlyOption, StateRole};
 
 use crate::command::{self, Command};
@@ -120,7 +120,7 @@ pub struct MemberUpdate {
     /// The node added, promoted or removed.
     pub node: NodeId,
     /// What happened to it.
-    pub change: raft::eraftpb::ConfChangeType,
+    pub change: ConfChangeType,
     /// What the proposer attached (the node's address, for additions).
     pub context: Vec<u8>,
 }
@@ -431,9 +431,8 @@ impl Replica {
     pub fn propose_conf_change(&mut self, cc: ConfChangeV2) -> Result<(), ProposeError> {
         self.check_leader()?;
         let me = self.raw.raft.id;
-        let removes_me = |c: &raft::eraftpb::ConfChangeSingle| {
-            c.node_id == me && c.get_change_type() == raft::eraftpb::ConfChangeType::RemoveNode
-        };
+        let removes_me =
+            |c: &raft::eraftpb::ConfChangeSingle| c.node_id == me && c.get_change_type() == ConfChangeType::RemoveNode;
         if cc.get_changes().iter().any(removes_me) {
             let to = self.successor();
             tracing::debug!(group = self.group, ?to, "asked to remove myself; handing over");
@@ -450,6 +449,12 @@ impl Replica {
             return Err(ProposeError::Busy { pending });
         }
         self.raw.propose_conf_change(Vec::new(), cc).map_err(|e| ProposeError::Dropped(e.to_string()))
+    }
+
+    /// Whether an applied membership change removed `node` from the group (replicated, and
+    /// kept across restarts and snapshots).
+    pub fn was_removed(&self, node: NodeId) -> bool {
+        self.sm.was_removed(node)
     }
 
     /// The group's epoch: the log index of the last membership change applied (1 before any).
@@ -585,6 +590,7 @@ impl Replica {
                                 context: cc.context.to_vec(),
                             };
                             out.member_updates.push(change);
+                            self.sm.member_changed(c.node_id, c.get_change_type() == ConfChangeType::RemoveNode);
                         }
                         self.sm.conf_changed(e.index);
                     }

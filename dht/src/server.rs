@@ -172,16 +172,11 @@ struct GroupSlot {
     replica: Replica,
     writes: HashMap<(u64, u64), oneshot::Sender<WriteAnswer>>,
     reads: HashMap<u64, (Vec<u8>, oneshot::Sender<ReadAnswer>)>,
-    /// Nodes whose removal from the group this replica applied (since it started): a
-    /// message from one of them is answered "you were removed" instead of being stepped.
-    /// Only applied removals count — a node merely missing from the configuration may be
-    /// one this replica has not yet seen added.
-    removed_members: BTreeSet<NodeId>,
 }
 
 impl GroupSlot {
     fn new(replica: Replica) -> Self {
-        GroupSlot { replica, writes: HashMap::new(), reads: HashMap::new(), removed_members: BTreeSet::new() }
+        GroupSlot { replica, writes: HashMap::new(), reads: HashMap::new() }
     }
 
     /// Answers every waiting write and read with `refusal`.
@@ -474,15 +469,6 @@ impl Inner {
                     }
                 }
                 let conf_changed = !rd.member_updates.is_empty();
-                for u in &rd.member_updates {
-                    use raft::eraftpb::ConfChangeType;
-                    match u.change {
-                        ConfChangeType::RemoveNode => slot.removed_members.insert(u.node),
-                        ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
-                            slot.removed_members.remove(&u.node)
-                        }
-                    };
-                }
                 added.extend(rd.member_updates.drain(..).map(|u| (*gid, u)));
                 if let Some((role, leader)) = rd.role_changed {
                     tracing::debug!(node = self.config.id, group = *gid, ?role, ?leader, "role changed");
@@ -610,6 +596,15 @@ impl Inner {
             MemberChange::Promote { node } => (node, ConfChangeType::AddNode, Vec::new()),
             MemberChange::Remove { node } => (node, ConfChangeType::RemoveNode, Vec::new()),
         };
+        if change_type != ConfChangeType::RemoveNode {
+            let st = self.state.borrow();
+            if st.groups.get(&group).is_some_and(|slot| slot.replica.was_removed(node)) {
+                return ChangeAnswer::Refused(Refusal::Invalid(format!(
+                    "node {node} was removed from group {group} and cannot rejoin under the same id (its old log \
+                     and votes could break raft's safety): start it under a new id"
+                )));
+            }
+        }
         let mut single = ConfChangeSingle { node_id: node, ..Default::default() };
         single.set_change_type(change_type);
         let mut cc = ConfChangeV2 { context: context.into(), ..Default::default() };
@@ -720,8 +715,10 @@ impl Inner {
         }
     }
 
-    /// Steps `from`'s messages; returns the groups `from` was removed from (see
-    /// [`GroupSlot::removed_members`]), whose messages are not stepped.
+    /// Steps `from`'s messages; returns the groups `from` was removed from, whose messages
+    /// are not stepped. Only applied removals count (replicated in the state machine, so they
+    /// survive restarts and snapshots) — a node merely missing from the configuration may be
+    /// one this replica has not yet seen added.
     fn deliver(&self, from: NodeId, messages: Vec<(GroupId, Vec<u8>)>) -> Vec<GroupId> {
         let mut gone: Vec<GroupId> = Vec::new();
         let mut st = self.state.borrow_mut();
@@ -748,7 +745,7 @@ impl Inner {
                 }
             }
             if let Some(slot) = st.groups.get_mut(&group) {
-                if slot.removed_members.contains(&from) && !slot.replica.is_member(from) {
+                if slot.replica.was_removed(from) && !slot.replica.is_member(from) {
                     if !gone.contains(&group) {
                         gone.push(group);
                     }

@@ -5,12 +5,13 @@
 //! the same map and the same sessions, including which sessions were evicted (eviction is decided
 //! by log index, never by clock).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use rkyv::rancor;
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::command::{self, check_ops, Command, Op, WriteResult};
+use crate::maps::NodeId;
 
 /// How many client sessions a group remembers; the least recently written one is forgotten first.
 /// A client idle for longer than it takes this many other clients to write may, if it then
@@ -35,6 +36,10 @@ pub struct StateMachine {
     /// Index of the last membership change applied (1 for a group's first members): the
     /// group's epoch, the same on every replica.
     conf_epoch: u64,
+    /// Nodes a membership change removed from the group (and no later change added back).
+    /// Replicated and in snapshots, so every member, after any restart, can tell a removed
+    /// node that comes back that it was removed.
+    removed: BTreeSet<NodeId>,
 }
 
 #[derive(Archive, Serialize, Deserialize)]
@@ -43,6 +48,7 @@ struct SnapshotData {
     conf_epoch: u64,
     data: Vec<(Vec<u8>, Vec<u8>)>,
     sessions: Vec<(u64, Session)>,
+    removed: Vec<NodeId>,
 }
 
 /// The answer a write produced, for whoever waits on `(client, seq)`.
@@ -76,6 +82,20 @@ impl StateMachine {
     pub fn conf_changed(&mut self, index: u64) {
         self.applied = self.applied.max(index);
         self.conf_epoch = self.conf_epoch.max(index);
+    }
+
+    /// Records a member's removal (`removed`) or addition, as a membership change applies.
+    pub fn member_changed(&mut self, node: NodeId, removed: bool) {
+        if removed {
+            self.removed.insert(node);
+        } else {
+            self.removed.remove(&node);
+        }
+    }
+
+    /// Whether a membership change removed `node` from the group.
+    pub fn was_removed(&self, node: NodeId) -> bool {
+        self.removed.contains(&node)
     }
 
     /// The value under `key`.
@@ -159,6 +179,7 @@ impl StateMachine {
             conf_epoch: self.conf_epoch,
             data: self.data.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             sessions,
+            removed: self.removed.iter().copied().collect(),
         };
         rkyv::to_bytes::<rancor::Error>(&snap).map(|b| b.into_vec()).unwrap_or_default()
     }
@@ -174,6 +195,7 @@ impl StateMachine {
             sessions: snap.sessions.into_iter().collect(),
             applied: snap.applied,
             conf_epoch: snap.conf_epoch,
+            removed: snap.removed.into_iter().collect(),
         })
     }
 }
@@ -284,8 +306,12 @@ mod tests {
         for i in 0..100u64 {
             sm.apply(i + 1, &cmd(i % 7, i, vec![put(&format!("k{i}"), &format!("v{i}"))]));
         }
+        sm.member_changed(4, true);
+        sm.member_changed(5, true);
+        sm.member_changed(5, false);
         let restored = StateMachine::restore(&sm.snapshot()).unwrap();
         assert_eq!(restored, sm);
+        assert!(restored.was_removed(4) && !restored.was_removed(5));
         // Sessions survive too: a retry after restore is still answered from memory.
         let mut r2 = restored.clone();
         assert_eq!(r2.apply(101, &cmd(3, 3, vec![put("k3", "other")])).unwrap().result, WriteResult::Applied);

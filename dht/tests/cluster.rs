@@ -33,6 +33,11 @@ fn free_addrs(n: usize) -> Vec<SocketAddr> {
 
 impl Cluster {
     fn start(n: u64, partitions: u32, durability: Durability) -> Cluster {
+        Self::start_with(n, partitions, durability, |_| {})
+    }
+
+    /// [`Cluster::start`] with every node's configuration adjusted by `tweak` first.
+    fn start_with(n: u64, partitions: u32, durability: Durability, tweak: impl Fn(&mut DhtConfig)) -> Cluster {
         log();
         let addrs = free_addrs(n as usize);
         let nodes: BTreeMap<u64, SocketAddr> = (1..=n).zip(addrs).collect();
@@ -47,6 +52,7 @@ impl Cluster {
                 c.data_dir = Some(d.path().to_path_buf());
                 dirs.push(d);
             }
+            tweak(&mut c);
             configs.insert(id, c);
         }
         let nodes = configs.iter().map(|(id, c)| (*id, DhtThread::start(c.clone()).unwrap())).collect();
@@ -353,6 +359,54 @@ fn a_member_that_was_down_when_removed_learns_it_and_drops_its_replica() {
     rt.block_on(async {
         client.put(b"k-0", b"after").await.unwrap();
         assert_eq!(client.get(b"k-0").await.unwrap(), Some(b"after".to_vec()));
+    });
+}
+
+#[test]
+fn a_removal_compacted_into_snapshots_is_still_told_after_every_member_restarts_and_the_id_cannot_rejoin() {
+    use multispace_dht::api::table::MemberChange;
+
+    // Snapshots every 10 entries: the removal ends up inside the members' snapshots, and
+    // their logs start after it.
+    let mut cluster = Cluster::start_with(3, 1, Durability::Durable, |c| c.replica.snapshot_every = 10);
+    let client = cluster.client();
+    let group = client.maps().group_of(b"k-0").id;
+    let rt = rt();
+    rt.block_on(async {
+        for i in 0..20 {
+            client.put(format!("k-{i}").as_bytes(), b"v").await.unwrap();
+        }
+    });
+    let leader = cluster.leader_of(group).expect("a leader after 20 writes");
+    let down = [1, 2, 3].into_iter().find(|n| *n != leader).unwrap();
+    let down_addr = cluster.configs[&down].listen;
+    cluster.nodes.get_mut(&down).unwrap().kill();
+    rt.block_on(async {
+        client.change_members(group, MemberChange::Remove { node: down }).await.expect("removed while down");
+        for i in 20..60 {
+            client.put(format!("k-{i}").as_bytes(), b"v").await.unwrap();
+        }
+    });
+    // Both members restart from their disks: what they know of the removal now comes from
+    // their snapshots, not from memory or a log replay.
+    let members: Vec<u64> = [1, 2, 3].into_iter().filter(|n| *n != down).collect();
+    for &m in &members {
+        cluster.nodes.get_mut(&m).unwrap().kill();
+    }
+    for &m in &members {
+        cluster.restart(m);
+    }
+    cluster.restart(down);
+    cluster.assert_drops_group_for_good(down, group, &client.maps());
+    rt.block_on(async {
+        client.put(b"k-0", b"after").await.unwrap();
+        assert_eq!(client.get(b"k-0").await.unwrap(), Some(b"after".to_vec()));
+        // The same id may not come back: it would rejoin with its old votes and log.
+        let again = MemberChange::AddLearner { node: down, addr: down_addr.to_string() };
+        match client.change_members(group, again).await {
+            Err(DhtError::Invalid(why)) => assert!(why.contains("cannot rejoin under the same id"), "{why}"),
+            other => panic!("re-adding removed node {down} was not refused: {other:?}"),
+        }
     });
 }
 

@@ -8,7 +8,9 @@
 use clap::Parser;
 use multispace_bench::raw::RawTcp;
 use multispace_bench::shapes::Shape;
-use multispace_bench::throughput::{oneway_blast, rate, raw_udp_blast, raw_udp_blast_batched, scaling, Rate, RawWindowedUdp};
+use multispace_bench::throughput::{
+    oneway_blast, rate, raw_udp_blast, raw_udp_blast_batched, scaling, Rate, RawWindowedUdp,
+};
 use multispace_bench::{pin_caller, PingPong, Waiting, Windowed};
 use multispace_rpc::DriverKind;
 
