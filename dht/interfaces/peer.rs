@@ -9,4 +9,20 @@ pub trait RaftPeer {
     /// replica.
     #[idempotent]
     async fn deliver(&self, from: u64, messages: Vec<(u64, Vec<u8>)>) -> Vec<u64>;
+
+    /// A piece of one raft message for `group` too large for a single call (a snapshot):
+    /// `offset` bytes into its encoding of `total` bytes, pieces in order, one transfer at a
+    /// time per sender and group (offset 0 starts one afresh). The last piece steps the whole
+    /// message and answers as `deliver` does; before it, the answer is empty. A piece that is
+    /// not the next one expected fails the call, and the sender gives up the transfer (raft
+    /// sends the snapshot again later). Not idempotent: a repeated piece is out of order.
+    async fn deliver_piece(
+        &self,
+        from: u64,
+        group: u64,
+        transfer: u64,
+        offset: u64,
+        total: u64,
+        piece: Vec<u8>,
+    ) -> Vec<u64>;
 }

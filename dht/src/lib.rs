@@ -25,6 +25,8 @@
 //!   down or cut off at the time learns it from the members, which answer its raft
 //!   messages with "you were removed" (the removed ids are replicated state, in snapshots
 //!   too), and a removed id is never added back;
+//! - [`transfer`]: raft messages too large for one rpc (snapshots of big partitions) sent
+//!   and put back together in pieces;
 //! - [`client`]: the client library — routing by key, redirects and leader hints, retries
 //!   that take effect once;
 //! - [`linearizability`]: a checker (Wing–Gong search with memoization, per key) for the
@@ -67,4 +69,5 @@ pub mod sim;
 pub mod sm;
 pub mod storage;
 pub mod thread;
+pub mod transfer;
 pub mod wal;

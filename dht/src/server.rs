@@ -41,6 +41,7 @@ use crate::command::{check_key, check_ops, Command, Op};
 use crate::disk::{Disk, DiskError, DiskWorker, GroupWrite};
 use crate::maps::{GroupId, Maps, NodeId};
 use crate::replica::{ProposeError, Replica, ReplicaConfig, StartError};
+use crate::transfer::{Assembler, PieceError, PIECE_BYTES};
 
 /// When a write is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -216,6 +217,8 @@ struct Inner {
     /// Turns whose writes are on their way to disk, oldest first, with what waits on each.
     persisting: RefCell<VecDeque<(Option<DiskDone>, Vec<Persisted>)>>,
     persist_notify: Notify,
+    /// Raft messages arriving in pieces (snapshots too large for one rpc).
+    pieces: RefCell<Assembler>,
 }
 
 /// A ready whose records must be durable before raft hears so and its messages go out.
@@ -323,6 +326,7 @@ impl DhtServer {
             changes: RefCell::new(HashMap::new()),
             persisting: RefCell::new(VecDeque::new()),
             persist_notify: Notify::default(),
+            pieces: RefCell::new(Assembler::default()),
             config,
         });
         let mut peer_service = peer::service(PeerImpl(inner.clone()));
@@ -431,6 +435,11 @@ impl Inner {
     }
 
     fn tick(&self) {
+        let mut pieces = self.pieces.borrow_mut();
+        if !pieces.is_empty() {
+            pieces.expire(Instant::now());
+        }
+        drop(pieces);
         let mut st = self.state.borrow_mut();
         if st.failed.is_some() {
             return;
@@ -759,10 +768,28 @@ impl Inner {
         gone
     }
 
+    /// A piece of a large raft message from `from` (see [`crate::transfer`]); the last one
+    /// steps the whole message as [`Inner::deliver`] does.
+    fn deliver_piece(
+        &self,
+        from: NodeId,
+        group: GroupId,
+        transfer: u64,
+        offset: u64,
+        total: u64,
+        piece: &[u8],
+    ) -> Result<Vec<GroupId>, PieceError> {
+        let whole = self.pieces.borrow_mut().piece((from, group), transfer, offset, total, piece, Instant::now())?;
+        Ok(whole.map_or_else(Vec::new, |message| self.deliver(from, vec![(group, message)])))
+    }
+
     /// Member `by` answered that this node was removed from `groups`: a removal this node
     /// missed (it was down or cut off when the change was applied). Each is dropped as if it
     /// had applied the change: served one more turn, then removed, durably.
     fn removed_by(&self, by: NodeId, groups: Vec<GroupId>) {
+        if groups.is_empty() {
+            return;
+        }
         let mut st = self.state.borrow_mut();
         let mut any = false;
         for gid in groups {
@@ -842,24 +869,40 @@ async fn persist_loop(inner: Rc<Inner>) {
     }
 }
 
-/// Moves one peer's queued raft messages, a batch per rpc.
+/// Moves one peer's queued raft messages, a batch per rpc; a message too large for one
+/// (a snapshot) goes in pieces, one piece between batches, so the other groups' heartbeats
+/// and appends to this peer keep flowing while it travels.
 async fn send_loop(inner: Rc<Inner>, link: Rc<PeerLink>, to: NodeId, addr: SocketAddr) {
     let client = RaftPeerClient::new(addr).with_options(CallOptions::timeout(Duration::from_secs(1)));
     let me = inner.config.id;
+    // The message in pieces: its group and kind, its encoding, and how much has gone.
+    let mut large: Option<(GroupId, MessageType, Vec<u8>, usize)> = None;
+    let mut transfers = 0u64;
     loop {
         link.notify.wait().await;
         loop {
-            // Encode each message once; a batch stops at the message that crosses the limit.
+            // Encode each message once; a batch stops at the message that crosses the limit,
+            // or at a second large one while one is on its way.
             let (batch, encoded) = {
                 let mut q = link.queue.borrow_mut();
-                if q.is_empty() {
+                if q.is_empty() && large.is_none() {
                     break;
                 }
                 let mut bytes = 0;
+                let mut taken = 0;
                 let mut kinds: Vec<(GroupId, MessageType)> = Vec::new();
                 let mut encoded: Vec<(u64, Vec<u8>)> = Vec::new();
                 for (g, m) in q.iter() {
                     let b = m.write_to_bytes().unwrap_or_default();
+                    if b.len() > PIECE_BYTES {
+                        if large.is_some() {
+                            break;
+                        }
+                        large = Some((*g, m.get_msg_type(), b, 0));
+                        taken += 1;
+                        continue;
+                    }
+                    taken += 1;
                     bytes += b.len();
                     kinds.push((*g, m.get_msg_type()));
                     encoded.push((*g, b));
@@ -867,15 +910,34 @@ async fn send_loop(inner: Rc<Inner>, link: Rc<PeerLink>, to: NodeId, addr: Socke
                         break;
                     }
                 }
-                q.drain(..kinds.len());
+                q.drain(..taken);
                 (kinds, encoded)
             };
-            let answer = client.deliver(me, encoded).await;
-            inner.report_delivery(to, &batch, answer.is_ok());
-            if let Ok(gone) = answer {
-                let gone: Vec<GroupId> = gone.iter().map(|g| g.to_native()).collect();
-                if !gone.is_empty() {
-                    inner.removed_by(to, gone);
+            if !encoded.is_empty() {
+                let answer = client.deliver(me, encoded).await;
+                inner.report_delivery(to, &batch, answer.is_ok());
+                if let Ok(gone) = answer {
+                    inner.removed_by(to, gone.iter().map(|g| g.to_native()).collect());
+                }
+            }
+            if let Some((group, kind, message, sent)) = large.as_mut() {
+                if *sent == 0 {
+                    transfers += 1;
+                }
+                let piece = &message[*sent..(*sent + PIECE_BYTES).min(message.len())];
+                let total = message.len() as u64;
+                let answer = client.deliver_piece(me, *group, transfers, *sent as u64, total, piece.to_vec()).await;
+                *sent += piece.len();
+                let done = answer.is_err() || *sent == message.len();
+                if done {
+                    if answer.is_err() {
+                        tracing::debug!(to, group = *group, "large raft message not delivered; raft retries");
+                    }
+                    inner.report_delivery(to, &[(*group, *kind)], answer.is_ok());
+                    large = None;
+                }
+                if let Ok(gone) = answer {
+                    inner.removed_by(to, gone.iter().map(|g| g.to_native()).collect());
                 }
             }
         }
@@ -964,5 +1026,28 @@ impl RaftPeer for PeerImpl {
             return Err(Status::application(format!("unknown node {from}")));
         }
         Ok(self.0.deliver(from, owned::<Vec<(u64, Vec<u8>)>>(messages)?))
+    }
+
+    async fn deliver_piece(
+        &self,
+        _ctx: &CallContext,
+        from: &Archived<u64>,
+        group: &Archived<u64>,
+        transfer: &Archived<u64>,
+        offset: &Archived<u64>,
+        total: &Archived<u64>,
+        piece: &Archived<Vec<u8>>,
+    ) -> Result<Vec<u64>, Status> {
+        let from = from.to_native();
+        if !self.0.nodes.borrow().contains_key(&from) {
+            return Err(Status::application(format!("unknown node {from}")));
+        }
+        let (group, transfer) = (group.to_native(), transfer.to_native());
+        self.0.deliver_piece(from, group, transfer, offset.to_native(), total.to_native(), piece.as_slice()).map_err(
+            |e| {
+                tracing::debug!(from, group, transfer, error = %e, "raft message piece refused");
+                Status::application(e.to_string())
+            },
+        )
     }
 }

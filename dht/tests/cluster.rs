@@ -410,6 +410,58 @@ fn a_removal_compacted_into_snapshots_is_still_told_after_every_member_restarts_
     });
 }
 
+#[test]
+fn a_learner_catches_up_from_a_snapshot_larger_than_one_rpc_may_carry() {
+    use multispace_dht::api::table::MemberChange;
+
+    // Snapshots every 4 entries, so the learner cannot be sent the log: it needs the
+    // snapshot, about 24 MiB here, more than the rpc's 16 MiB message limit.
+    let mut cluster = Cluster::start_with(3, 1, Durability::Durable, |c| c.replica.snapshot_every = 4);
+    let client = cluster.client();
+    let group = client.maps().group_of(b"big-0").id;
+    let value = vec![0x42; 1_000_000];
+    let rt = rt();
+    rt.block_on(async {
+        for i in 0..24 {
+            client.put(format!("big-{i}").as_bytes(), &value).await.unwrap();
+        }
+    });
+    let addr4 = free_addrs(1)[0];
+    let dir4 = tempfile::tempdir().unwrap();
+    let mut nodes = cluster.configs[&1].nodes.clone();
+    nodes.insert(4, addr4);
+    let mut c4 = DhtConfig::new(4, nodes, cluster.configs[&1].maps.clone(), Durability::Durable);
+    c4.data_dir = Some(dir4.path().to_path_buf());
+    c4.join = true;
+    c4.replica.snapshot_every = 4;
+    cluster.nodes.insert(4, DhtThread::start(c4).unwrap());
+    rt.block_on(async {
+        client
+            .change_members(group, MemberChange::AddLearner { node: 4, addr: addr4.to_string() })
+            .await
+            .expect("learner added");
+        // Writes go on while the snapshot travels.
+        for i in 0..20 {
+            client.put(format!("small-{i}").as_bytes(), b"v").await.unwrap();
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mine = cluster.nodes[&4].status().into_iter().find(|s| s.group == group);
+        if mine.as_ref().is_some_and(|s| s.keys >= 24) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 4 did not receive the large snapshot: {mine:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Promoted, it holds the data: with a majority of 3 of 4, it now takes part in commits.
+    rt.block_on(async {
+        client.change_members(group, MemberChange::Promote { node: 4 }).await.expect("promoted");
+        client.put(b"after", b"1").await.unwrap();
+        assert_eq!(client.get(b"big-23").await.unwrap(), Some(value.clone()));
+    });
+}
+
 /// A tmpfs of `size` mounted on a new temporary directory, unmounted on drop.
 struct Tmpfs(tempfile::TempDir);
 
