@@ -168,6 +168,8 @@ struct PeerLink {
 const MAX_QUEUED_PER_PEER: usize = 16_384;
 /// Bytes of raft messages per rpc to a peer.
 const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
+/// Messages larger than a piece waiting to go to a peer, beyond which the queue holds them.
+const MAX_LARGE_QUEUED: usize = 8;
 
 struct GroupSlot {
     replica: Replica,
@@ -875,17 +877,17 @@ async fn persist_loop(inner: Rc<Inner>) {
 async fn send_loop(inner: Rc<Inner>, link: Rc<PeerLink>, to: NodeId, addr: SocketAddr) {
     let client = RaftPeerClient::new(addr).with_options(CallOptions::timeout(Duration::from_secs(1)));
     let me = inner.config.id;
-    // The message in pieces: its group and kind, its encoding, and how much has gone.
-    let mut large: Option<(GroupId, MessageType, Vec<u8>, usize)> = None;
+    // Messages going in pieces, in order: group and kind, encoding, and how much has gone.
+    let mut large: VecDeque<(GroupId, MessageType, Vec<u8>, usize)> = VecDeque::new();
     let mut transfers = 0u64;
     loop {
         link.notify.wait().await;
         loop {
-            // Encode each message once; a batch stops at the message that crosses the limit,
-            // or at a second large one while one is on its way.
+            // Encode each message once; a batch stops at the message that crosses the limit.
+            // Large ones join the transfers, sent a piece per round after the batch.
             let (batch, encoded) = {
                 let mut q = link.queue.borrow_mut();
-                if q.is_empty() && large.is_none() {
+                if q.is_empty() && large.is_empty() {
                     break;
                 }
                 let mut bytes = 0;
@@ -893,16 +895,17 @@ async fn send_loop(inner: Rc<Inner>, link: Rc<PeerLink>, to: NodeId, addr: Socke
                 let mut kinds: Vec<(GroupId, MessageType)> = Vec::new();
                 let mut encoded: Vec<(u64, Vec<u8>)> = Vec::new();
                 for (g, m) in q.iter() {
+                    taken += 1;
                     let b = m.write_to_bytes().unwrap_or_default();
                     if b.len() > PIECE_BYTES {
-                        if large.is_some() {
+                        if large.len() >= MAX_LARGE_QUEUED {
+                            // Left queued (and bounded there) until transfers drain.
+                            taken -= 1;
                             break;
                         }
-                        large = Some((*g, m.get_msg_type(), b, 0));
-                        taken += 1;
+                        large.push_back((*g, m.get_msg_type(), b, 0));
                         continue;
                     }
-                    taken += 1;
                     bytes += b.len();
                     kinds.push((*g, m.get_msg_type()));
                     encoded.push((*g, b));
@@ -920,7 +923,7 @@ async fn send_loop(inner: Rc<Inner>, link: Rc<PeerLink>, to: NodeId, addr: Socke
                     inner.removed_by(to, gone.iter().map(|g| g.to_native()).collect());
                 }
             }
-            if let Some((group, kind, message, sent)) = large.as_mut() {
+            if let Some((group, kind, message, sent)) = large.front_mut() {
                 if *sent == 0 {
                     transfers += 1;
                 }
@@ -928,13 +931,12 @@ async fn send_loop(inner: Rc<Inner>, link: Rc<PeerLink>, to: NodeId, addr: Socke
                 let total = message.len() as u64;
                 let answer = client.deliver_piece(me, *group, transfers, *sent as u64, total, piece.to_vec()).await;
                 *sent += piece.len();
-                let done = answer.is_err() || *sent == message.len();
-                if done {
+                if answer.is_err() || *sent == message.len() {
                     if answer.is_err() {
                         tracing::debug!(to, group = *group, "large raft message not delivered; raft retries");
                     }
                     inner.report_delivery(to, &[(*group, *kind)], answer.is_ok());
-                    large = None;
+                    large.pop_front();
                 }
                 if let Ok(gone) = answer {
                     inner.removed_by(to, gone.iter().map(|g| g.to_native()).collect());
