@@ -94,6 +94,9 @@ pub enum System {
     RawUdp,
     /// Raw UDP ping-pong through io_uring submit-and-wait (sleeping style only).
     RawUringUdp,
+    /// Raw UDP ping-pong whose echo serves any client from one unconnected socket
+    /// (`recvfrom`/`sendto`, routed per datagram), as a server of many clients must.
+    RawUdpUnconnected,
     /// Raw TCP ping-pong, std sockets: the kernel's TCP cost.
     RawTcp,
     /// Multispace reliable call on the io_uring driver.
@@ -121,8 +124,9 @@ pub enum System {
 }
 
 /// The systems of the quick null-call comparison (`nullcall`, `benches/null_call.rs`).
-pub const NULL_CALL_SYSTEMS: [System; 7] = [
+pub const NULL_CALL_SYSTEMS: [System; 8] = [
     System::RawUdp,
+    System::RawUdpUnconnected,
     System::RawTcp,
     System::RpcUring,
     System::RpcEpoll,
@@ -155,6 +159,7 @@ impl System {
         match self {
             System::RawUdp => "raw UDP",
             System::RawUringUdp => "raw UDP (io_uring)",
+            System::RawUdpUnconnected => "raw UDP, unconnected echo",
             System::RawTcp => "raw TCP",
             System::RpcUring => "multispace rpc (io_uring)",
             System::RpcEpoll => "multispace rpc (epoll)",
@@ -175,6 +180,7 @@ impl System {
         match self {
             System::RawUdp => "raw_udp",
             System::RawUringUdp => "raw_udp_uring",
+            System::RawUdpUnconnected => "raw_udp_unconnected",
             System::RawTcp => "raw_tcp",
             System::RpcUring => "rpc_uring",
             System::RpcEpoll => "rpc_epoll",
@@ -209,6 +215,7 @@ impl System {
         let (req, resp) = (shape.request_len(), shape.response_len());
         Ok(match self {
             System::RawUdp => Box::new(raw::RawUdp::new(req, resp, waiting)?),
+            System::RawUdpUnconnected => Box::new(raw::RawUdp::unconnected(req, resp, waiting)?),
             System::RawUringUdp => Box::new(raw::RawUringUdp::new(req, resp)?),
             System::RawTcp => Box::new(raw::RawTcp::new(req, resp, waiting)?),
             System::RpcUring => Box::new(ours::Rpc::new(DriverKind::Uring, waiting, shape)?),

@@ -31,6 +31,13 @@ fn send_retrying(sock: &UdpSocket, msg: &[u8]) {
     }
 }
 
+/// [`send_retrying`] to `to` on an unconnected socket.
+fn send_to_retrying(sock: &UdpSocket, msg: &[u8], to: std::net::SocketAddr) {
+    while let Err(e) = sock.send_to(msg, to) {
+        assert!(e.kind() == ErrorKind::WouldBlock, "udp send: {e}");
+    }
+}
+
 /// Raw UDP ping-pong: `request` bytes out, `response` bytes back.
 pub struct RawUdp {
     sock: UdpSocket,
@@ -44,10 +51,22 @@ pub struct RawUdp {
 impl RawUdp {
     /// Echo thread on CPU 0; the caller should run on CPU 1 (see [`crate::pin_caller`]).
     pub fn new(request: usize, response: usize, waiting: Waiting) -> std::io::Result<Self> {
+        Self::with_echo(request, response, waiting, true)
+    }
+
+    /// [`RawUdp::new`] with an echo that answers whoever sent (`recv_from`/`send_to` on an
+    /// unconnected socket), as a server of many clients does.
+    pub fn unconnected(request: usize, response: usize, waiting: Waiting) -> std::io::Result<Self> {
+        Self::with_echo(request, response, waiting, false)
+    }
+
+    fn with_echo(request: usize, response: usize, waiting: Waiting, connected: bool) -> std::io::Result<Self> {
         let server = UdpSocket::bind("127.0.0.1:0")?;
         let sock = UdpSocket::bind("127.0.0.1:0")?;
         sock.connect(server.local_addr()?)?;
-        server.connect(sock.local_addr()?)?;
+        if connected {
+            server.connect(sock.local_addr()?)?;
+        }
         let spin = waiting == Waiting::Spin;
         server.set_nonblocking(spin)?;
         sock.set_nonblocking(spin)?;
@@ -60,6 +79,14 @@ impl RawUdp {
             let mut buf = vec![0u8; 65536];
             let reply = vec![0u8; response];
             while !stop2.load(Ordering::Relaxed) {
+                if !connected {
+                    match server.recv_from(&mut buf) {
+                        Ok((_, peer)) => send_to_retrying(&server, &reply, peer),
+                        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                        Err(e) => eprintln!("raw udp echo: {e}"),
+                    }
+                    continue;
+                }
                 match server.recv(&mut buf) {
                     Ok(_) => send_retrying(&server, &reply),
                     Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => continue,
