@@ -1016,6 +1016,18 @@ impl Table for TableImpl {
 
 struct PeerImpl(Rc<Inner>);
 
+impl PeerImpl {
+    /// `from` as a node id, if this node knows it.
+    fn known(&self, from: &Archived<u64>) -> Result<NodeId, Status> {
+        let from = from.to_native();
+        if self.0.nodes.borrow().contains_key(&from) {
+            Ok(from)
+        } else {
+            Err(Status::application(format!("unknown node {from}")))
+        }
+    }
+}
+
 impl RaftPeer for PeerImpl {
     async fn deliver(
         &self,
@@ -1023,10 +1035,7 @@ impl RaftPeer for PeerImpl {
         from: &Archived<u64>,
         messages: &Archived<Vec<(u64, Vec<u8>)>>,
     ) -> Result<Vec<u64>, Status> {
-        let from = from.to_native();
-        if !self.0.nodes.borrow().contains_key(&from) {
-            return Err(Status::application(format!("unknown node {from}")));
-        }
+        let from = self.known(from)?;
         Ok(self.0.deliver(from, owned::<Vec<(u64, Vec<u8>)>>(messages)?))
     }
 
@@ -1040,10 +1049,7 @@ impl RaftPeer for PeerImpl {
         total: &Archived<u64>,
         piece: &Archived<Vec<u8>>,
     ) -> Result<Vec<u64>, Status> {
-        let from = from.to_native();
-        if !self.0.nodes.borrow().contains_key(&from) {
-            return Err(Status::application(format!("unknown node {from}")));
-        }
+        let from = self.known(from)?;
         let (group, transfer) = (group.to_native(), transfer.to_native());
         self.0.deliver_piece(from, group, transfer, offset.to_native(), total.to_native(), piece.as_slice()).map_err(
             |e| {

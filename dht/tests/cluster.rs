@@ -59,6 +59,24 @@ impl Cluster {
         Cluster { configs, nodes, _dirs: dirs }
     }
 
+    /// Starts node `id` as a joiner (it knows the cluster and hosts nothing until a leader
+    /// adds it), configured by `tweak`; returns its address.
+    fn start_joiner(&mut self, id: u64, tweak: impl Fn(&mut DhtConfig)) -> SocketAddr {
+        let addr = free_addrs(1)[0];
+        let dir = tempfile::tempdir().unwrap();
+        let any = self.configs.values().next().unwrap();
+        let mut nodes = any.nodes.clone();
+        nodes.insert(id, addr);
+        let mut c = DhtConfig::new(id, nodes, any.maps.clone(), Durability::Durable);
+        c.data_dir = Some(dir.path().to_path_buf());
+        c.join = true;
+        tweak(&mut c);
+        self.nodes.insert(id, DhtThread::start(c.clone()).unwrap());
+        self.configs.insert(id, c);
+        self._dirs.push(dir);
+        addr
+    }
+
     fn client(&self) -> DhtClient {
         let any = self.configs.values().next().unwrap();
         DhtClient::new(any.maps.clone(), any.nodes.clone(), ClientConfig::default())
@@ -77,6 +95,32 @@ impl Cluster {
     fn restart(&mut self, id: u64) {
         let t = DhtThread::start(self.configs[&id].clone()).unwrap();
         self.nodes.insert(id, t);
+    }
+
+    /// Writes `writes` keys, kills a follower of `group`, removes it from the group while
+    /// it is down, and writes as many again; returns the follower.
+    fn remove_a_follower_while_down(
+        &mut self,
+        rt: &LocalRuntime,
+        client: &DhtClient,
+        group: u64,
+        writes: usize,
+    ) -> u64 {
+        use multispace_dht::api::table::MemberChange;
+        let put_keys = |range: std::ops::Range<usize>| async move {
+            for i in range {
+                client.put(format!("k-{i}").as_bytes(), b"v").await.unwrap();
+            }
+        };
+        rt.block_on(put_keys(0..writes));
+        let leader = self.leader_of(group).expect("a leader after the first writes");
+        let down = [1, 2, 3].into_iter().find(|n| *n != leader).unwrap();
+        self.nodes.get_mut(&down).unwrap().kill();
+        rt.block_on(async {
+            client.change_members(group, MemberChange::Remove { node: down }).await.expect("removed while down");
+            put_keys(writes..2 * writes).await;
+        });
+        down
     }
 
     /// Waits (bounded) until node `id` no longer hosts `group`, then checks it is gone for
@@ -241,15 +285,7 @@ fn a_replacement_node_joins_is_promoted_and_the_old_one_removed_while_writes_con
     let client = cluster.client();
     let group = client.maps().group_of(b"w-0").id;
     let rt = rt();
-    // Node 4: knows the cluster, hosts nothing until a leader adds it.
-    let addr4 = free_addrs(1)[0];
-    let dir4 = tempfile::tempdir().unwrap();
-    let mut nodes = cluster.configs[&1].nodes.clone();
-    nodes.insert(4, addr4);
-    let mut c4 = DhtConfig::new(4, nodes, cluster.configs[&1].maps.clone(), Durability::Durable);
-    c4.data_dir = Some(dir4.path().to_path_buf());
-    c4.join = true;
-    let node4 = DhtThread::start(c4).unwrap();
+    let addr4 = cluster.start_joiner(4, |_| {});
     let acked: Rc<RefCell<Vec<u64>>> = Rc::default();
     let stop = Rc::new(Cell::new(false));
     let old_member = Cell::new(0);
@@ -279,7 +315,7 @@ fn a_replacement_node_joins_is_promoted_and_the_old_one_removed_while_writes_con
         loop {
             let leader = cluster.leader_of(group).unwrap();
             let target = cluster.nodes[&leader].status().into_iter().find(|s| s.group == group).unwrap();
-            if let Some(mine) = node4.status().into_iter().find(|s| s.group == group) {
+            if let Some(mine) = cluster.nodes[&4].status().into_iter().find(|s| s.group == group) {
                 if mine.applied + 50 >= target.applied && mine.keys > 0 {
                     break;
                 }
@@ -296,7 +332,7 @@ fn a_replacement_node_joins_is_promoted_and_the_old_one_removed_while_writes_con
         let before = acked.borrow().len();
         let deadline = Instant::now() + Duration::from_secs(30);
         while acked.borrow().len() < before + 300 {
-            let status: Vec<_> = cluster.nodes.values().chain([&node4]).map(|n| n.status()).collect();
+            let status: Vec<_> = cluster.nodes.values().map(|n| n.status()).collect();
             assert!(Instant::now() < deadline, "writes stopped after the removal: {status:?}");
             sleep(Duration::from_millis(10)).await;
         }
@@ -309,7 +345,7 @@ fn a_replacement_node_joins_is_promoted_and_the_old_one_removed_while_writes_con
     cluster.assert_drops_group_for_good(old, group, &client.maps());
     // Now it goes away for good; group `group` lives on the other two and node 4.
     cluster.nodes.get_mut(&old).unwrap().kill();
-    let status4 = node4.status().into_iter().find(|s| s.group == group).unwrap();
+    let status4 = cluster.nodes[&4].status().into_iter().find(|s| s.group == group).unwrap();
     let mut expected: Vec<u64> = [1, 2, 3, 4].into_iter().filter(|n| *n != old).collect();
     expected.sort_unstable();
     assert_eq!(status4.voters, expected);
@@ -331,26 +367,11 @@ fn a_replacement_node_joins_is_promoted_and_the_old_one_removed_while_writes_con
 
 #[test]
 fn a_member_that_was_down_when_removed_learns_it_and_drops_its_replica() {
-    use multispace_dht::api::table::MemberChange;
-
     let mut cluster = Cluster::start(3, 2, Durability::Durable);
     let client = cluster.client();
     let group = client.maps().group_of(b"k-0").id;
     let rt = rt();
-    rt.block_on(async {
-        for i in 0..50 {
-            client.put(format!("k-{i}").as_bytes(), b"v").await.unwrap();
-        }
-    });
-    let leader = cluster.leader_of(group).expect("a leader after 50 writes");
-    let down = [1, 2, 3].into_iter().find(|n| *n != leader).unwrap();
-    cluster.nodes.get_mut(&down).unwrap().kill();
-    rt.block_on(async {
-        client.change_members(group, MemberChange::Remove { node: down }).await.expect("removed while down");
-        for i in 50..100 {
-            client.put(format!("k-{i}").as_bytes(), b"v").await.unwrap();
-        }
-    });
+    let down = cluster.remove_a_follower_while_down(&rt, &client, group, 50);
     // It comes back with the replica it had, still a member as far as it knows; the members
     // answer its messages with "you were removed" and it drops the group.
     cluster.restart(down);
@@ -372,21 +393,8 @@ fn a_removal_compacted_into_snapshots_is_still_told_after_every_member_restarts_
     let client = cluster.client();
     let group = client.maps().group_of(b"k-0").id;
     let rt = rt();
-    rt.block_on(async {
-        for i in 0..20 {
-            client.put(format!("k-{i}").as_bytes(), b"v").await.unwrap();
-        }
-    });
-    let leader = cluster.leader_of(group).expect("a leader after 20 writes");
-    let down = [1, 2, 3].into_iter().find(|n| *n != leader).unwrap();
+    let down = cluster.remove_a_follower_while_down(&rt, &client, group, 20);
     let down_addr = cluster.configs[&down].listen;
-    cluster.nodes.get_mut(&down).unwrap().kill();
-    rt.block_on(async {
-        client.change_members(group, MemberChange::Remove { node: down }).await.expect("removed while down");
-        for i in 20..60 {
-            client.put(format!("k-{i}").as_bytes(), b"v").await.unwrap();
-        }
-    });
     // Both members restart from their disks: what they know of the removal now comes from
     // their snapshots, not from memory or a log replay.
     let members: Vec<u64> = [1, 2, 3].into_iter().filter(|n| *n != down).collect();
@@ -426,15 +434,7 @@ fn a_learner_catches_up_from_a_snapshot_larger_than_one_rpc_may_carry() {
             client.put(format!("big-{i}").as_bytes(), &value).await.unwrap();
         }
     });
-    let addr4 = free_addrs(1)[0];
-    let dir4 = tempfile::tempdir().unwrap();
-    let mut nodes = cluster.configs[&1].nodes.clone();
-    nodes.insert(4, addr4);
-    let mut c4 = DhtConfig::new(4, nodes, cluster.configs[&1].maps.clone(), Durability::Durable);
-    c4.data_dir = Some(dir4.path().to_path_buf());
-    c4.join = true;
-    c4.replica.snapshot_every = 4;
-    cluster.nodes.insert(4, DhtThread::start(c4).unwrap());
+    let addr4 = cluster.start_joiner(4, |c| c.replica.snapshot_every = 4);
     rt.block_on(async {
         client
             .change_members(group, MemberChange::AddLearner { node: 4, addr: addr4.to_string() })
