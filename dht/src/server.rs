@@ -437,11 +437,7 @@ impl Inner {
     }
 
     fn tick(&self) {
-        let mut pieces = self.pieces.borrow_mut();
-        if !pieces.is_empty() {
-            pieces.expire(Instant::now());
-        }
-        drop(pieces);
+        self.pieces.borrow_mut().expire(Instant::now());
         let mut st = self.state.borrow_mut();
         if st.failed.is_some() {
             return;

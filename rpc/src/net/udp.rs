@@ -11,14 +11,21 @@ use crate::driver::op::{self, Op};
 #[derive(Debug)]
 pub struct UdpSocket {
     inner: Registered,
+    /// The peer fixed by [`UdpSocket::connect_to`]: datagrams to it are sent without an
+    /// address, on the route the kernel cached at connect time.
+    peer: std::cell::Cell<Option<SocketAddr>>,
 }
 
 impl UdpSocket {
+    fn from_socket(sock: Socket) -> io::Result<UdpSocket> {
+        Ok(UdpSocket { inner: Registered::new(sock)?, peer: std::cell::Cell::new(None) })
+    }
+
     /// Bind to `addr`.
     pub fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
         let sock = Socket::new(Domain::for_address(addr), Type::DGRAM.cloexec(), Some(Protocol::UDP))?;
         sock.bind(&addr.into())?;
-        Ok(UdpSocket { inner: Registered::new(sock)? })
+        Self::from_socket(sock)
     }
 
     /// Bind to `addr` with `SO_REUSEPORT` when `reuse_port` (so every core can serve the
@@ -29,7 +36,7 @@ impl UdpSocket {
             sock.set_reuse_port(true)?;
         }
         sock.bind(&addr.into())?;
-        Ok(UdpSocket { inner: Registered::new(sock)? })
+        Self::from_socket(sock)
     }
 
     /// Bind an ephemeral port on the local address that routes to `peer` and connect to it:
@@ -38,7 +45,9 @@ impl UdpSocket {
     pub fn connect(peer: SocketAddr) -> io::Result<UdpSocket> {
         let sock = Socket::new(Domain::for_address(peer), Type::DGRAM.cloexec(), Some(Protocol::UDP))?;
         sock.connect(&peer.into())?;
-        Ok(UdpSocket { inner: Registered::new(sock)? })
+        let sock = Self::from_socket(sock)?;
+        sock.peer.set(Some(peer));
+        Ok(sock)
     }
 
     /// Send one datagram on a connected socket now, without waiting: `WouldBlock` when the
@@ -52,11 +61,17 @@ impl UdpSocket {
     /// instead of per datagram; only `peer`'s datagrams are received after this, and an ICMP
     /// port-unreachable from it fails the next send or receive with `ECONNREFUSED`.
     pub fn connect_to(&self, peer: SocketAddr) -> io::Result<()> {
-        self.inner.sock.connect(&peer.into())
+        self.inner.sock.connect(&peer.into())?;
+        self.peer.set(Some(peer));
+        Ok(())
     }
 
-    /// [`UdpSocket::try_send`] to `to` on an unconnected socket.
+    /// [`UdpSocket::try_send`] to `to` (without an address when `to` is the peer fixed by
+    /// [`UdpSocket::connect_to`]).
     pub fn try_send_to(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
+        if self.peer.get() == Some(to) {
+            return self.inner.sock.send(buf);
+        }
         self.inner.sock.send_to(buf, &to.into())
     }
 
@@ -70,7 +85,7 @@ impl UdpSocket {
         // Binding the group address (not INADDR_ANY) keeps unicast traffic to the port out.
         sock.bind(&SocketAddr::V4(SocketAddrV4::new(group, port)).into())?;
         sock.join_multicast_v4(&group, &interface)?;
-        Ok(UdpSocket { inner: Registered::new(sock)? })
+        Self::from_socket(sock)
     }
 
     /// Bind a sender for multicast: outgoing interface `interface`, hop limit `ttl`, and
@@ -81,7 +96,7 @@ impl UdpSocket {
         sock.set_multicast_ttl_v4(ttl)?;
         sock.set_multicast_loop_v4(true)?;
         sock.bind(&SocketAddr::V4(SocketAddrV4::new(interface, 0)).into())?;
-        Ok(UdpSocket { inner: Registered::new(sock)? })
+        Self::from_socket(sock)
     }
 
     /// Receive one datagram into the spare capacity of `buf` (reserve first).
@@ -105,10 +120,18 @@ impl UdpSocket {
     /// and a turn for the completion; the driver is used only when the socket's buffer is full.
     pub async fn send_to(&self, buf: BytesMut, to: SocketAddr) -> (io::Result<usize>, BytesMut) {
         if crate::runtime::busy_poll_mode() {
-            match self.try_send_to(&buf, to) {
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
-                res => return (res, buf),
-            }
+            return self.send_to_now(buf, to).await;
+        }
+        Op::new(op::SendTo::new(self.inner.fd(), buf, &SockAddr::from(to)), self.inner.reg).await
+    }
+
+    /// Send `buf` as one datagram to `to` at once, with a non-blocking `sendto`, in every wait
+    /// mode; the driver only when the socket's buffer is full. For senders with no reply to
+    /// share a loop turn's io_uring enter with (one-way calls).
+    pub async fn send_to_now(&self, buf: BytesMut, to: SocketAddr) -> (io::Result<usize>, BytesMut) {
+        match self.try_send_to(&buf, to) {
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
+            res => return (res, buf),
         }
         Op::new(op::SendTo::new(self.inner.fd(), buf, &SockAddr::from(to)), self.inner.reg).await
     }

@@ -70,8 +70,6 @@ pub struct OneWaySender {
     max_datagram: usize,
     /// Reused send buffer: no allocation per call once warm.
     buf: RefCell<Option<BytesMut>>,
-    /// The destination fixed by [`OneWaySender::connect`].
-    peer: Option<SocketAddr>,
 }
 
 impl OneWaySender {
@@ -93,7 +91,7 @@ impl OneWaySender {
     }
 
     fn from_socket(sock: UdpSocket) -> std::io::Result<Self> {
-        Ok(OneWaySender { sock, max_datagram: MAX_DATAGRAM, buf: RefCell::new(None), peer: None })
+        Ok(OneWaySender { sock, max_datagram: MAX_DATAGRAM, buf: RefCell::new(None) })
     }
 
     /// Fix the usual destination (a unicast or group address): calls to `peer` go out without
@@ -103,9 +101,8 @@ impl OneWaySender {
     /// anyway; if nothing listens at a unicast `peer`, the kernel's port-unreachable answer
     /// fails one later call with `SendError::Io` (`ConnectionRefused`), that call's datagram
     /// unsent.
-    pub fn connect(mut self, peer: SocketAddr) -> std::io::Result<Self> {
+    pub fn connect(self, peer: SocketAddr) -> std::io::Result<Self> {
         self.sock.connect_to(peer)?;
-        self.peer = Some(peer);
         Ok(self)
     }
 
@@ -137,17 +134,10 @@ impl OneWaySender {
                 buf.truncate(len);
                 // Sent at once, in every wait mode: a one-way call has no reply to share a
                 // loop turn's io_uring enter with, so queueing it would cost a turn and an
-                // enter per call. The driver takes it only when the socket buffer is full.
-                let now =
-                    if self.peer == Some(to) { self.sock.try_send(&buf) } else { self.sock.try_send_to(&buf, to) };
-                match now {
-                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted) => {
-                        let (res, b) = self.sock.send_to(buf, to).await;
-                        buf = b;
-                        res.map(drop).map_err(SendError::Io)
-                    }
-                    res => res.map(drop).map_err(SendError::Io),
-                }
+                // enter per call.
+                let (res, b) = self.sock.send_to_now(buf, to).await;
+                buf = b;
+                res.map(drop).map_err(SendError::Io)
             }
             Err(EncodeError::TooLarge { len, .. }) => {
                 Err(SendError::TooLarge { len: len + HEADER_LEN, max: self.max_datagram })
