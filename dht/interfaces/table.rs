@@ -113,6 +113,9 @@ pub struct ClusterView {
     pub node: u64,
     /// Partition and replica-group maps.
     pub maps: Maps,
+    /// Where the answering node got them: "metadata group", or "configuration" while it has
+    /// not yet read the metadata group (or the maps have none).
+    pub maps_from: String,
     /// Every node's id and client address (`ip:port`).
     pub nodes: Vec<(u64, String)>,
     /// The answering node's replicas.

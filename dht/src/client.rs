@@ -18,7 +18,7 @@ use multispace_rpc::CallOptions;
 
 use crate::api::table::{ChangeAnswer, ClusterView, MemberChange, ReadAnswer, Refusal, TableClient, WriteAnswer};
 use crate::command::{check_key, check_ops, LimitError, Op, WriteResult};
-use crate::maps::{GroupId, Maps, NodeId};
+use crate::maps::{Group, GroupId, Maps, NodeId, MAPS_KEY, META_GROUP};
 
 /// Why a request failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -262,6 +262,10 @@ impl DhtClient {
     async fn read(&self, key: &[u8], stale: bool) -> Result<Option<Vec<u8>>, DhtError> {
         check_key(key)?;
         let group = self.inner.maps.borrow().group_of(key).id;
+        self.read_in(group, key, stale).await
+    }
+
+    async fn read_in(&self, group: GroupId, key: &[u8], stale: bool) -> Result<Option<Vec<u8>>, DhtError> {
         self.route(group, |stub, epoch| {
             let key = key.to_vec();
             async move {
@@ -377,6 +381,11 @@ impl DhtClient {
     pub async fn batch(&self, ops: Vec<Op>) -> Result<WriteResult, DhtError> {
         check_ops(&ops)?;
         let group = self.inner.maps.borrow().same_group(ops.iter().map(Op::key)).ok_or(DhtError::CrossGroup)?;
+        self.write_in(group, ops).await
+    }
+
+    /// Applies `ops` atomically in `group`, under this client's next sequence number.
+    async fn write_in(&self, group: GroupId, ops: Vec<Op>) -> Result<WriteResult, DhtError> {
         let seq = self.inner.next_seq.get();
         self.inner.next_seq.set(seq + 1);
         self.inner.in_flight.borrow_mut().insert(seq);
@@ -458,6 +467,46 @@ impl DhtClient {
         match self.batch(vec![op]).await? {
             WriteResult::CompareFailed { current, .. } => Ok(Err(current)),
             _ => Ok(Ok(())),
+        }
+    }
+}
+
+/// The maps in the metadata group: read, and kept up to date by the nodes.
+impl DhtClient {
+    /// The maps as the metadata group stores them now (a linearizable read), with the stored
+    /// bytes; `None` before the group's first write.
+    async fn stored(&self) -> Result<Option<(Maps, Vec<u8>)>, DhtError> {
+        match self.read_in(META_GROUP, MAPS_KEY, false).await? {
+            None => Ok(None),
+            Some(bytes) => {
+                let maps = Maps::decode(&bytes).map_err(|e| DhtError::Rejected(e.to_string()))?;
+                Ok(Some((maps, bytes)))
+            }
+        }
+    }
+
+    /// The maps as the metadata group stores them now (a linearizable read); `None` if it
+    /// has not stored any yet. Leader hints are not stored: routing learns them.
+    pub async fn stored_maps(&self) -> Result<Option<Maps>, DhtError> {
+        Ok(self.stored().await?.map(|(maps, _)| maps))
+    }
+
+    /// Makes the metadata group store `news` (groups as their replicas see them) where they
+    /// are newer than what it holds, starting from `initial` if it holds nothing yet; returns
+    /// the maps stored afterwards. Compare-and-swap on the stored bytes, so nodes recording
+    /// at once each see the other's write and none is lost.
+    pub async fn record_groups(&self, initial: &Maps, news: &[Group]) -> Result<Maps, DhtError> {
+        loop {
+            let stored = self.stored().await?;
+            let Some(next) = Maps::recorded(stored.as_ref().map(|(m, _)| m), initial, news) else {
+                return Ok(stored.map(|(m, _)| m).unwrap_or_else(|| initial.clone()));
+            };
+            let expected = stored.map(|(_, bytes)| bytes);
+            let op = Op::Cas { key: MAPS_KEY.to_vec(), expected, new: Some(next.encode()) };
+            match self.write_in(META_GROUP, vec![op]).await? {
+                WriteResult::CompareFailed { .. } => continue,
+                _ => return Ok(next),
+            }
         }
     }
 }

@@ -19,6 +19,12 @@ pub type GroupId = u64;
 /// A node's id within the table (raft peer ids are node ids).
 pub type NodeId = u64;
 
+/// The metadata group: a replica group like the others, whose only key ([`MAPS_KEY`]) holds
+/// the maps themselves. No slot range names it, so no client key can reach it.
+pub const META_GROUP: GroupId = 0;
+/// The metadata group's key holding the encoded [`Maps`].
+pub const MAPS_KEY: &[u8] = b"maps";
+
 /// The slot a key hashes to: FNV-1a, stable across processes, versions and platforms.
 pub fn slot_of(key: &[u8]) -> u32 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -89,6 +95,9 @@ impl Maps {
         if let Some((_, g)) = ranges.iter().find(|(_, g)| !groups.contains_key(g)) {
             return Err(MapError::Malformed(format!("range names unknown group {g}")));
         }
+        if ranges.iter().any(|(_, g)| *g == META_GROUP) {
+            return Err(MapError::Malformed(format!("a range names the metadata group {META_GROUP}")));
+        }
         if let Some(g) = groups.values().find(|g| g.members.is_empty()) {
             return Err(MapError::Malformed(format!("group {} has no members", g.id)));
         }
@@ -102,7 +111,8 @@ impl Maps {
     }
 
     /// `partitions` groups over equal slot ranges, each replicated on `replicas` consecutive
-    /// nodes of `nodes` (round-robin), all at epoch 1.
+    /// nodes of `nodes` (round-robin), all at epoch 1, and the metadata group on the first
+    /// `replicas` nodes.
     pub fn even(nodes: &[NodeId], partitions: u32, replicas: usize) -> Result<Self, MapError> {
         if nodes.is_empty() || partitions == 0 || partitions > SLOTS || replicas == 0 || replicas > nodes.len() {
             return Err(MapError::Malformed(format!(
@@ -118,7 +128,47 @@ impl Maps {
             let members = (0..replicas).map(|r| nodes[(p as usize + r) % nodes.len()]).collect();
             groups.push(Group { id, epoch: 1, members, leader_hint: None });
         }
+        groups.push(Group { id: META_GROUP, epoch: 1, members: nodes[..replicas].to_vec(), leader_hint: None });
         Maps::new(ranges, groups)
+    }
+
+    /// The metadata group, if these maps have one (maps built by hand may not: their nodes
+    /// then serve the maps they were configured with).
+    pub fn meta(&self) -> Option<&Group> {
+        self.groups.get(&META_GROUP)
+    }
+
+    /// The maps as the metadata group stores them (an rkyv archive; no leader hints, which
+    /// change too often to be worth a write).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut plain = self.clone();
+        for g in plain.groups.values_mut() {
+            g.leader_hint = None;
+        }
+        rkyv::to_bytes::<rkyv::rancor::Error>(&plain).map(|b| b.into_vec()).unwrap_or_default()
+    }
+
+    /// Maps stored by [`Maps::encode`], validated and checked: they came from the network.
+    pub fn decode(bytes: &[u8]) -> Result<Maps, MapError> {
+        let maps = rkyv::from_bytes::<Maps, rkyv::rancor::Error>(bytes)
+            .map_err(|e| MapError::Malformed(format!("stored maps do not decode: {e}")))?;
+        maps.checked()
+    }
+
+    /// What the metadata group should store once it knows `news` (groups as their replicas
+    /// see them): `stored` (or, nothing stored yet, `initial`) with every newer epoch taken
+    /// in. `None` when the stored maps already say all of it.
+    pub fn recorded(stored: Option<&Maps>, initial: &Maps, news: &[Group]) -> Option<Maps> {
+        let mut maps = stored.unwrap_or(initial).clone();
+        let mut changed = stored.is_none();
+        for g in news {
+            let newer = maps.groups.get(&g.id).is_some_and(|old| g.epoch > old.epoch);
+            if newer && !g.members.is_empty() {
+                maps.groups.insert(g.id, Group { leader_hint: None, ..g.clone() });
+                changed = true;
+            }
+        }
+        changed.then_some(maps)
     }
 
     /// The group owning `slot`.
@@ -260,6 +310,32 @@ mod tests {
         let empty = Group { id: 1, epoch: 9, members: vec![], leader_hint: None };
         assert!(!maps.learn(&Redirect { group: empty }));
         assert!(maps.checked().is_ok());
+    }
+
+    #[test]
+    fn the_metadata_group_is_no_partition_and_stores_only_newer_epochs() {
+        let initial = Maps::even(&[1, 2, 3, 4], 4, 3).unwrap();
+        assert_eq!(initial.meta().map(|g| g.members.clone()), Some(vec![1, 2, 3]));
+        assert!(initial.ranges().all(|(_, _, g)| g != META_GROUP));
+        let meta = initial.meta().unwrap().clone();
+        assert!(Maps::new(vec![(0, META_GROUP)], vec![meta]).is_err(), "no range may name it");
+        // Nothing stored: the initial maps, with news taken in.
+        assert_eq!(Maps::recorded(None, &initial, &[]), Some(initial.clone()));
+        let moved = Group { id: 2, epoch: 3, members: vec![2, 3, 5], leader_hint: Some(5) };
+        let stored = Maps::recorded(None, &initial, std::slice::from_ref(&moved)).unwrap();
+        assert_eq!(stored.group(2), Some(&Group { leader_hint: None, ..moved.clone() }));
+        // The same news again, an older epoch, an unknown group, no members: nothing to write.
+        let stale = Group { id: 2, epoch: 2, members: vec![9], leader_hint: None };
+        let unknown = Group { id: 77, ..moved.clone() };
+        let empty = Group { id: 1, epoch: 9, members: vec![], leader_hint: None };
+        assert_eq!(Maps::recorded(Some(&stored), &initial, &[moved, stale, unknown, empty]), None);
+        // Stored bytes round-trip without leader hints; garbage and broken maps are refused.
+        let mut hinted = stored.clone();
+        hinted.learn(&Redirect { group: Group { leader_hint: Some(3), ..stored.group(1).unwrap().clone() } });
+        assert_eq!(Maps::decode(&hinted.encode()), Ok(stored));
+        assert!(Maps::decode(b"not maps at all").is_err());
+        let broken = Maps { ranges: vec![(0, 9)], groups: initial.groups.clone() };
+        assert!(Maps::decode(&broken.encode()).is_err());
     }
 
     #[test]

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use futures_channel::oneshot;
 use multispace_rpc::rkyv::{self, rancor, Archived};
-use multispace_rpc::runtime::time::timeout_at;
+use multispace_rpc::runtime::time::{sleep, timeout_at};
 use multispace_rpc::runtime::JoinHandle;
 use multispace_rpc::{spawn, CallContext, CallOptions, Server, Status};
 use protobuf::Message as _;
@@ -39,7 +39,7 @@ use crate::api::table::{
 };
 use crate::command::{check_key, check_ops, Command, Op};
 use crate::disk::{Disk, DiskError, DiskWorker, GroupWrite};
-use crate::maps::{GroupId, Maps, NodeId};
+use crate::maps::{Group, GroupId, Maps, NodeId, MAPS_KEY, META_GROUP};
 use crate::replica::{ProposeError, Replica, ReplicaConfig, StartError};
 use crate::transfer::{Assembler, PieceError, PIECE_BYTES};
 
@@ -221,6 +221,13 @@ struct Inner {
     persist_notify: Notify,
     /// Raft messages arriving in pieces (snapshots too large for one rpc).
     pieces: RefCell<Assembler>,
+    /// Groups this node leads that the metadata group should record (new members or epoch).
+    meta_news: RefCell<Vec<Group>>,
+    meta_notify: Notify,
+    /// The maps as this node last read them from (or wrote them to) the metadata group.
+    meta_maps: RefCell<Option<Maps>>,
+    /// Mutual TLS is on: only nodes may write the metadata group.
+    tls: bool,
 }
 
 /// A ready whose records must be durable before raft hears so and its messages go out.
@@ -329,13 +336,17 @@ impl DhtServer {
             persisting: RefCell::new(VecDeque::new()),
             persist_notify: Notify::default(),
             pieces: RefCell::new(Assembler::default()),
+            meta_news: RefCell::new(Vec::new()),
+            meta_notify: Notify::default(),
+            meta_maps: RefCell::new(None),
+            tls: multispace_rpc::ConnConfig::for_this_core().tls.is_some(),
             config,
         });
         let mut peer_service = peer::service(PeerImpl(inner.clone()));
-        if multispace_rpc::ConnConfig::for_this_core().tls.is_some() {
+        if inner.tls {
             // With mutual TLS, only nodes (certificates named node-*) may speak raft to us;
             // any authenticated client may use the table.
-            peer_service = peer_service.with_access(multispace_rpc::AccessList::new().allow("node-*"));
+            peer_service = peer_service.with_access(nodes_only());
         }
         let server = Server::bind(inner.config.listen, [table::service(TableImpl(inner.clone())), peer_service])?;
         let addr = server.local_addr();
@@ -350,6 +361,9 @@ impl DhtServer {
         }
         for (&to, link) in inner.peers.borrow().iter() {
             tasks.push(spawn(send_loop(inner.clone(), link.clone(), to, inner.config.nodes[&to])));
+        }
+        if inner.config.maps.meta().is_some() {
+            tasks.push(spawn(meta_loop(inner.clone())));
         }
         tracing::info!(node = id, %addr, durability = inner.config.durability.name(), "table node up");
         Ok(DhtServer { inner, addr, _tasks: tasks })
@@ -455,6 +469,7 @@ impl Inner {
         let mut writes: Vec<GroupWrite> = Vec::new();
         let mut added = Vec::new();
         let mut leaving = Vec::new();
+        let mut meta_news = Vec::new();
         {
             let mut st = self.state.borrow_mut();
             if st.failed.is_some() {
@@ -477,11 +492,18 @@ impl Inner {
                 }
                 let conf_changed = !rd.member_updates.is_empty();
                 added.extend(rd.member_updates.drain(..).map(|u| (*gid, u)));
+                let mut elected = false;
                 if let Some((role, leader)) = rd.role_changed {
                     tracing::debug!(node = self.config.id, group = *gid, ?role, ?leader, "role changed");
                     if role != StateRole::Leader {
                         slot.refuse_all(&Refusal::Redirect(group_view(&slot.replica)));
                     }
+                    elected = role == StateRole::Leader;
+                }
+                // A group's leader tells the metadata group of its members: after a change,
+                // and when elected (a leader that died before telling is covered by the next).
+                if (elected || conf_changed) && slot.replica.role() == StateRole::Leader {
+                    meta_news.push(group_view(&slot.replica));
                 }
                 // Applied a change that leaves this node out: serve one more turn (what the
                 // change produced goes out), then drop the group, on disk after this turn's
@@ -521,6 +543,10 @@ impl Inner {
             }
         }
         self.members_changed(added);
+        if !meta_news.is_empty() && self.config.maps.meta().is_some() {
+            self.meta_news.borrow_mut().extend(meta_news);
+            self.meta_notify.notify();
+        }
         if pending.is_empty() && writes.is_empty() {
             return;
         }
@@ -653,6 +679,35 @@ impl Inner {
         Ok(())
     }
 
+    /// Whether `key` belongs to `group`: by its slot, or the metadata group's one key.
+    fn key_in(&self, key: &[u8], group: GroupId) -> bool {
+        if group == META_GROUP {
+            key == MAPS_KEY
+        } else {
+            self.config.maps.group_of(key).id == group
+        }
+    }
+
+    /// The maps to hand clients: the metadata group's (this node's replica of it if it has
+    /// one, else what it last read from the group), else the configured ones; updated with
+    /// what the hosted replicas know (members, epochs, leaders). Says where they came from.
+    fn maps(&self) -> (Maps, &'static str) {
+        let st = self.state.borrow();
+        let local = st
+            .groups
+            .get(&META_GROUP)
+            .and_then(|slot| slot.replica.state().get(MAPS_KEY))
+            .and_then(|bytes| Maps::decode(bytes).ok());
+        let (mut maps, source) = match local.or_else(|| self.meta_maps.borrow().clone()) {
+            Some(maps) => (maps, "metadata group"),
+            None => (self.config.maps.clone(), "configuration"),
+        };
+        for slot in st.groups.values() {
+            maps.learn(&crate::maps::Redirect { group: group_view(&slot.replica) });
+        }
+        (maps, source)
+    }
+
     async fn write(&self, group: GroupId, epoch: u64, cmd: Command) -> WriteAnswer {
         if let Err(e) = check_ops(&cmd.ops) {
             return WriteAnswer::Refused(Refusal::Invalid(e.to_string()));
@@ -660,7 +715,7 @@ impl Inner {
         if let Err(r) = self.refuse_unless_ready(group, epoch) {
             return WriteAnswer::Refused(r);
         }
-        if cmd.ops.iter().any(|op| self.config.maps.group_of(op.key()).id != group) {
+        if cmd.ops.iter().any(|op| !self.key_in(op.key(), group)) {
             return WriteAnswer::Refused(Refusal::Invalid(format!("a key of the batch is not in group {group}")));
         }
         let rx = {
@@ -696,7 +751,7 @@ impl Inner {
         if let Err(r) = self.refuse_unless_ready(group, epoch) {
             return ReadAnswer::Refused(r);
         }
-        if self.config.maps.group_of(&key).id != group {
+        if !self.key_in(&key, group) {
             return ReadAnswer::Refused(Refusal::Invalid(format!("the key is not in group {group}")));
         }
         let rx = {
@@ -942,6 +997,66 @@ async fn send_loop(inner: Rc<Inner>, link: Rc<PeerLink>, to: NodeId, addr: Socke
     }
 }
 
+/// With mutual TLS, nodes are those whose certificates are named `node-*`.
+fn nodes_only() -> multispace_rpc::AccessList {
+    multispace_rpc::AccessList::new().allow("node-*")
+}
+
+/// Keeps the metadata group's maps current from this node's side: records the groups this
+/// node leads when their members change or it is elected (the first record also stores the
+/// configured maps, when the group holds none yet), and re-reads the maps now and then so a
+/// node that hosts no replica of the group (a joiner) hands clients the group's maps rather
+/// than its own configuration.
+async fn meta_loop(inner: Rc<Inner>) {
+    use crate::client::{ClientConfig, DhtClient};
+    const REREAD: Duration = Duration::from_secs(5);
+    let config = ClientConfig { deadline: Duration::from_secs(3), attempt_timeout: Duration::from_secs(1) };
+    let client = DhtClient::new(inner.config.maps.clone(), inner.nodes.borrow().clone(), config);
+    let mut failures = 0u32;
+    // Re-read at once: a joiner's configuration may be out of date.
+    let mut reread_at = Instant::now();
+    loop {
+        let _ = timeout_at(reread_at, inner.meta_notify.wait()).await;
+        let news: Vec<Group> = std::mem::take(&mut *inner.meta_news.borrow_mut());
+        if news.is_empty() {
+            if Instant::now() < reread_at {
+                continue;
+            }
+            if inner.state.borrow().groups.contains_key(&META_GROUP) {
+                // Its own replica is where this node reads the maps.
+                reread_at = Instant::now() + REREAD;
+                continue;
+            }
+        }
+        let result = if news.is_empty() {
+            client.stored_maps().await
+        } else {
+            client.record_groups(&inner.config.maps, &news).await.map(Some)
+        };
+        match result {
+            Ok(maps) => {
+                failures = 0;
+                if maps.is_some() {
+                    *inner.meta_maps.borrow_mut() = maps;
+                }
+                reread_at = Instant::now() + REREAD;
+            }
+            Err(e) => {
+                // Kept for the next try; newer news for the same group wins when recorded.
+                tracing::debug!(node = inner.config.id, error = %e, "metadata group not reached");
+                inner.meta_news.borrow_mut().extend(news);
+                failures += 1;
+                let back_off = Duration::from_millis(100 << failures.min(5));
+                sleep(back_off).await;
+                reread_at = Instant::now();
+                if !inner.meta_news.borrow().is_empty() {
+                    inner.meta_notify.notify();
+                }
+            }
+        }
+    }
+}
+
 fn owned<T>(archived: &T::Archived) -> Result<T, Status>
 where
     T: rkyv::Archive,
@@ -966,7 +1081,7 @@ impl Table for TableImpl {
 
     async fn write(
         &self,
-        _ctx: &CallContext,
+        ctx: &CallContext,
         group: &Archived<u64>,
         epoch: &Archived<u64>,
         client: &Archived<u64>,
@@ -974,6 +1089,12 @@ impl Table for TableImpl {
         acked_below: &Archived<u64>,
         ops: &Archived<Vec<Op>>,
     ) -> Result<WriteAnswer, Status> {
+        if *group == META_GROUP && self.0.tls && !nodes_only().permits(0, ctx.principal.as_deref()) {
+            let who = ctx.principal.as_deref().unwrap_or("anonymous");
+            return Ok(WriteAnswer::Refused(Refusal::Invalid(format!(
+                "only nodes write the metadata group, not `{who}`"
+            ))));
+        }
         let cmd = Command {
             client: client.to_native(),
             seq: seq.to_native(),
@@ -994,14 +1115,11 @@ impl Table for TableImpl {
 
     async fn cluster(&self, _ctx: &CallContext) -> Result<ClusterView, Status> {
         let c = &self.0.config;
-        // The configured map, updated with what the hosted replicas know (members, epochs).
-        let mut maps = c.maps.clone();
-        for slot in self.0.state.borrow().groups.values() {
-            maps.learn(&crate::maps::Redirect { group: group_view(&slot.replica) });
-        }
+        let (maps, source) = self.0.maps();
         Ok(ClusterView {
             node: c.id,
             maps,
+            maps_from: source.into(),
             nodes: self.0.nodes.borrow().iter().map(|(id, a)| (*id, a.to_string())).collect(),
             replicas: self.0.status(),
             durability: c.durability.name().into(),

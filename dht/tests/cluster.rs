@@ -366,6 +366,81 @@ fn a_replacement_node_joins_is_promoted_and_the_old_one_removed_while_writes_con
 }
 
 #[test]
+fn the_metadata_group_holds_the_maps_records_member_changes_and_a_joiner_hands_them_out() {
+    use multispace_dht::api::table::MemberChange;
+    use multispace_dht::maps::META_GROUP;
+
+    let mut cluster = Cluster::start(3, 2, Durability::Durable);
+    let initial = cluster.configs[&1].maps.clone();
+    let client = cluster.client();
+    let rt = rt();
+    // Waits (bounded) until the metadata group stores maps that pass `ok`.
+    let stored_when = |ok: &dyn Fn(&Maps) -> bool, what: &str| {
+        rt.block_on(async {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if let Ok(Some(maps)) = client.stored_maps().await {
+                    if ok(&maps) {
+                        return maps;
+                    }
+                }
+                assert!(Instant::now() < deadline, "the metadata group never stored {what}");
+                sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    // The first leader elected stores the configured maps (leader hints are not stored).
+    let stored = stored_when(&|_| true, "any maps");
+    assert_eq!(stored, Maps::decode(&initial.encode()).unwrap());
+    assert!(cluster.nodes[&1].status().iter().any(|s| s.group == META_GROUP));
+
+    // A joiner configured with other maps (four partitions, not two) learns the stored ones
+    // and hands them out; a client that knows only the joiner routes every key right.
+    let addr4 = cluster.start_joiner(4, |c| {
+        let ids: Vec<u64> = c.nodes.keys().copied().collect();
+        c.maps = Maps::even(&ids, 4, 3).unwrap();
+    });
+    rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let view = DhtClient::view_of(addr4, Duration::from_secs(1)).await.unwrap();
+            if view.maps_from == "metadata group" {
+                assert_eq!(view.maps.ranges().collect::<Vec<_>>(), initial.ranges().collect::<Vec<_>>());
+                break;
+            }
+            assert!(Instant::now() < deadline, "the joiner still hands out its configured maps");
+            sleep(Duration::from_millis(20)).await;
+        }
+        let via4 = DhtClient::connect(&[addr4], ClientConfig::default()).await.unwrap();
+        for i in 0..40 {
+            via4.put(format!("m-{i}").as_bytes(), b"v").await.unwrap();
+        }
+        for i in 0..40 {
+            assert_eq!(client.get(format!("m-{i}").as_bytes()).await.unwrap(), Some(b"v".to_vec()));
+        }
+    });
+
+    // A membership change is recorded: new members at the epoch the change returned.
+    let epoch = rt.block_on(async {
+        client.change_members(1, MemberChange::AddLearner { node: 4, addr: addr4.to_string() }).await.unwrap();
+        client.change_members(1, MemberChange::Promote { node: 4 }).await.unwrap()
+    });
+    let stored = stored_when(&|m| m.group(1).is_some_and(|g| g.epoch >= epoch), "group 1's new epoch");
+    let mut members = stored.group(1).unwrap().members.clone();
+    members.sort_unstable();
+    assert_eq!(members, vec![1, 2, 3, 4]);
+    // So is a change to the metadata group itself, and its leader's death loses nothing.
+    let meta_epoch = rt.block_on(async {
+        client.change_members(META_GROUP, MemberChange::AddLearner { node: 4, addr: addr4.to_string() }).await.unwrap()
+    });
+    stored_when(&|m| m.meta().is_some_and(|g| g.epoch >= meta_epoch), "the metadata group's own change");
+    let leader = cluster.leader_of(META_GROUP).unwrap();
+    cluster.nodes.get_mut(&leader).unwrap().kill();
+    let after = stored_when(&|_| true, "maps after its leader died");
+    assert_eq!(after.group(1).map(|g| g.epoch), Some(stored.group(1).unwrap().epoch));
+}
+
+#[test]
 fn a_member_that_was_down_when_removed_learns_it_and_drops_its_replica() {
     let mut cluster = Cluster::start(3, 2, Durability::Durable);
     let client = cluster.client();

@@ -20,7 +20,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use multispace_dht::api::table::{ClusterView, MemberChange, ReplicaStatus};
 use multispace_dht::client::{ClientConfig, DhtClient};
-use multispace_dht::maps::Maps;
+use multispace_dht::maps::{Maps, META_GROUP};
 use multispace_dht::server::{DhtConfig, DhtServer, Durability};
 use multispace_rpc::{Config, LocalRuntime};
 
@@ -282,7 +282,8 @@ pub(crate) async fn views(c: &DhtClient, timeout: Duration) -> NodeViews {
 
 /// The table by partition, as the node's status page shows it: each group's leader (the
 /// replica that says it leads, in the highest term), term, members and every replica's role,
-/// applied index and keys; and how many table nodes answered.
+/// applied index and keys; the metadata group (which holds the maps) the same way, apart;
+/// and how many table nodes answered.
 pub(crate) fn partitions_json(rows: &NodeViews) -> serde_json::Value {
     let mut groups: BTreeMap<u64, Vec<(u64, &ReplicaStatus)>> = BTreeMap::new();
     for (id, _, view) in rows {
@@ -290,7 +291,7 @@ pub(crate) fn partitions_json(rows: &NodeViews) -> serde_json::Value {
             groups.entry(r.group).or_default().push((*id, r));
         }
     }
-    let partitions: Vec<serde_json::Value> = groups
+    let mut partitions: Vec<serde_json::Value> = groups
         .iter()
         .map(|(group, replicas)| {
             let leader = replicas.iter().filter(|(_, r)| r.role == "leader").max_by_key(|(_, r)| r.term);
@@ -314,11 +315,16 @@ pub(crate) fn partitions_json(rows: &NodeViews) -> serde_json::Value {
         .iter()
         .filter_map(|(id, _, v)| v.as_ref()?.failed.as_ref().map(|why| json!({ "node": id, "failed": why })))
         .collect();
+    let metadata = match groups.keys().next() {
+        Some(&META_GROUP) => partitions.remove(0),
+        _ => serde_json::Value::Null,
+    };
     json!({
         "nodes": rows.len(),
         "reachable": rows.iter().filter(|(_, _, v)| v.is_some()).count(),
         "failed": failed,
         "partitions": partitions,
+        "metadata": metadata,
     })
 }
 
@@ -387,6 +393,7 @@ async fn stat(output: Format, conn: ConnArgs) -> anyhow::Result<()> {
                         "address": addr.to_string(),
                         "reachable": true,
                         "durability": v.durability.to_string(),
+                        "maps_from": v.maps_from.to_string(),
                         "failed": v.failed,
                         "replicas": v.replicas.iter().map(|r| json!({
                             "group": r.group,
@@ -541,7 +548,15 @@ mod tests {
 
     fn view(node: u64, replicas: Vec<ReplicaStatus>) -> Option<ClusterView> {
         let maps = Maps::even(&[1, 2, 3], 1, 3).unwrap();
-        Some(ClusterView { node, maps, nodes: vec![], replicas, durability: "durable".into(), failed: None })
+        Some(ClusterView {
+            node,
+            maps,
+            maps_from: "metadata group".into(),
+            nodes: vec![],
+            replicas,
+            durability: "durable".into(),
+            failed: None,
+        })
     }
 
     #[test]

@@ -241,6 +241,16 @@ fn leaders_killed_and_nodes_paused_lose_no_acknowledged_write_and_stay_lineariza
             sleep(Duration::from_millis(50)).await;
         }
         let probe = probe.expect("the table came up");
+        // The maps live in the metadata group, which only nodes may write: this client's
+        // certificate (`admin`) may read them but not record a made-up epoch.
+        let stored = probe.stored_maps().await.expect("read the metadata group").expect("maps stored");
+        let forged = multispace_dht::maps::Group { epoch: 1_000, ..stored.group(1).unwrap().clone() };
+        match probe.record_groups(&stored, &[forged]).await {
+            Err(multispace_dht::client::DhtError::Invalid(why)) => {
+                assert!(why.contains("only nodes write the metadata group"), "{why}")
+            }
+            other => panic!("a client wrote the metadata group: {other:?}"),
+        }
         let tasks: Vec<_> = (0..6u64)
             .map(|c| {
                 let client = DhtClient::new(probe.maps(), probe.nodes(), config);
@@ -282,6 +292,7 @@ fn leaders_killed_and_nodes_paused_lose_no_acknowledged_write_and_stay_lineariza
         }
         // Every acknowledged ledger write must be there, read linearizably.
         let checker = DhtClient::new(probe.maps(), probe.nodes(), config);
+        assert_eq!(checker.stored_maps().await.expect("metadata group after the faults"), Some(stored));
         let acked = rec.borrow().acked.clone();
         for (k, v) in &acked {
             let got = checker.get(k).await.expect("read after the faults");

@@ -157,12 +157,13 @@ ms_namespaces() { ip netns list 2>/dev/null | awk '{print $1}' | grep '^ms-' || 
 
 # stat_rows H [TIMEOUT_MS]: the table as a client on host H sees it (`dht stat`), one line
 # per replica of every node that answered: "node group role term leader applied keys"
-# (leader 0: none known). Nodes reporting a failure are noted in $WORK/failed.
+# (leader 0: none known), the metadata group (0) left out: this test is about partitions.
+# Nodes reporting a failure are noted in $WORK/failed.
 stat_rows() {
     local h=$1 t=${2:-300} json
     json=$("$NC" exec "$h" timeout 10 multispace dht stat -o json --timeout-ms "$t" 2>/dev/null) || return 0
     jq -r '.[] | select(.reachable and .failed != null) | "node \(.node): \(.failed)"' <<<"$json" >>"$WORK/failed" || true
-    jq -r '.[] | select(.reachable) | .node as $n | .replicas[] |
+    jq -r '.[] | select(.reachable) | .node as $n | .replicas[] | select(.group != 0) |
         "\($n) \(.group) \(.role) \(.term) \(.leader // 0) \(.applied) \(.keys)"' <<<"$json" || true
 }
 

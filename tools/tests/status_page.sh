@@ -35,6 +35,10 @@ if [[ -z ${STATUS_PAGE_TEST_WATCHDOG:-} ]]; then
         echo "FAIL: run as root (network namespaces)" >&2
         exit 1
     fi
+    if ! command -v jq >/dev/null; then
+        DEBIAN_FRONTEND=noninteractive timeout 120 apt-get install -y -qq jq >/dev/null 2>&1 || true
+        command -v jq >/dev/null || { echo "FAIL: needs jq (apt-get install jq)" >&2; exit 1; }
+    fi
     if ! command -v chromium >/dev/null; then
         step "installing chromium (apt-get install --no-install-recommends chromium)"
         export DEBIAN_FRONTEND=noninteractive
@@ -151,6 +155,15 @@ wait_status() {
     poll "$1" "$2" status_is
 }
 
+# partitions RESPONSE [JQ-ARGS...] FILTER: FILTER applied to the table's partitions (an
+# array; the metadata group is listed apart, not among them) in an HTTP response from
+# admin_get; 0 if there is no JSON body.
+partitions() {
+    local body
+    body=$(sed '1,/^\r\?$/d' <<<"$1")
+    jq "${@:2:$#-2}" "[.. | objects | select(has(\"partitions\")) | .partitions[]] | ${!#}" <<<"$body" 2>/dev/null || echo 0
+}
+
 # wait_table SECONDS WHAT REACHABLE LEADERS: wait until node 1's /status.json shows the
 # table with REACHABLE table nodes answering and all $PARTITIONS partitions led, each by a
 # node matching the regex LEADERS (e.g. "[12]").
@@ -159,8 +172,9 @@ wait_table() {
     table_is() {
         local json p l r
         json=$(admin_get /status.json)
-        p=$(count "$json" '"group":[0-9]+')
-        l=$(count "$json" "\"leader\":${leaders}[,}]")
+        p=$(partitions "$json" 'length')
+        l=$(partitions "$json" --arg re "^${leaders}\$" \
+            'map(select(.leader != null and (.leader | tostring | test($re)))) | length')
         r=$(count "$json" "\"reachable\":${reachable}[,}]")
         SAW="$p partitions, $l led by $leaders, reachable=$reachable $r times: ${json: -600}"
         ((p == PARTITIONS && l == PARTITIONS && r == 1))
@@ -174,9 +188,7 @@ wait_keys() {
     local want=$3
     keys_are() {
         local got
-        # A partition's own `keys` is the one right before its `replicas`.
-        got=$(admin_get /status.json | grep -oE '"keys":[0-9]+,"replicas"' | grep -oE '[0-9]+' |
-            awk '{s += $1} END {print s + 0}')
+        got=$(partitions "$(admin_get /status.json)" 'map(.keys // 0) | add // 0')
         SAW="$got keys"
         ((got == want))
     }
@@ -288,11 +300,12 @@ done
 wait_keys 10 "node 1's /status.json: the partitions hold the 8 keys" 8
 # Host 1's table node has an admin endpoint of its own: its replicas and the calls it served.
 dht_metrics=$(admin_get /metrics 127.0.0.1:47903)
-[[ $(count "$dht_metrics" '^multispace_dht_replica_leader\{group="[0-9]+"\} [01]') -eq $PARTITIONS ]] ||
-    fail "host 1's table node /metrics has no leader gauge per partition: ${dht_metrics:0:600}"
+# A leader gauge per replica: every partition's and the metadata group's (group 0).
+[[ $(count "$dht_metrics" '^multispace_dht_replica_leader\{group="[0-9]+"\} [01]') -eq $((PARTITIONS + 1)) ]] ||
+    fail "host 1's table node /metrics has no leader gauge per partition and metadata group: ${dht_metrics:0:600}"
 [[ $dht_metrics == *'multispace_rpc_calls_total{service="Table"'* ]] ||
     fail "host 1's table node /metrics counts no Table calls: ${dht_metrics:0:600}"
-pass "host 1's table node serves /metrics: a leader gauge per partition, Table calls counted"
+pass "host 1's table node serves /metrics: a leader gauge per partition and the metadata group, Table calls counted"
 
 # Which headless mode this Chromium has: the new one, else the old.
 start=$(elapsed_ms)
