@@ -75,6 +75,9 @@ pub struct TableRow {
     pub single_p50_us: f64,
     /// Latency with one client.
     pub single_p99_us: f64,
+    /// CPU time per operation under load, for systems running inside the benchmark process
+    /// (ours: its three nodes and the clients together); `None` for external servers.
+    pub cpu_us_per_op: Option<f64>,
 }
 
 /// Latencies and a count from one phase.
@@ -83,6 +86,19 @@ pub struct Measured {
     ops: u64,
     elapsed: Duration,
     hist: Histogram<u64>,
+    /// CPU time (user and system, every thread) this process spent in the phase, when the
+    /// system measured runs inside it (ours: nodes and clients together).
+    cpu: Option<Duration>,
+}
+
+/// CPU time (user and system) of every thread of this process so far, from /proc/self/stat
+/// (in USER_HZ ticks, 100 a second on Linux: fine for phases of seconds).
+fn process_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces): state is the first, utime the 12th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let ticks: u64 = rest.split_whitespace().skip(11).take(2).filter_map(|f| f.parse::<u64>().ok()).sum();
+    Duration::from_millis(ticks * 10)
 }
 
 impl Measured {
@@ -120,6 +136,7 @@ fn row(system: &str, op: KvOp, clients: usize, load: &Measured, single: &Measure
         p99_us: us(&load.hist, 0.99),
         single_p50_us: us(&single.hist, 0.5),
         single_p99_us: us(&single.hist, 0.99),
+        cpu_us_per_op: load.cpu.map(|c| c.as_secs_f64() * 1e6 / load.ops.max(1) as f64),
     }
 }
 
@@ -165,15 +182,32 @@ impl OurTable {
         Ok(OurTable { nodes, maps, addrs, configs })
     }
 
+    /// Which node leads which groups now, e.g. "node 1: 1 0, node 2: 2, node 3: 3" (group 0 is
+    /// the metadata group).
+    pub fn leaders(&self) -> String {
+        let mut out = Vec::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            let led: Vec<String> =
+                n.status().iter().filter(|s| s.role == "leader").map(|s| s.group.to_string()).collect();
+            out.push(format!("node {}: {}", i + 1, if led.is_empty() { "-".to_string() } else { led.join(" ") }));
+        }
+        out.join(", ")
+    }
+
     fn client(&self) -> DhtClient {
         DhtClient::new(self.maps.clone(), self.addrs.clone(), ClientConfig::default())
     }
 
     /// Runs `clients` clients doing `op` for `duration` (or `ops` operations if given).
     pub fn measure(&self, op: KvOp, clients: usize, duration: Duration, ops: Option<u64>, w: &Workload) -> Measured {
+        // Where the load went: who led which group, and how often each node's log synced.
+        let fsyncs = |t: &Self| -> Vec<u64> { t.nodes.iter().map(|n| n.with(|s| s.fsyncs()).unwrap_or(0)).collect() };
+        let f0 = fsyncs(self);
+        let leaders = self.leaders();
         let rt = LocalRuntime::new(Default::default()).expect("client runtime");
         let value = vec![0x5a; w.value_bytes];
         let keys = w.keys;
+        let cpu_before = process_cpu();
         rt.block_on(async {
             let hist = Rc::new(RefCell::new(hist()));
             let count = Rc::new(Cell::new(0u64));
@@ -208,7 +242,13 @@ impl OurTable {
             }
             let elapsed = started.elapsed();
             let h = hist.borrow().clone();
-            Measured { ops: count.get(), elapsed, hist: h }
+            let rates: Vec<String> = fsyncs(self)
+                .iter()
+                .zip(&f0)
+                .map(|(a, b)| format!("{:.0}", (a - b) as f64 / elapsed.as_secs_f64()))
+                .collect();
+            eprintln!("  {} ops; leaders {leaders}; fdatasyncs/s per node {}", count.get(), rates.join(" "));
+            Measured { ops: count.get(), elapsed, hist: h, cpu: Some(process_cpu() - cpu_before) }
         })
     }
 
@@ -363,7 +403,7 @@ where
         }
         let elapsed = started.elapsed();
         let h = hist.borrow().clone();
-        Ok(Measured { ops: count.get(), elapsed, hist: h })
+        Ok(Measured { ops: count.get(), elapsed, hist: h, cpu: None })
     })
 }
 
@@ -611,8 +651,9 @@ pub fn put_get_rows(
         let load = measure(op, w.clients, w.duration, None)?;
         let single = measure(op, 1, Duration::from_secs(3600), Some(w.single_ops))?;
         let r = row(system, op, w.clients, &load, &single);
+        let cpu = r.cpu_us_per_op.map_or(String::new(), |c| format!("  | CPU {c:.1} us/op, nodes and clients"));
         eprintln!(
-            "{system:<28} {:<4} {:>9.0} ops/s  p50 {:>8.0} us  p99 {:>8.0} us  | 1 client p50 {:>7.0} us p99 {:>7.0} us",
+            "{system:<28} {:<4} {:>9.0} ops/s  p50 {:>8.0} us  p99 {:>8.0} us  | 1 client p50 {:>7.0} us p99 {:>7.0} us{cpu}",
             format!("{:?}", op).to_lowercase(),
             r.ops_per_s,
             r.p50_us,

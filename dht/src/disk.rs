@@ -395,11 +395,22 @@ pub struct GroupWrite {
     /// This node was removed from the group: after this write, forget it on disk for good
     /// ([`Disk::remove_group`]).
     pub remove: bool,
+    /// `records` only move the commit index ([`crate::replica::ReplicaReady::commit_only`]).
+    pub commit_only: bool,
+}
+
+impl GroupWrite {
+    /// Whether this write may reach the disk with whichever sync comes next instead of one
+    /// of its own.
+    pub fn can_wait(&self) -> bool {
+        self.commit_only && self.snapshot.is_none() && self.local_snapshot.is_none() && !self.remove
+    }
 }
 
 struct Job {
     writes: Vec<GroupWrite>,
-    done: futures_channel::oneshot::Sender<Result<(), String>>,
+    /// `None` for writes that wait for the next sync ([`DiskWorker::write_later`]).
+    done: Option<futures_channel::oneshot::Sender<Result<(), String>>>,
 }
 
 /// The node's disk on a thread of its own, so a core never blocks in fdatasync. Writes are
@@ -419,7 +430,8 @@ impl std::fmt::Debug for Job {
     }
 }
 
-/// Appends a batch of jobs, syncs once, then saves the local snapshots they carry.
+/// Appends a batch of jobs, syncs once (unless every job may wait for a later sync), then
+/// saves the local snapshots they carry.
 fn write_jobs(disk: &mut Disk, jobs: &[Job]) -> Result<(), DiskError> {
     for w in jobs.iter().flat_map(|j| &j.writes) {
         if let Some(snap) = &w.snapshot {
@@ -428,6 +440,9 @@ fn write_jobs(disk: &mut Disk, jobs: &[Job]) -> Result<(), DiskError> {
         for r in &w.records {
             disk.append(w.group, r)?;
         }
+    }
+    if jobs.iter().all(|j| j.done.is_none()) {
+        return Ok(());
     }
     disk.sync()?;
     let mut released = Vec::new();
@@ -473,8 +488,8 @@ impl DiskWorker {
                     failed = Some(e.clone());
                 }
                 counter.store(disk.fsyncs(), std::sync::atomic::Ordering::Relaxed);
-                for job in jobs {
-                    let _ = job.done.send(result.clone());
+                for done in jobs.into_iter().filter_map(|j| j.done) {
+                    let _ = done.send(result.clone());
                 }
             }
         })?;
@@ -487,9 +502,18 @@ impl DiskWorker {
         let (done, rx) = futures_channel::oneshot::channel();
         if let Some(tx) = &self.tx {
             // If the thread is gone, `done` is dropped and the receiver reports cancellation.
-            let _ = tx.send(Job { writes, done });
+            let _ = tx.send(Job { writes, done: Some(done) });
         }
         rx
+    }
+
+    /// Queues writes that may wait: they reach the disk with the next sync any later
+    /// [`DiskWorker::write`] makes, or are lost in a crash before it (see
+    /// [`GroupWrite::can_wait`]).
+    pub fn write_later(&self, writes: Vec<GroupWrite>) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Job { writes, done: None });
+        }
     }
 
     /// fdatasyncs done so far.

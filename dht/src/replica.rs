@@ -95,6 +95,10 @@ pub struct ReplicaReady {
     pub messages: Vec<Message>,
     /// Write to the log; call [`Replica::persisted`] with [`ReplicaReady::number`] once durable.
     pub records: Vec<Record>,
+    /// `records` hold only a hard state that moved the commit index (same term and vote): it
+    /// need not wait for a sync of its own. A commit index lost in a crash is learned again
+    /// from the leader, and the log has every entry it names before it (earlier readies).
+    pub commit_only: bool,
     /// A snapshot from the leader: save it (durably) before the records, which refer to it.
     pub snapshot_to_save: Option<Snapshot>,
     /// Send only after `records` are durable.
@@ -502,6 +506,11 @@ impl Replica {
             out.records.push(Record::Entries(rd.take_entries()));
         }
         if let Some(hs) = rd.hs() {
+            let before = self.log.hard_state();
+            out.commit_only = out.records.is_empty()
+                && out.snapshot_to_save.is_none()
+                && hs.term == before.term
+                && hs.vote == before.vote;
             self.log.set_hard_state(hs.clone());
             out.records.push(Record::HardState(hs.clone()));
         }

@@ -519,6 +519,7 @@ impl Inner {
                     local_snapshot: rd.local_snapshot.take(),
                     local_records: std::mem::take(&mut rd.local_records),
                     remove,
+                    commit_only: rd.commit_only,
                 };
                 if write.snapshot.is_some() || !write.records.is_empty() || write.local_snapshot.is_some() || remove {
                     writes.push(write);
@@ -556,7 +557,16 @@ impl Inner {
             // turn when they are durable. Readies without records queue too: raft must hear
             // of persistence in order.
             Some(disk) => {
-                let done = (!writes.is_empty()).then(|| disk.write(writes));
+                let done = if writes.iter().all(GroupWrite::can_wait) {
+                    // Nothing that needs a sync of its own (commit indexes at most): finished in
+                    // order without waiting for the disk.
+                    if !writes.is_empty() {
+                        disk.write_later(writes);
+                    }
+                    None
+                } else {
+                    Some(disk.write(writes))
+                };
                 self.persisting.borrow_mut().push_back((done, pending));
                 self.persist_notify.notify();
             }
