@@ -243,7 +243,16 @@ fn leaders_killed_and_nodes_paused_lose_no_acknowledged_write_and_stay_lineariza
         let probe = probe.expect("the table came up");
         // The maps live in the metadata group, which only nodes may write: this client's
         // certificate (`admin`) may read them but not record a made-up epoch.
-        let stored = probe.stored_maps().await.expect("read the metadata group").expect("maps stored");
+        // (The first leader of the metadata group stores them: wait for that, bounded.)
+        let mut stored = None;
+        for _ in 0..200 {
+            stored = probe.stored_maps().await.expect("read the metadata group");
+            if stored.is_some() {
+                break;
+            }
+            sleep(Duration::from_millis(50)).await;
+        }
+        let stored = stored.expect("the metadata group stored the maps");
         let forged = multispace_dht::maps::Group { epoch: 1_000, ..stored.group(1).unwrap().clone() };
         match probe.record_groups(&stored, &[forged]).await {
             Err(multispace_dht::client::DhtError::Invalid(why)) => {
