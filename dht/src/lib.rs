@@ -7,6 +7,8 @@
 //! What this crate owns:
 //! - [`maps`]: keys → slots → replica groups (the partition map), and each group's members,
 //!   leader hint and epoch (the replica-group map), with the redirect rules clients follow;
+//!   the maps themselves are stored in the metadata group ([`maps::META_GROUP`], a replica
+//!   group no slot maps to), kept current by the groups' leaders and read by every node;
 //! - [`command`]: the writes (put, delete, compare-and-swap, atomic batches) as they travel in
 //!   the log, their answers, and the key and value limits;
 //! - [`sm`]: the state machine each replica applies the log to, with client sessions that
@@ -16,8 +18,9 @@
 //! - [`replica`]: one replica of one group, sans-IO: messages, ticks, proposals and reads
 //!   in; messages, records to persist, answers and snapshots out;
 //! - [`wal`] and [`disk`]: the node's write-ahead log shared by all its groups (checksummed
-//!   records, group commit, torn-tail repair, segment release), its snapshot files, and the
-//!   list of groups the node was removed from;
+//!   records, group commit, torn-tail repair, segment release, zeros written ahead so syncs
+//!   rarely grow the file), its snapshot files, and the list of groups the node was removed
+//!   from;
 //! - [`server`]: a table node — the thin I/O driver hosting its replicas on one core of our
 //!   runtime, moving raft messages over our rpc and answering clients ([`api`] holds the
 //!   generated stubs of both interfaces); a node a membership change removes from a group
