@@ -1,6 +1,10 @@
 //! Replica-to-replica traffic: raft messages between the nodes of the table.
 
-/// What nodes call on each other.
+/// What nodes call on each other. `incarnation` names the sender's run: 0 for a durable node
+/// (its raft state survives restarts), a random number per start for a memory-mode node. A
+/// node that sees another incarnation of a memory-mode peer than before refuses it: that peer
+/// restarted without its votes and log, and letting it take part again under its old id could
+/// elect two leaders in one term.
 pub trait RaftPeer {
     /// Raft messages from node `from`, each `(group, protobuf-encoded raft message)`. Raft
     /// tolerates loss, duplication and reordering, so this is safe to repeat. Returns the
@@ -8,7 +12,7 @@ pub trait RaftPeer {
     /// that was down or cut off when it was removed learns it this way and drops its stale
     /// replica.
     #[idempotent]
-    async fn deliver(&self, from: u64, messages: Vec<(u64, Vec<u8>)>) -> Vec<u64>;
+    async fn deliver(&self, from: u64, incarnation: u64, messages: Vec<(u64, Vec<u8>)>) -> Vec<u64>;
 
     /// A piece of one raft message for `group` too large for a single call (a snapshot):
     /// `offset` bytes into its encoding of `total` bytes, pieces in order, one transfer at a
@@ -19,6 +23,7 @@ pub trait RaftPeer {
     async fn deliver_piece(
         &self,
         from: u64,
+        incarnation: u64,
         group: u64,
         transfer: u64,
         offset: u64,

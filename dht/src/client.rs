@@ -116,7 +116,7 @@ enum Next {
     Later(String),
 }
 
-fn random_id() -> u64 {
+pub(crate) fn random_id() -> u64 {
     // RandomState is seeded from the OS per process; mix in time for handles made together.
     let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
     RandomState::new().hash_one((t, std::process::id()))

@@ -228,7 +228,15 @@ struct Inner {
     meta_maps: RefCell<Option<Maps>>,
     /// Mutual TLS is on: only nodes may write the metadata group.
     tls: bool,
+    /// This run of the node, as its raft messages name it (see the peer interface): 0 when
+    /// durable, random per start in memory mode.
+    incarnation: u64,
+    /// The incarnation each memory-mode peer's messages carried first.
+    peer_incarnations: RefCell<HashMap<NodeId, u64>>,
 }
+
+/// Why a node refuses a memory-mode peer's messages (the peer stops when it hears it).
+const LOST_STATE: &str = "restarted in memory mode, without its raft state: it must rejoin under a new id";
 
 /// A ready whose records must be durable before raft hears so and its messages go out.
 type Persisted = (GroupId, u64, Vec<Message>);
@@ -340,6 +348,11 @@ impl DhtServer {
             meta_notify: Notify::default(),
             meta_maps: RefCell::new(None),
             tls: multispace_rpc::ConnConfig::for_this_core().tls.is_some(),
+            incarnation: match config.durability {
+                Durability::Durable => 0,
+                Durability::Memory => crate::client::random_id().max(1),
+            },
+            peer_incarnations: RefCell::new(HashMap::new()),
             config,
         });
         let mut peer_service = peer::service(PeerImpl(inner.clone()));
@@ -595,9 +608,17 @@ impl Inner {
 
     /// A disk error stops the node (fail-stop): nothing more is written or acknowledged.
     fn fail(&self, reason: String) {
-        tracing::error!(node = self.config.id, %reason, "disk failed: this node stops serving the table");
+        self.stop(format!("disk failed: {reason}"));
+    }
+
+    /// Stops taking part in the table for good (fail-stop): waiters and later requests are
+    /// answered `Unavailable` with `reason`.
+    fn stop(&self, reason: String) {
         let mut st = self.state.borrow_mut();
-        let reason = format!("disk failed: {reason}");
+        if st.failed.is_some() {
+            return;
+        }
+        tracing::error!(node = self.config.id, %reason, "this node stops serving the table");
         let refusal = Refusal::Unavailable(reason.clone());
         for slot in st.groups.values_mut() {
             slot.refuse_all(&refusal);
@@ -978,7 +999,12 @@ async fn send_loop(inner: Rc<Inner>, link: Rc<PeerLink>, to: NodeId, addr: Socke
                 (kinds, encoded)
             };
             if !encoded.is_empty() {
-                let answer = client.deliver(me, encoded).await;
+                let answer = client.deliver(me, inner.incarnation, encoded).await;
+                if let Err(multispace_rpc::CallError::Status(s)) = &answer {
+                    if s.message().contains(LOST_STATE) {
+                        return inner.stop(format!("node {to} refused this node: {}", s.message()));
+                    }
+                }
                 inner.report_delivery(to, &batch, answer.is_ok());
                 if let Ok(gone) = answer {
                     inner.removed_by(to, gone.iter().map(|g| g.to_native()).collect());
@@ -990,7 +1016,9 @@ async fn send_loop(inner: Rc<Inner>, link: Rc<PeerLink>, to: NodeId, addr: Socke
                 }
                 let piece = &message[*sent..(*sent + PIECE_BYTES).min(message.len())];
                 let total = message.len() as u64;
-                let answer = client.deliver_piece(me, *group, transfers, *sent as u64, total, piece.to_vec()).await;
+                let answer = client
+                    .deliver_piece(me, inner.incarnation, *group, transfers, *sent as u64, total, piece.to_vec())
+                    .await;
                 *sent += piece.len();
                 if answer.is_err() || *sent == message.len() {
                     if answer.is_err() {
@@ -1141,14 +1169,25 @@ impl Table for TableImpl {
 struct PeerImpl(Rc<Inner>);
 
 impl PeerImpl {
-    /// `from` as a node id, if this node knows it.
-    fn known(&self, from: &Archived<u64>) -> Result<NodeId, Status> {
-        let from = from.to_native();
-        if self.0.nodes.borrow().contains_key(&from) {
-            Ok(from)
-        } else {
-            Err(Status::application(format!("unknown node {from}")))
+    /// `from` as a node id, if this node knows it and it is the run of `from` this node has
+    /// heard from before (a memory-mode node that restarted is refused: see the interface).
+    fn known(&self, from: &Archived<u64>, incarnation: &Archived<u64>) -> Result<NodeId, Status> {
+        let (from, incarnation) = (from.to_native(), incarnation.to_native());
+        if !self.0.nodes.borrow().contains_key(&from) {
+            return Err(Status::application(format!("unknown node {from}")));
         }
+        if incarnation != 0 {
+            let first = *self.0.peer_incarnations.borrow_mut().entry(from).or_insert(incarnation);
+            if first != incarnation {
+                tracing::warn!(
+                    node = self.0.config.id,
+                    peer = from,
+                    "a memory-mode peer restarted under its old id: refused"
+                );
+                return Err(Status::application(format!("node {from} {LOST_STATE}")));
+            }
+        }
+        Ok(from)
     }
 }
 
@@ -1157,9 +1196,10 @@ impl RaftPeer for PeerImpl {
         &self,
         _ctx: &CallContext,
         from: &Archived<u64>,
+        incarnation: &Archived<u64>,
         messages: &Archived<Vec<(u64, Vec<u8>)>>,
     ) -> Result<Vec<u64>, Status> {
-        let from = self.known(from)?;
+        let from = self.known(from, incarnation)?;
         Ok(self.0.deliver(from, owned::<Vec<(u64, Vec<u8>)>>(messages)?))
     }
 
@@ -1167,13 +1207,14 @@ impl RaftPeer for PeerImpl {
         &self,
         _ctx: &CallContext,
         from: &Archived<u64>,
+        incarnation: &Archived<u64>,
         group: &Archived<u64>,
         transfer: &Archived<u64>,
         offset: &Archived<u64>,
         total: &Archived<u64>,
         piece: &Archived<Vec<u8>>,
     ) -> Result<Vec<u64>, Status> {
-        let from = self.known(from)?;
+        let from = self.known(from, incarnation)?;
         let (group, transfer) = (group.to_native(), transfer.to_native());
         self.0.deliver_piece(from, group, transfer, offset.to_native(), total.to_native(), piece.as_slice()).map_err(
             |e| {

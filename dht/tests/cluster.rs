@@ -276,6 +276,40 @@ fn many_clients_at_once_and_memory_mode() {
 }
 
 #[test]
+fn a_memory_mode_node_restarted_under_its_old_id_is_refused_and_the_others_go_on() {
+    let mut cluster = Cluster::start(3, 2, Durability::Memory);
+    let client = cluster.client();
+    let rt = rt();
+    rt.block_on(async {
+        for i in 0..30 {
+            client.put(format!("k-{i}").as_bytes(), b"before").await.unwrap();
+        }
+    });
+    // Node 3 comes back with empty replicas under its old id: it forgot its votes and log, so
+    // the others must not let it take part (it could vote twice in one term).
+    cluster.nodes.get_mut(&3).unwrap().kill();
+    cluster.restart(3);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let why = loop {
+        if let Some(why) = cluster.nodes[&3].with(|s| s.failed()).flatten() {
+            break why;
+        }
+        assert!(Instant::now() < deadline, "the restarted memory-mode node was let back in");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(why.contains("must rejoin under a new id"), "{why}");
+    // Nodes 1 and 2 keep every acknowledged write and go on taking new ones.
+    rt.block_on(async {
+        for i in 0..30 {
+            assert_eq!(client.get(format!("k-{i}").as_bytes()).await.unwrap(), Some(b"before".to_vec()));
+            client.put(format!("k-{i}").as_bytes(), b"after").await.unwrap();
+        }
+    });
+    // A durable node restarted under its old id is the same node (its state is on disk): see
+    // `writes_continue_when_a_leader_dies_and_it_recovers_from_disk`.
+}
+
+#[test]
 fn a_replacement_node_joins_is_promoted_and_the_old_one_removed_while_writes_continue() {
     use multispace_dht::api::table::MemberChange;
     use std::cell::{Cell, RefCell};

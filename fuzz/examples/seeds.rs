@@ -157,7 +157,8 @@ fn dht_seeds() -> Seeds {
     for (m, bytes) in messages.iter().zip(&encoded) {
         out.push((format!("0-raft-{:?}", m.get_msg_type()), [&[0u8][..], bytes].concat()));
     }
-    let deliver = DeliverArgs { from: 2, messages: encoded.iter().take(2).map(|b| (1, b.clone())).collect() };
+    let deliver =
+        DeliverArgs { from: 2, incarnation: 0, messages: encoded.iter().take(2).map(|b| (1, b.clone())).collect() };
     out.push(("1-deliver".into(), [&[1u8][..], &archive(&deliver)].concat()));
     out.push(("2-command".into(), [&[2u8][..], &command::encode(&samples::command())].concat()));
     let cas = command::Command {
@@ -238,7 +239,7 @@ fn wal_seeds() -> Seeds {
     };
     let _ = fs::remove_dir_all(&dir);
     // Segments small enough that a few records fill one.
-    let opts = WalOptions { segment_bytes: 160, max_record_bytes: 4096 };
+    let opts = WalOptions { segment_bytes: 160, max_record_bytes: 4096, prefill_bytes: 0 };
     let mut out = Vec::new();
     {
         let (mut wal, _) = Wal::open(&dir, opts.clone()).expect("open a new wal");

@@ -104,6 +104,7 @@ pub fn cluster_view() -> ClusterView {
     ClusterView {
         node: 1,
         maps: Maps::even(&[1, 2, 3], 4, 3).expect("valid even maps"),
+        maps_from: "metadata group".into(),
         nodes: vec![(1, "127.0.0.1:7101".into()), (2, "127.0.0.1:7102".into()), (3, "127.0.0.1:7103".into())],
         replicas: vec![ReplicaStatus {
             group: 1,

@@ -188,8 +188,8 @@ pub static WIRE_TYPES: &[WireType] = &[
     // dht: replica to replica (the messages inside are fuzzed by the `dht` target).
     args!(
         "dht RaftPeer::deliver args",
-        peer::DeliverArgs { from: u64, messages: Vec<(u64, Vec<u8>)> },
-        vec![peer::DeliverArgs { from: 2, messages: vec![(1, vec![8, 3, 16, 2, 24, 1]), (2, vec![])] }]
+        peer::DeliverArgs { from: u64, incarnation: u64, messages: Vec<(u64, Vec<u8>)> },
+        vec![peer::DeliverArgs { from: 2, incarnation: 7, messages: vec![(1, vec![8, 3, 16, 2, 24, 1]), (2, vec![])] }]
     ),
     owned!("dht Command (raft entry)", command::Command, vec![samples::command()]),
     // services: the calculator.

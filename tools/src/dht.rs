@@ -134,7 +134,8 @@ pub struct ServeArgs {
     #[arg(long, conflicts_with = "memory")]
     pub data_dir: Option<PathBuf>,
     /// Keep everything in memory: writes are acknowledged once a majority holds them. A node
-    /// restarted in this mode has lost its state and must not rejoin under its old id.
+    /// restarted in this mode has lost its state and must rejoin under a new id (`--join`):
+    /// the others refuse it under its old id, and it stops.
     #[arg(long)]
     pub memory: bool,
     /// Host no group at start: wait to be added to groups (`multispace dht member ...
