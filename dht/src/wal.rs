@@ -1873,6 +1873,27 @@ mod tests {
         ]
     }
 
+    /// A sync with ENOSPC injected at its write `at_write` (none, if the batch makes fewer): the batch is
+    /// synced or dropped whole.
+    fn sync_failing_at(wal: &mut Wal, at_write: u32, synced: &mut Vec<Record>, pending: &mut Vec<Record>) {
+        inject(wal, FaultOp::Write, at_write, 1, libc::ENOSPC);
+        match wal.sync() {
+            Ok(()) => synced.append(pending),
+            Err(WalError::DiskFull { .. }) => pending.clear(),
+            Err(e) => panic!("unexpected {e}"),
+        }
+        wal.disk.fault = None;
+    }
+
+    /// Damage inside a batch whose commit record survived: replay must call it corrupt. Then `last` gets its
+    /// `original` bytes back, so the run goes on with the batch committed.
+    fn corrupt_then_restore(dir: &Path, o: &WalOptions, last: &Path, original: &[u8]) -> Result<(), TestCaseError> {
+        let res = Wal::open(dir, o.clone());
+        prop_assert!(matches!(res, Err(WalError::Corrupt { .. })), "{:?}", res.map(|r| r.1));
+        fs::write(last, original).unwrap();
+        Ok(())
+    }
+
     fn sizes(dir: &Path) -> Vec<(PathBuf, u64)> {
         files(dir).into_iter().map(|p| (p.clone(), file_len(&p))).collect()
     }
@@ -1932,9 +1953,7 @@ mod tests {
                         } else if cut == end && !changed(end - COMMIT_LEN, end) {
                             // The commit record made it: the batch is committed, and damage to it is Corrupt.
                             if changed(rec_start, end - COMMIT_LEN) {
-                                let res = Wal::open(dir.path(), o.clone());
-                                prop_assert!(matches!(res, Err(WalError::Corrupt { .. })), "{:?}", res.map(|r| r.1));
-                                fs::write(&last, &original).unwrap();
+                                corrupt_then_restore(dir.path(), &o, &last, &original)?;
                             }
                             synced.append(&mut pending);
                             0
@@ -1953,15 +1972,7 @@ mod tests {
                         prop_assert_eq!(&replay.records, &synced);
                         prop_assert_eq!(replay.torn_bytes, torn);
                     }
-                    Op::FailSync { at_write } => {
-                        inject(&mut wal, FaultOp::Write, at_write, 1, libc::ENOSPC);
-                        match wal.sync() {
-                            Ok(()) => synced.append(&mut pending),
-                            Err(WalError::DiskFull { .. }) => pending.clear(),
-                            Err(e) => panic!("unexpected {e}"),
-                        }
-                        wal.disk.fault = None;
-                    }
+                    Op::FailSync { at_write } => sync_failing_at(&mut wal, at_write, &mut synced, &mut pending),
                 }
             }
             drop(wal);
@@ -2018,9 +2029,7 @@ mod tests {
                             if !changed(end - COMMIT_LEN, end) {
                                 // The commit record made it: the batch is committed, and damage to it is Corrupt.
                                 if changed(rec_start, end - COMMIT_LEN) {
-                                    let res = Wal::open(dir.path(), o.clone());
-                                    prop_assert!(matches!(res, Err(WalError::Corrupt { .. })), "{:?}", res.map(|r| r.1));
-                                    fs::write(&last, &original).unwrap();
+                                    corrupt_then_restore(dir.path(), &o, &last, &original)?;
                                 }
                                 synced.append(&mut pending);
                             } else {
@@ -2031,15 +2040,7 @@ mod tests {
                         (wal, replay) = open(dir.path(), &o);
                         prop_assert_eq!(&replay.records, &synced);
                     }
-                    Op::FailSync { at_write } => {
-                        inject(&mut wal, FaultOp::Write, at_write, 1, libc::ENOSPC);
-                        match wal.sync() {
-                            Ok(()) => synced.append(&mut pending),
-                            Err(WalError::DiskFull { .. }) => pending.clear(),
-                            Err(e) => panic!("unexpected {e}"),
-                        }
-                        wal.disk.fault = None;
-                    }
+                    Op::FailSync { at_write } => sync_failing_at(&mut wal, at_write, &mut synced, &mut pending),
                 }
             }
             drop(wal);
