@@ -79,11 +79,14 @@ impl Record {
                 out.extend(body(cs));
             }
             Record::Entries(es) => {
+                // Sized once and written in place: no buffer per entry, no regrowing (this runs
+                // for every write a node logs).
+                let sizes: Vec<u32> = es.iter().map(protobuf::Message::compute_size).collect();
+                out.reserve_exact(1 + sizes.iter().map(|s| 4 + *s as usize).sum::<usize>());
                 out.push(ENTRIES);
-                for e in es {
-                    let b = body(e);
-                    out.extend((b.len() as u32).to_le_bytes());
-                    out.extend(b);
+                for (e, size) in es.iter().zip(sizes) {
+                    out.extend(size.to_le_bytes());
+                    let _ = e.write_to_vec(&mut out);
                 }
             }
             Record::HardState(hs) => {
