@@ -1873,6 +1873,22 @@ mod tests {
         ]
     }
 
+    /// A clean restart: the unsynced records are lost, the synced ones all come back, nothing is torn.
+    fn reopen(
+        dir: &Path,
+        o: &WalOptions,
+        wal: Wal,
+        synced: &[Record],
+        pending: &mut Vec<Record>,
+    ) -> Result<Wal, TestCaseError> {
+        drop(wal);
+        let (wal, replay) = open(dir, o);
+        pending.clear();
+        prop_assert_eq!(replay.records.as_slice(), synced);
+        prop_assert_eq!(replay.torn_bytes, 0);
+        Ok(wal)
+    }
+
     /// A sync with ENOSPC injected at its write `at_write` (none, if the batch makes fewer): the batch is
     /// synced or dropped whole.
     fn sync_failing_at(wal: &mut Wal, at_write: u32, synced: &mut Vec<Record>, pending: &mut Vec<Record>) {
@@ -1919,14 +1935,7 @@ mod tests {
                         wal.sync().unwrap();
                         synced.append(&mut pending);
                     }
-                    Op::Reopen => {
-                        drop(wal);
-                        let replay;
-                        (wal, replay) = open(dir.path(), &o);
-                        pending.clear();
-                        prop_assert_eq!(&replay.records, &synced);
-                        prop_assert_eq!(replay.torn_bytes, 0);
-                    }
+                    Op::Reopen => wal = reopen(dir.path(), &o, wal, &synced, &mut pending)?,
                     Op::CrashMidWrite { cut, hole } => {
                         let before = sizes(dir.path());
                         wal.sync().unwrap();
@@ -1998,14 +2007,7 @@ mod tests {
                         let (path, len) = active(&wal);
                         prop_assert!(file_len(&path) >= len);
                     }
-                    Op::Reopen => {
-                        drop(wal);
-                        let replay;
-                        (wal, replay) = open(dir.path(), &o);
-                        pending.clear();
-                        prop_assert_eq!(&replay.records, &synced);
-                        prop_assert_eq!(replay.torn_bytes, 0);
-                    }
+                    Op::Reopen => wal = reopen(dir.path(), &o, wal, &synced, &mut pending)?,
                     Op::CrashMidWrite { cut, hole } => {
                         let (path_before, len_before) = active(&wal);
                         wal.sync().unwrap();
