@@ -233,6 +233,10 @@ struct Inner {
     incarnation: u64,
     /// The incarnation each memory-mode peer's messages carried first.
     peer_incarnations: RefCell<HashMap<NodeId, u64>>,
+    /// A peer has taken this run's raft messages (always, when durable). Until then a
+    /// memory-mode node steps none of theirs: if it restarted, their messages speak of a log it
+    /// no longer has (raft-rs panics on a commit index past its log), and a refusal is coming.
+    accepted: Cell<bool>,
 }
 
 /// Why a node refuses a memory-mode peer's messages (the peer stops when it hears it).
@@ -353,6 +357,7 @@ impl DhtServer {
                 Durability::Memory => crate::client::random_id().max(1),
             },
             peer_incarnations: RefCell::new(HashMap::new()),
+            accepted: Cell::new(config.durability == Durability::Durable),
             config,
         });
         let mut peer_service = peer::service(PeerImpl(inner.clone()));
@@ -606,6 +611,21 @@ impl Inner {
         }
     }
 
+    /// What a peer's answer to this node's raft messages says of this run: taken (the node may
+    /// step peers' messages), or refused as a memory-mode restart under an old id (the node
+    /// stops; returns false).
+    fn heard<T>(&self, peer: NodeId, answer: &Result<T, multispace_rpc::CallError>) -> bool {
+        match answer {
+            Ok(_) => self.accepted.set(true),
+            Err(multispace_rpc::CallError::Status(s)) if s.message().contains(LOST_STATE) => {
+                self.stop(format!("node {peer} refused this node: {}", s.message()));
+                return false;
+            }
+            Err(_) => {}
+        }
+        true
+    }
+
     /// A disk error stops the node (fail-stop): nothing more is written or acknowledged.
     fn fail(&self, reason: String) {
         self.stop(format!("disk failed: {reason}"));
@@ -815,7 +835,7 @@ impl Inner {
     fn deliver(&self, from: NodeId, messages: Vec<(GroupId, Vec<u8>)>) -> Vec<GroupId> {
         let mut gone: Vec<GroupId> = Vec::new();
         let mut st = self.state.borrow_mut();
-        if st.failed.is_some() {
+        if st.failed.is_some() || !self.accepted.get() {
             return gone;
         }
         for (group, bytes) in messages {
@@ -962,6 +982,10 @@ async fn send_loop(inner: Rc<Inner>, link: Rc<PeerLink>, to: NodeId, addr: Socke
     // Messages going in pieces, in order: group and kind, encoding, and how much has gone.
     let mut large: VecDeque<(GroupId, MessageType, Vec<u8>, usize)> = VecDeque::new();
     let mut transfers = 0u64;
+    // A memory-mode node asks at once whether its peers take this run (see `accepted`).
+    if !inner.accepted.get() && !inner.heard(to, &client.deliver(me, inner.incarnation, Vec::new()).await) {
+        return;
+    }
     loop {
         link.notify.wait().await;
         loop {
@@ -1000,10 +1024,8 @@ async fn send_loop(inner: Rc<Inner>, link: Rc<PeerLink>, to: NodeId, addr: Socke
             };
             if !encoded.is_empty() {
                 let answer = client.deliver(me, inner.incarnation, encoded).await;
-                if let Err(multispace_rpc::CallError::Status(s)) = &answer {
-                    if s.message().contains(LOST_STATE) {
-                        return inner.stop(format!("node {to} refused this node: {}", s.message()));
-                    }
+                if !inner.heard(to, &answer) {
+                    return;
                 }
                 inner.report_delivery(to, &batch, answer.is_ok());
                 if let Ok(gone) = answer {
@@ -1019,6 +1041,9 @@ async fn send_loop(inner: Rc<Inner>, link: Rc<PeerLink>, to: NodeId, addr: Socke
                 let answer = client
                     .deliver_piece(me, inner.incarnation, *group, transfers, *sent as u64, total, piece.to_vec())
                     .await;
+                if !inner.heard(to, &answer) {
+                    return;
+                }
                 *sent += piece.len();
                 if answer.is_err() || *sent == message.len() {
                     if answer.is_err() {
