@@ -139,3 +139,42 @@ fn a_burst_larger_than_the_receive_ring_is_all_delivered() {
         until("datagram after the burst delivered", || seen.borrow().len() == 65).await;
     });
 }
+
+#[test]
+fn one_way_calls_over_tcp_arrive_in_order_without_answers_and_oversized_ones_are_refused() {
+    use multispace_rpc::{CallError, CallOptions, Client, ConnConfig, Server, Status};
+    const ECHO: u32 = 8;
+    each_driver(|_| async {
+        let seen = Rc::new(RefCell::new(Vec::new()));
+        let svc = Service::builder("log")
+            .one_way(LOG, {
+                let seen = seen.clone();
+                move |_ctx, m: Message<String>| {
+                    seen.borrow_mut().push(m.as_str().to_owned());
+                    async {}
+                }
+            })
+            .method(ECHO, |_ctx, m: Message<String>| async move { Ok::<String, Status>(m.as_str().to_owned()) })
+            .build();
+        let server = Server::bind("127.0.0.1:0".parse().unwrap(), [svc]).unwrap();
+        let addr = server.local_addr();
+        spawn(server.serve()).detach();
+        let config = ConnConfig { max_payload: 4096, ..ConnConfig::default() };
+        let client = Client::with_config(addr, config);
+        // Queued back to back, none waiting for the one before: reliable, so none is lost.
+        for i in 0..500 {
+            client.one_way(LOG, &format!("entry {i}")).await.unwrap();
+        }
+        // One to a method the server lacks is dropped there; the connection goes on.
+        client.one_way(999, &"nobody".to_string()).await.unwrap();
+        let too_big = "x".repeat(5000);
+        assert!(matches!(client.one_way(LOG, &too_big).await, Err(CallError::Encode(_))));
+        let r = client.call::<String, String>(ECHO, &"after".to_string(), CallOptions::default()).await.unwrap();
+        assert_eq!(r.as_str(), "after");
+        // The server reads frames in order and runs a handler that finishes at once as its
+        // frame is read, so every one-way call before the call was handled by its answer.
+        let expect: Vec<String> = (0..500).map(|i| format!("entry {i}")).collect();
+        assert_eq!(*seen.borrow(), expect);
+        assert_eq!(client.in_flight(), 0);
+    });
+}

@@ -144,7 +144,21 @@ pub(crate) fn emit(iface: &Interface, options: Options) -> TokenStream {
         let c = const_name(n);
         let (params, args, s) = sig_and_args(m);
         let r = ret_ty(m);
-        if m.ret.is_none() {
+        if m.kind.is_one_way() {
+            // Acknowledged, and also sent without asking for an answer (`_unacked`).
+            let unacked = format_ident!("{}_unacked", n.to_string().trim_start_matches("r#"));
+            quote! {
+                #d
+                pub async fn #n(&self, #params) -> ::std::result::Result<(), #rpc::CallError> {
+                    self.client.call::<#s, ()>(method_id::#c, &#args, self.options).await.map(drop)
+                }
+                #[doc = " The same one-way call with no acknowledgement: queued in order on the reliable"]
+                #[doc = " connection (`Ok` once queued on a live one), so the server sends no answer."]
+                pub async fn #unacked(&self, #params) -> ::std::result::Result<(), #rpc::CallError> {
+                    self.client.one_way::<#s>(method_id::#c, &#args).await
+                }
+            }
+        } else if m.ret.is_none() {
             quote! {
                 #d
                 pub async fn #n(&self, #params) -> ::std::result::Result<(), #rpc::CallError> {

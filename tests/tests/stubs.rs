@@ -47,8 +47,11 @@ fn every_call_shape_over_the_reliable_client() {
         assert_eq!(must("whoami", c.whoami()).await.unwrap().as_str(), "one");
         // One-way methods are also callable reliably (acknowledged).
         must("log", c.log("acked".into())).await.unwrap();
+        // Or unacknowledged on the same connection, in order: the call after them is answered
+        // once they were handled.
+        must("log", c.log_unacked("unacked".into())).await.unwrap();
         must("announce", c.announce(Point { x: 3, y: 4 })).await.unwrap();
-        assert_eq!(imp.log_lines(), ["acked"]);
+        assert_eq!(imp.log_lines(), ["acked", "unacked"]);
         assert_eq!(imp.announcements(), [Point { x: 3, y: 4 }]);
         assert_eq!(imp.register(), 11);
         must("interface check", c.check_interface()).await.unwrap();

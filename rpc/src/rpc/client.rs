@@ -208,6 +208,29 @@ impl Client {
         self.call_raw(method_id, opts, &|buf, max, prefix, header| encode_raw(buf, max, prefix, req, header)).await
     }
 
+    /// A one-way call over the reliable (TCP) connection, whatever the transport setting: in
+    /// order with this client's other frames, with no answer, so it costs the server no reply
+    /// (for streams of messages whose receiver answers in its own calls, as raft peers do).
+    /// `Ok` means queued on a live connection: it arrives unless the connection breaks first.
+    /// Waits while the connection's outgoing queue is over its limit (back-pressure).
+    pub async fn one_way<Req: Payload>(&self, method_id: u32, req: &Req) -> Result<(), CallError> {
+        let conn = self.connection().await?;
+        conn.outbox.ready().await;
+        if !conn.alive() {
+            return Err(CallError::ConnectionLost);
+        }
+        let trace = crate::trace::outgoing().map(|t| t.encode());
+        let prefix: &[u8] = trace.as_ref().map_or(&[], |b| b);
+        let header = |len| {
+            let mut h = Header::one_way(method_id, len);
+            if trace.is_some() {
+                h.flags |= FLAG_TRACE;
+            }
+            h
+        };
+        conn.outbox.push_with(|buf, max| encode_frame(buf, max, prefix, req, header)).map_err(CallError::Encode)
+    }
+
     async fn call_raw(&self, method_id: u32, opts: CallOptions, encode: &Encoder<'_>) -> Result<Bytes, CallError> {
         let deadline = match (opts.timeout, current_deadline()) {
             (None, None) => None,

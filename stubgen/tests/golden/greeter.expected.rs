@@ -306,6 +306,14 @@ impl GreeterClient {
             .await
             .map(drop)
     }
+    /// The same one-way call with no acknowledgement: queued in order on the reliable
+    /// connection (`Ok` once queued on a live one), so the server sends no answer.
+    pub async fn note_unacked(
+        &self,
+        text: String,
+    ) -> ::std::result::Result<(), ::multispace_rpc::CallError> {
+        self.client.one_way::<NoteArgs>(method_id::NOTE, &NoteArgs { text }).await
+    }
     /// Tell every instance.
     pub async fn broadcast(
         &self,
@@ -318,6 +326,16 @@ impl GreeterClient {
             >(method_id::BROADCAST, &BroadcastArgs { text }, self.options)
             .await
             .map(drop)
+    }
+    /// The same one-way call with no acknowledgement: queued in order on the reliable
+    /// connection (`Ok` once queued on a live one), so the server sends no answer.
+    pub async fn broadcast_unacked(
+        &self,
+        text: String,
+    ) -> ::std::result::Result<(), ::multispace_rpc::CallError> {
+        self.client
+            .one_way::<BroadcastArgs>(method_id::BROADCAST, &BroadcastArgs { text })
+            .await
     }
 }
 /// Best-effort one-way calls to one `Greeter` instance over UDP: no reply, no retry.

@@ -302,6 +302,14 @@ impl InventoryClient {
             .await
             .map(drop)
     }
+    /// The same one-way call with no acknowledgement: queued in order on the reliable
+    /// connection (`Ok` once queued on a live one), so the server sends no answer.
+    pub async fn note_unacked(
+        &self,
+        text: String,
+    ) -> ::std::result::Result<(), ::multispace_rpc::CallError> {
+        self.client.one_way::<NoteArgs>(method_id::NOTE, &NoteArgs { text }).await
+    }
 }
 /// Best-effort one-way calls to one `Inventory` instance over UDP: no reply, no retry.
 #[derive(Debug, Clone)]
