@@ -241,6 +241,7 @@ impl Replica {
             pre_vote: true,
             check_quorum: true,
             read_only_option: ReadOnlyOption::Safe,
+            skip_bcast_commit: true,
             ..Config::default()
         }
     }

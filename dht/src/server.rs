@@ -161,6 +161,9 @@ impl Notify {
 #[derive(Debug, Default)]
 struct PeerLink {
     queue: RefCell<Vec<(GroupId, Message)>>,
+    /// Groups the peer was removed from (this node applied it) whose messages it still sends:
+    /// told in the next post to it (see [`Inner::tell_removed`]).
+    removed: RefCell<Vec<GroupId>>,
     notify: Notify,
 }
 
@@ -170,6 +173,9 @@ const MAX_QUEUED_PER_PEER: usize = 16_384;
 const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
 /// Messages larger than a piece waiting to go to a peer, beyond which the queue holds them.
 const MAX_LARGE_QUEUED: usize = 8;
+/// How long a post waits for room in the connection to a peer before the batch is dropped
+/// (and raft told the peer is unreachable; it sends again).
+const POST_WAIT: Duration = Duration::from_secs(1);
 
 struct GroupSlot {
     replica: Replica,
@@ -828,15 +834,15 @@ impl Inner {
         }
     }
 
-    /// Steps `from`'s messages; returns the groups `from` was removed from, whose messages
-    /// are not stepped. Only applied removals count (replicated in the state machine, so they
-    /// survive restarts and snapshots) — a node merely missing from the configuration may be
-    /// one this replica has not yet seen added.
-    fn deliver(&self, from: NodeId, messages: Vec<(GroupId, Vec<u8>)>) -> Vec<GroupId> {
+    /// Steps `from`'s messages, except those of groups `from` was removed from, which it is
+    /// told (see [`Inner::tell_removed`]). Only applied removals count (replicated in the state
+    /// machine, so they survive restarts and snapshots) — a node merely missing from the
+    /// configuration may be one this replica has not yet seen added.
+    fn deliver(&self, from: NodeId, messages: Vec<(GroupId, Vec<u8>)>) {
         let mut gone: Vec<GroupId> = Vec::new();
         let mut st = self.state.borrow_mut();
         if st.failed.is_some() || !self.accepted.get() {
-            return gone;
+            return;
         }
         for (group, bytes) in messages {
             let Ok(msg) = Message::parse_from_bytes(&bytes) else {
@@ -869,7 +875,7 @@ impl Inner {
         }
         drop(st);
         self.wake.notify();
-        gone
+        self.tell_removed(from, gone);
     }
 
     /// A piece of a large raft message from `from` (see [`crate::transfer`]); the last one
@@ -882,13 +888,15 @@ impl Inner {
         offset: u64,
         total: u64,
         piece: &[u8],
-    ) -> Result<Vec<GroupId>, PieceError> {
+    ) -> Result<(), PieceError> {
         let whole = self.pieces.borrow_mut().piece((from, group), transfer, offset, total, piece, Instant::now())?;
-        Ok(whole.map_or_else(Vec::new, |message| self.deliver(from, vec![(group, message)])))
+        if let Some(message) = whole {
+            self.deliver(from, vec![(group, message)]);
+        }
+        Ok(())
     }
 
-    /// Member `by` answered that this node was removed from `groups`: a removal this node
-    /// missed (it was down or cut off when the change was applied). Each is dropped as if it
+    /// Member `by` told this node it was removed from `groups`: a removal this node missed (it was down or cut off when the change was applied). Each is dropped as if it
     /// had applied the change: served one more turn, then removed, durably.
     fn removed_by(&self, by: NodeId, groups: Vec<GroupId>) {
         if groups.is_empty() {
@@ -912,6 +920,24 @@ impl Inner {
         if any {
             self.wake.notify();
         }
+    }
+
+    /// `to` sent messages for `groups` after this node applied its removal from them: tell
+    /// it with the next post (as a `deliver` answer would), so it drops its stale replicas.
+    fn tell_removed(&self, to: NodeId, groups: Vec<GroupId>) {
+        if groups.is_empty() {
+            return;
+        }
+        let peers = self.peers.borrow();
+        let Some(link) = peers.get(&to) else { return };
+        let mut removed = link.removed.borrow_mut();
+        for g in groups {
+            if !removed.contains(&g) {
+                removed.push(g);
+            }
+        }
+        drop(removed);
+        link.notify.notify();
     }
 
     fn report_delivery(&self, to: NodeId, batch: &[(GroupId, MessageType)], delivered: bool) {
@@ -973,27 +999,48 @@ async fn persist_loop(inner: Rc<Inner>) {
     }
 }
 
+/// Posts `messages` and `removed` to a peer; false if they were not queued on a live
+/// connection within [`POST_WAIT`] (the wait is for room in a connection to a peer that
+/// stopped reading).
+async fn post(client: &RaftPeerClient, inner: &Inner, messages: Vec<(u64, Vec<u8>)>, removed: Vec<u64>) -> bool {
+    let posted = client.post_unacked(inner.config.id, inner.incarnation, messages, removed);
+    matches!(timeout_at(Instant::now() + POST_WAIT, posted).await, Ok(Ok(())))
+}
+
 /// Moves one peer's queued raft messages, a batch per rpc; a message too large for one
 /// (a snapshot) goes in pieces, one piece between batches, so the other groups' heartbeats
 /// and appends to this peer keep flowing while it travels.
+///
+/// Batches go as `deliver` calls until the peer has answered one (the answer says whether it
+/// takes this run of the node: see [`Inner::heard`]), and after that as unanswered `post`s
+/// queued on the connection, as do batches holding a snapshot (raft wants to know whether
+/// one arrived): an answer to every batch would double the messages between the nodes,
+/// and waiting for it would hold back the next batch a round trip.
 async fn send_loop(inner: Rc<Inner>, link: Rc<PeerLink>, to: NodeId, addr: SocketAddr) {
     let client = RaftPeerClient::new(addr).with_options(CallOptions::timeout(Duration::from_secs(1)));
     let me = inner.config.id;
     // Messages going in pieces, in order: group and kind, encoding, and how much has gone.
     let mut large: VecDeque<(GroupId, MessageType, Vec<u8>, usize)> = VecDeque::new();
     let mut transfers = 0u64;
+    // A `deliver` to this peer was answered: batches may go as posts.
+    let mut answered = false;
     // A memory-mode node asks at once whether its peers take this run (see `accepted`).
-    if !inner.accepted.get() && !inner.heard(to, &client.deliver(me, inner.incarnation, Vec::new()).await) {
-        return;
+    if !inner.accepted.get() {
+        let answer = client.deliver(me, inner.incarnation, Vec::new()).await;
+        if !inner.heard(to, &answer) {
+            return;
+        }
+        answered = answer.is_ok();
     }
     loop {
         link.notify.wait().await;
         loop {
             // Encode each message once; a batch stops at the message that crosses the limit.
             // Large ones join the transfers, sent a piece per round after the batch.
-            let (batch, encoded) = {
+            let (batch, encoded, removed) = {
                 let mut q = link.queue.borrow_mut();
-                if q.is_empty() && large.is_empty() {
+                let removed = std::mem::take(&mut *link.removed.borrow_mut());
+                if q.is_empty() && large.is_empty() && removed.is_empty() {
                     break;
                 }
                 let mut bytes = 0;
@@ -1020,17 +1067,21 @@ async fn send_loop(inner: Rc<Inner>, link: Rc<PeerLink>, to: NodeId, addr: Socke
                     }
                 }
                 q.drain(..taken);
-                (kinds, encoded)
+                (kinds, encoded, removed)
             };
-            if !encoded.is_empty() {
+            let snapshot = batch.iter().any(|(_, kind)| *kind == MessageType::MsgSnapshot);
+            if !encoded.is_empty() && (!answered || snapshot) {
+                if !removed.is_empty() {
+                    let _ = post(&client, &inner, Vec::new(), removed).await;
+                }
                 let answer = client.deliver(me, inner.incarnation, encoded).await;
+                answered |= answer.is_ok();
                 if !inner.heard(to, &answer) {
                     return;
                 }
                 inner.report_delivery(to, &batch, answer.is_ok());
-                if let Ok(gone) = answer {
-                    inner.removed_by(to, gone.iter().map(|g| g.to_native()).collect());
-                }
+            } else if (!encoded.is_empty() || !removed.is_empty()) && !post(&client, &inner, encoded, removed).await {
+                inner.report_delivery(to, &batch, false);
             }
             if let Some((group, kind, message, sent)) = large.front_mut() {
                 if *sent == 0 {
@@ -1051,9 +1102,6 @@ async fn send_loop(inner: Rc<Inner>, link: Rc<PeerLink>, to: NodeId, addr: Socke
                     }
                     inner.report_delivery(to, &[(*group, *kind)], answer.is_ok());
                     large.pop_front();
-                }
-                if let Ok(gone) = answer {
-                    inner.removed_by(to, gone.iter().map(|g| g.to_native()).collect());
                 }
             }
         }
@@ -1223,9 +1271,25 @@ impl RaftPeer for PeerImpl {
         from: &Archived<u64>,
         incarnation: &Archived<u64>,
         messages: &Archived<Vec<(u64, Vec<u8>)>>,
-    ) -> Result<Vec<u64>, Status> {
+    ) -> Result<(), Status> {
         let from = self.known(from, incarnation)?;
-        Ok(self.0.deliver(from, owned::<Vec<(u64, Vec<u8>)>>(messages)?))
+        self.0.deliver(from, owned::<Vec<(u64, Vec<u8>)>>(messages)?);
+        Ok(())
+    }
+
+    async fn post(
+        &self,
+        _ctx: &CallContext,
+        from: &Archived<u64>,
+        incarnation: &Archived<u64>,
+        messages: &Archived<Vec<(u64, Vec<u8>)>>,
+        removed: &Archived<Vec<u64>>,
+    ) {
+        // A refused sender learns it from the answer to its `deliver`s, which come first.
+        let Ok(from) = self.known(from, incarnation) else { return };
+        let Ok(messages) = owned::<Vec<(u64, Vec<u8>)>>(messages) else { return };
+        self.0.deliver(from, messages);
+        self.0.removed_by(from, removed.iter().map(|g| g.to_native()).collect());
     }
 
     async fn deliver_piece(
@@ -1238,7 +1302,7 @@ impl RaftPeer for PeerImpl {
         offset: &Archived<u64>,
         total: &Archived<u64>,
         piece: &Archived<Vec<u8>>,
-    ) -> Result<Vec<u64>, Status> {
+    ) -> Result<(), Status> {
         let from = self.known(from, incarnation)?;
         let (group, transfer) = (group.to_native(), transfer.to_native());
         self.0.deliver_piece(from, group, transfer, offset.to_native(), total.to_native(), piece.as_slice()).map_err(

@@ -493,6 +493,49 @@ fn a_member_that_was_down_when_removed_learns_it_and_drops_its_replica() {
 }
 
 #[test]
+fn a_member_paused_when_removed_learns_it_from_the_members_posts_and_drops_its_replica() {
+    use multispace_dht::api::table::MemberChange;
+    // As above, but the member is frozen (its core blocked), not restarted: its links to the
+    // others have long been answered, so its messages go as unanswered posts, and the news
+    // must come back in a post of theirs.
+    let mut cluster = Cluster::start(3, 2, Durability::Durable);
+    let client = cluster.client();
+    let group = client.maps().group_of(b"k-0").id;
+    let rt = rt();
+    rt.block_on(async {
+        for i in 0..50 {
+            client.put(format!("k-{i}").as_bytes(), b"v").await.unwrap();
+        }
+    });
+    let leader = cluster.leader_of(group).expect("a leader after the first writes");
+    let paused = [1, 2, 3].into_iter().find(|n| *n != leader).unwrap();
+    std::thread::scope(|s| {
+        let (frozen_tx, frozen_rx) = std::sync::mpsc::channel::<()>();
+        let (thaw_tx, thaw_rx) = std::sync::mpsc::channel::<()>();
+        let node = &cluster.nodes[&paused];
+        s.spawn(move || {
+            node.with(move |_| {
+                let _ = frozen_tx.send(());
+                let _ = thaw_rx.recv_timeout(Duration::from_secs(60));
+            })
+        });
+        frozen_rx.recv_timeout(Duration::from_secs(10)).expect("the node froze");
+        rt.block_on(async {
+            client.change_members(group, MemberChange::Remove { node: paused }).await.expect("removed while frozen");
+            for i in 50..100 {
+                client.put(format!("k-{i}").as_bytes(), b"v").await.unwrap();
+            }
+        });
+        thaw_tx.send(()).unwrap();
+    });
+    cluster.assert_drops_group_for_good(paused, group, &client.maps());
+    rt.block_on(async {
+        client.put(b"k-0", b"after").await.unwrap();
+        assert_eq!(client.get(b"k-0").await.unwrap(), Some(b"after".to_vec()));
+    });
+}
+
+#[test]
 fn a_removal_compacted_into_snapshots_is_still_told_after_every_member_restarts_and_the_id_cannot_rejoin() {
     use multispace_dht::api::table::MemberChange;
 

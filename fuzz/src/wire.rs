@@ -191,6 +191,11 @@ pub static WIRE_TYPES: &[WireType] = &[
         peer::DeliverArgs { from: u64, incarnation: u64, messages: Vec<(u64, Vec<u8>)> },
         vec![peer::DeliverArgs { from: 2, incarnation: 7, messages: vec![(1, vec![8, 3, 16, 2, 24, 1]), (2, vec![])] }]
     ),
+    args!(
+        "dht RaftPeer::post args",
+        peer::PostArgs { from: u64, incarnation: u64, messages: Vec<(u64, Vec<u8>)>, removed: Vec<u64> },
+        vec![peer::PostArgs { from: 3, incarnation: 0, messages: vec![(1, vec![8, 3, 16, 2, 24, 1])], removed: vec![2] }]
+    ),
     owned!("dht Command (raft entry)", command::Command, vec![samples::command()]),
     // services: the calculator.
     args!("services Calc::ping args", calc::PingArgs {}, vec![calc::PingArgs {}]),
