@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use hdrhistogram::Histogram;
 use multispace_dht::client::{ClientConfig, DhtClient};
-use multispace_dht::maps::Maps;
+use multispace_dht::maps::{preferred_leader, Maps};
 use multispace_dht::server::{DhtConfig, Durability};
 use multispace_dht::thread::DhtThread;
 use multispace_rpc::LocalRuntime;
@@ -179,7 +179,32 @@ impl OurTable {
             configs.push(c);
         }
         let nodes = configs.iter().map(|c| DhtThread::start(c.clone())).collect::<Result<_, _>>()?;
-        Ok(OurTable { nodes, maps, addrs, configs })
+        let table = OurTable { nodes, maps, addrs, configs };
+        table.wait_balanced();
+        Ok(table)
+    }
+
+    /// Waits (at most 10 s) until every group is led by its preferred voter, as a cluster is
+    /// once its leaders have spread after start-up: measuring before would find one node
+    /// leading every group (whichever won the first elections), which does all the work.
+    fn wait_balanced(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let balanced = |t: &Self| {
+            let statuses: Vec<_> = t.nodes.iter().map(|n| n.status()).collect();
+            t.maps.groups().all(|g| {
+                statuses
+                    .iter()
+                    .flatten()
+                    .any(|s| s.group == g.id && s.role == "leader" && preferred_leader(s.group, &s.voters) == s.leader)
+            })
+        };
+        while !balanced(self) {
+            if Instant::now() > deadline {
+                eprintln!("  leaders not spread after 10 s: {}", self.leaders());
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Which node leads which groups now, e.g. "node 1: 1 0, node 2: 2, node 3: 3" (group 0 is

@@ -25,6 +25,13 @@ pub const META_GROUP: GroupId = 0;
 /// The metadata group's key holding the encoded [`Maps`].
 pub const MAPS_KEY: &[u8] = b"maps";
 
+/// The voter that should lead `group` when it can (`voters` sorted): the voters taken in turn
+/// by group id, so that groups with the same members are led by different ones. Leaders hand
+/// over to it (see [`crate::replica::ReplicaConfig::balance_leaders`]).
+pub fn preferred_leader(group: GroupId, voters: &[NodeId]) -> Option<NodeId> {
+    (!voters.is_empty()).then(|| voters[(group % voters.len() as u64) as usize])
+}
+
 /// The slot a key hashes to: FNV-1a, stable across processes, versions and platforms.
 pub fn slot_of(key: &[u8]) -> u32 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;

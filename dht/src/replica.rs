@@ -45,6 +45,10 @@ pub struct ReplicaConfig {
     pub max_pending: u64,
     /// The most bytes of entries sent in one append message.
     pub max_append_bytes: u64,
+    /// Hand leadership to the group's preferred voter ([`Replica::preferred_leader`]) once it
+    /// holds the whole log, so that a cluster's groups are led by different nodes: a leader
+    /// does most of its group's work, and one node leading every group would be the bound.
+    pub balance_leaders: bool,
 }
 
 impl Default for ReplicaConfig {
@@ -56,9 +60,13 @@ impl Default for ReplicaConfig {
             keep_behind_snapshot: 1_000,
             max_pending: 4096,
             max_append_bytes: 1024 * 1024,
+            balance_leaders: true,
         }
     }
 }
+
+/// How far behind the leader's log the preferred voter may be when asked to take over.
+const HAND_OVER_LAG: u64 = 1024;
 
 /// Why a proposal was not taken.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -151,6 +159,8 @@ pub struct Replica {
     snapshot_taken: Option<Snapshot>,
     /// Per ready not yet persisted: the state machine's applied index after it.
     apply_after_persist: VecDeque<(u64, u64)>,
+    /// Ticks this replica has led without handing leadership over (see `balance_leader`).
+    led_ticks: usize,
 }
 
 impl std::fmt::Debug for Replica {
@@ -265,6 +275,7 @@ impl Replica {
             last_role: (StateRole::Follower, 0),
             snapshot_taken: None,
             apply_after_persist: VecDeque::new(),
+            led_ticks: 0,
         })
     }
 
@@ -364,9 +375,44 @@ impl Replica {
     /// Advances raft's clock one tick.
     pub fn tick(&mut self) {
         self.raw.tick();
+        self.led_ticks = if self.is_leader() { self.led_ticks + 1 } else { 0 };
+        if self.config.balance_leaders {
+            self.balance_leader();
+        }
         // Raft may have asked for a snapshot (for a lagging follower) without anything else
         // to do; take it now so its next attempt finds one.
         self.maybe_snapshot();
+    }
+
+    /// The voter that should lead the group when it can ([`crate::maps::preferred_leader`]).
+    pub fn preferred_leader(&self) -> Option<NodeId> {
+        crate::maps::preferred_leader(self.group, &self.members().0)
+    }
+
+    /// A leader that has led for a while (two election timeouts: no hand-over right after
+    /// elections) asks the preferred voter to take over once that one is nearly caught up
+    /// and answered lately, with no membership change or hand-over under way (raft sends it
+    /// the rest and refuses proposals until it took over, or an election timeout passed).
+    /// Returns whom it asked.
+    fn balance_leader(&mut self) -> Option<NodeId> {
+        if self.led_ticks < 2 * self.config.election_ticks {
+            return None;
+        }
+        let to = self.preferred_leader().filter(|p| *p != self.id)?;
+        let raft = &self.raw.raft;
+        let ready = raft.lead_transferee.is_none()
+            && !raft.has_pending_conf()
+            && raft
+                .prs()
+                .get(to)
+                .is_some_and(|p| p.recent_active && p.matched + HAND_OVER_LAG >= raft.raft_log.last_index());
+        if !ready {
+            return None;
+        }
+        tracing::debug!(group = self.group, from = self.id, to, "handing leadership to the preferred voter");
+        self.raw.transfer_leader(to);
+        self.led_ticks = 0;
+        Some(to)
     }
 
     /// Stands for election at once (tests and leadership hand-over).

@@ -148,3 +148,30 @@ fn a_change_proposed_while_another_is_unapplied_is_refused_not_silently_dropped(
     let wrong = sim.check();
     assert!(wrong.is_empty(), "{wrong:#?}");
 }
+
+#[test]
+fn leadership_goes_to_the_preferred_voter_and_back_to_it_after_it_was_down() {
+    let mut sim = Sim::new(5, &[1, 2, 3], 4, config());
+    let preferred = sim.replica(1).unwrap().preferred_leader().expect("voters known");
+    let led_by_preferred = |sim: &mut Sim| {
+        for _ in 0..100 {
+            sim.run(10);
+            if sim.leader() == Some(preferred) {
+                return true;
+            }
+        }
+        false
+    };
+    assert!(led_by_preferred(&mut sim), "the preferred voter {preferred} never took over: {:?}", sim.leader());
+    sim.crash(preferred);
+    sim.run(300);
+    assert!(sim.leader().is_some_and(|l| l != preferred), "another voter leads while it is down");
+    let before = sim.acked_writes();
+    sim.restart(preferred);
+    assert!(led_by_preferred(&mut sim), "leadership did not come back to {preferred}: {:?}", sim.leader());
+    sim.run(200);
+    assert!(sim.acked_writes() > before, "writes went on through the hand-overs");
+    assert!(sim.settle(3000));
+    let wrong = sim.check();
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
