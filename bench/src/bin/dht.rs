@@ -33,8 +33,11 @@ struct Args {
     #[arg(long)]
     ours_only: bool,
     /// Only the memory mode of ours (with --ours-only), e.g. to profile the CPU path.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "durable_only")]
     memory_only: bool,
+    /// Only the durable mode of ours (with --ours-only).
+    #[arg(long)]
+    durable_only: bool,
     /// Write the summary as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -64,6 +67,8 @@ fn main() -> anyhow::Result<()> {
 
     let ours: &[(&str, Durability)] = if args.memory_only {
         &[("multispace memory", Durability::Memory)]
+    } else if args.durable_only {
+        &[("multispace durable", Durability::Durable)]
     } else {
         &[("multispace durable", Durability::Durable), ("multispace memory", Durability::Memory)]
     };
