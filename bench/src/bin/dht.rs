@@ -12,6 +12,11 @@ use multispace_bench::table::{put_get_rows, Etcd, OurTable, Redis, TableRow, Wor
 use multispace_dht::server::Durability;
 use serde::Serialize;
 
+// As the `multispace` binary's nodes run: glibc's malloc, with allocations and frees spread
+// over the node, disk and client threads, cost ~20% of this benchmark's CPU.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 struct Args {
     /// Smoke run: 1 s phases, fewer keys, 3 failovers.
