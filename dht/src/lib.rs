@@ -16,18 +16,20 @@
 //! - [`storage`]: a group's raft log in memory behind raft-rs's `Storage`, and the records
 //!   that make it durable in the node's shared write-ahead log;
 //! - [`replica`]: one replica of one group, sans-IO: messages, ticks, proposals and reads
-//!   in; messages, records to persist, answers and snapshots out;
+//!   in; messages, records to persist, answers and snapshots out; a leader hands over to its
+//!   group's preferred voter ([`maps::preferred_leader`]) so groups are led by different nodes;
 //! - [`wal`] and [`disk`]: the node's write-ahead log shared by all its groups (checksummed
 //!   records, group commit, torn-tail repair, segment release, zeros written ahead so syncs
 //!   rarely grow the file), its snapshot files, and the list of groups the node was removed
 //!   from;
 //! - [`server`]: a table node — the thin I/O driver hosting its replicas on one core of our
-//!   runtime, moving raft messages over our rpc and answering clients ([`api`] holds the
+//!   runtime, moving raft messages over our rpc (batched per peer, unanswered one-way calls
+//!   once the peer answered a first call) and answering clients ([`api`] holds the
 //!   generated stubs of both interfaces); a node a membership change removes from a group
 //!   drops that replica and its disk state and never hosts the group again — one that was
-//!   down or cut off at the time learns it from the members, which answer its raft
-//!   messages with "you were removed" (the removed ids are replicated state, in snapshots
-//!   too), and a removed id is never added back;
+//!   down or cut off at the time learns it from the members, which tell it "you were
+//!   removed" in their next messages to it (the removed ids are replicated state, in
+//!   snapshots too), and a removed id is never added back;
 //! - [`transfer`]: raft messages too large for one rpc (snapshots of big partitions) sent
 //!   and put back together in pieces;
 //! - [`client`]: the client library — routing by key, redirects and leader hints, retries
