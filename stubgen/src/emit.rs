@@ -54,7 +54,8 @@ pub(crate) fn emit(iface: &Interface, options: Options) -> TokenStream {
     let id_consts = methods.iter().map(|m| {
         let c = const_name(&m.name);
         let id = hex(m.id);
-        let doc = format!(" Wire id of [`{}::{}`].", name, m.name);
+        // The constants live in `mod method_id`, one level below the trait.
+        let doc = format!(" Wire id of [`{0}::{1}`](super::{0}::{1}).", name, m.name);
         quote!(#[doc = #doc] pub const #c: u32 = #id;)
     });
     let method_infos = methods.iter().map(|m| {

@@ -59,7 +59,7 @@ pub fn print(text: &str) {
     }
 }
 
-/// [`print`] a JSON value, pretty, with a final newline.
+/// [`print()`] a JSON value, pretty, with a final newline.
 pub fn print_json(value: &serde_json::Value) {
     let mut text = serde_json::to_string_pretty(value).unwrap_or_default();
     text.push('\n');

@@ -3,13 +3,13 @@
 //! Contract, shared by both backends:
 //! - A driver belongs to one core thread and is never touched from another thread; the only
 //!   cross-thread entry is the core's eventfd, which both drivers watch.
-//! - An I/O operation is one [`op::OpCode`] type that knows how to build its io_uring entry and
-//!   how to attempt itself non-blockingly for epoll. [`op::Op`] is the future that drives it on
+//! - An I/O operation is one `op::OpCode` type that knows how to build its io_uring entry and
+//!   how to attempt itself non-blockingly for epoll. `op::Op` is the future that drives it on
 //!   whichever backend the core runs.
 //! - Buffers handed to the kernel are owned by the operation. If the future is dropped before
 //!   the kernel completes, the operation's data is parked in the driver until its completion
 //!   arrives (io_uring), so the kernel never writes into freed memory.
-//! - [`Driver::turn`] submits queued work, waits (or not) according to [`Wait`], and wakes the
+//! - `Driver::turn` submits queued work, waits (or not) according to `Wait`, and wakes the
 //!   tasks whose operations completed or whose sockets became ready.
 
 pub(crate) mod epoll;

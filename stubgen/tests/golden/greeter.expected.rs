@@ -9,15 +9,15 @@ pub const FINGERPRINT: u64 = 0x7c348730e63458b3;
 /// its signature, so a changed method gets a new id and an old peer gets a clear
 /// `UnknownMethod` instead of misread bytes.
 pub mod method_id {
-    /// Wire id of [`Greeter::greet`].
+    /// Wire id of [`Greeter::greet`](super::Greeter::greet).
     pub const GREET: u32 = 0xd2127ce8;
-    /// Wire id of [`Greeter::lookup`].
+    /// Wire id of [`Greeter::lookup`](super::Greeter::lookup).
     pub const LOOKUP: u32 = 0x888f4668;
-    /// Wire id of [`Greeter::visit`].
+    /// Wire id of [`Greeter::visit`](super::Greeter::visit).
     pub const VISIT: u32 = 0x9160c4af;
-    /// Wire id of [`Greeter::note`].
+    /// Wire id of [`Greeter::note`](super::Greeter::note).
     pub const NOTE: u32 = 0xf2e83525;
-    /// Wire id of [`Greeter::broadcast`].
+    /// Wire id of [`Greeter::broadcast`](super::Greeter::broadcast).
     pub const BROADCAST: u32 = 0x46092d91;
     /// The built-in method answering with the server's [`super::interface_info`].
     pub const INTERFACE: u32 = 0x92cd23f6;

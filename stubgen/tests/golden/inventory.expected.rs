@@ -32,13 +32,13 @@ pub const FINGERPRINT: u64 = 0x44f86485ca3c7fac;
 /// its signature, so a changed method gets a new id and an old peer gets a clear
 /// `UnknownMethod` instead of misread bytes.
 pub mod method_id {
-    /// Wire id of [`Inventory::total`].
+    /// Wire id of [`Inventory::total`](super::Inventory::total).
     pub const TOTAL: u32 = 0x5108d8e4;
-    /// Wire id of [`Inventory::stock`].
+    /// Wire id of [`Inventory::stock`](super::Inventory::stock).
     pub const STOCK: u32 = 0xbdaad32d;
-    /// Wire id of [`Inventory::find`].
+    /// Wire id of [`Inventory::find`](super::Inventory::find).
     pub const FIND: u32 = 0x3246b231;
-    /// Wire id of [`Inventory::note`].
+    /// Wire id of [`Inventory::note`](super::Inventory::note).
     pub const NOTE: u32 = 0x356a4b6f;
     /// The built-in method answering with the server's [`super::interface_info`].
     pub const INTERFACE: u32 = 0x6ad0af7c;
