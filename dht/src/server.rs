@@ -896,8 +896,9 @@ impl Inner {
         Ok(())
     }
 
-    /// Member `by` told this node it was removed from `groups`: a removal this node missed (it was down or cut off when the change was applied). Each is dropped as if it
-    /// had applied the change: served one more turn, then removed, durably.
+    /// Member `by` told this node it was removed from `groups`: a removal this node missed (it
+    /// was down or cut off when the change was applied). Each is dropped as if it had applied
+    /// the change: served one more turn, then removed, durably.
     fn removed_by(&self, by: NodeId, groups: Vec<GroupId>) {
         if groups.is_empty() {
             return;
@@ -1287,7 +1288,13 @@ impl RaftPeer for PeerImpl {
     ) {
         // A refused sender learns it from the answer to its `deliver`s, which come first.
         let Ok(from) = self.known(from, incarnation) else { return };
-        let Ok(messages) = owned::<Vec<(u64, Vec<u8>)>>(messages) else { return };
+        let messages = match owned::<Vec<(u64, Vec<u8>)>>(messages) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!(from, error = %e, "undecodable raft post dropped");
+                return;
+            }
+        };
         self.0.deliver(from, messages);
         self.0.removed_by(from, removed.iter().map(|g| g.to_native()).collect());
     }
