@@ -15,8 +15,9 @@
 //! as formatted Rust into `OUT_DIR`:
 //! - the server trait the author implements (arguments arrive as validated archives, read in
 //!   place) and `service(imp)`, which builds the `multispace_rpc::Service` dispatching to it;
-//! - `NameClient`: typed reliable calls; `NameOneWay` and `NameMulticast`: best-effort calls
-//!   for methods marked `#[oneway]` or `#[multicast]`;
+//! - `NameClient`: typed reliable calls (a `#[oneway]` method acknowledged, or unanswered
+//!   but in order on the connection as `name_unacked`); `NameOneWay` and `NameMulticast`:
+//!   best-effort calls for methods marked `#[oneway]` or `#[multicast]`;
 //! - `NameRedirector`: the same typed interface over many instances, with failover that
 //!   repeats only methods marked `#[idempotent]` (or calls that certainly did not run), and
 //!   key affinity for the argument marked `#[key]`;
