@@ -496,8 +496,10 @@ fn a_member_that_was_down_when_removed_learns_it_and_drops_its_replica() {
 fn a_member_paused_when_removed_learns_it_from_the_members_posts_and_drops_its_replica() {
     use multispace_dht::api::table::MemberChange;
     // As above, but the member is frozen (its core blocked), not restarted: its links to the
-    // others have long been answered, so its messages go as unanswered posts, and the news
-    // must come back in a post of theirs.
+    // others stay answered, so its messages go as posts. It learns of the removal from the
+    // log (entries queued on its connections while it was frozen) or from a member's post
+    // ("you were removed", the path the restarted member above takes), and must drop the
+    // group either way.
     let mut cluster = Cluster::start(3, 2, Durability::Durable);
     let client = cluster.client();
     let group = client.maps().group_of(b"k-0").id;
