@@ -46,7 +46,7 @@ pub struct ReplicaConfig {
     /// The most bytes of entries sent in one append message.
     pub max_append_bytes: u64,
     /// Hand leadership to the group's preferred voter ([`Replica::preferred_leader`]) once it
-    /// holds the whole log, so that a cluster's groups are led by different nodes: a leader
+    /// is nearly caught up, so that a cluster's groups are led by different nodes: a leader
     /// does most of its group's work, and one node leading every group would be the bound.
     pub balance_leaders: bool,
 }
@@ -393,12 +393,11 @@ impl Replica {
     /// elections) asks the preferred voter to take over once that one is nearly caught up
     /// and answered lately, with no membership change or hand-over under way (raft sends it
     /// the rest and refuses proposals until it took over, or an election timeout passed).
-    /// Returns whom it asked.
-    fn balance_leader(&mut self) -> Option<NodeId> {
+    fn balance_leader(&mut self) {
         if self.led_ticks < 2 * self.config.election_ticks {
-            return None;
+            return;
         }
-        let to = self.preferred_leader().filter(|p| *p != self.id)?;
+        let Some(to) = self.preferred_leader().filter(|p| *p != self.id) else { return };
         let raft = &self.raw.raft;
         let ready = raft.lead_transferee.is_none()
             && !raft.has_pending_conf()
@@ -407,12 +406,11 @@ impl Replica {
                 .get(to)
                 .is_some_and(|p| p.recent_active && p.matched + HAND_OVER_LAG >= raft.raft_log.last_index());
         if !ready {
-            return None;
+            return;
         }
         tracing::debug!(group = self.group, from = self.id, to, "handing leadership to the preferred voter");
         self.raw.transfer_leader(to);
         self.led_ticks = 0;
-        Some(to)
     }
 
     /// Stands for election at once (tests and leadership hand-over).
@@ -703,7 +701,8 @@ impl Replica {
         if !due {
             return;
         }
-        let snap = self.log.take_snapshot(applied, self.sm.snapshot(), self.config.keep_behind_snapshot);
+        let raft_applied = self.raw.raft.raft_log.applied;
+        let snap = self.log.take_snapshot(applied, self.sm.snapshot(), self.config.keep_behind_snapshot, raft_applied);
         self.snapshot_taken = Some(snap);
     }
 }

@@ -285,8 +285,10 @@ impl GroupLog {
 
     /// Keeps a snapshot this replica took of its own state at `index` (which must be applied)
     /// and drops entries before `index - keep`, so followers a little behind can still catch up
-    /// from the log.
-    pub fn take_snapshot(&self, index: u64, data: Vec<u8>, keep: u64) -> Snapshot {
+    /// from the log — and none after `raft_applied`: raft reads the entries it has not yet
+    /// been told are applied (an election scans them for membership changes, and fails hard
+    /// if they are gone), and the state machine may run ahead of it until a write is durable.
+    pub fn take_snapshot(&self, index: u64, data: Vec<u8>, keep: u64, raft_applied: u64) -> Snapshot {
         let mut s = self.inner.borrow_mut();
         let term = term_of(&s, index).unwrap_or(s.hard_state.term);
         let mut snap = Snapshot::default();
@@ -297,7 +299,7 @@ impl GroupLog {
         meta.set_conf_state(s.conf_state.clone());
         s.snapshot = snap.clone();
         s.snapshot_wanted = false;
-        let compact_below = index.saturating_sub(keep) + 1;
+        let compact_below = index.saturating_sub(keep).min(raft_applied) + 1;
         if let Some(last_dropped) = s.entries.iter().take_while(|e| e.index < compact_below).last() {
             s.dummy = (last_dropped.index, last_dropped.term);
         }
@@ -531,7 +533,12 @@ mod tests {
         // Nothing that new yet: raft is told to come back, and the replica to take one.
         assert!(log.snapshot(5, 2).is_err());
         assert!(log.snapshot_wanted());
-        let snap = log.take_snapshot(8, b"state".to_vec(), 2);
+        // Raft has been told of fewer applied entries than the snapshot holds: the log keeps
+        // every entry after the ones raft knows are applied.
+        let snap = log.take_snapshot(8, b"state".to_vec(), 2, 4);
+        assert_eq!(log.first_index().unwrap(), 5);
+        let snap_again = log.take_snapshot(8, b"state".to_vec(), 2, 8);
+        assert_eq!(snap_again.get_metadata(), snap.get_metadata());
         assert!(!log.snapshot_wanted());
         assert_eq!(snap.get_metadata().index, 8);
         assert_eq!(log.snapshot(5, 1).unwrap().get_data(), b"state");
