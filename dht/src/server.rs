@@ -1280,22 +1280,18 @@ impl RaftPeer for PeerImpl {
 
     async fn post(
         &self,
-        _ctx: &CallContext,
+        ctx: &CallContext,
         from: &Archived<u64>,
         incarnation: &Archived<u64>,
         messages: &Archived<Vec<(u64, Vec<u8>)>>,
         removed: &Archived<Vec<u64>>,
     ) {
         // A refused sender learns it from the answer to its `deliver`s, which come first.
-        let Ok(from) = self.known(from, incarnation) else { return };
-        let messages = match owned::<Vec<(u64, Vec<u8>)>>(messages) {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::debug!(from, error = %e, "undecodable raft post dropped");
-                return;
-            }
-        };
-        self.0.deliver(from, messages);
+        if let Err(e) = self.deliver(ctx, from, incarnation, messages).await {
+            tracing::debug!(from = from.to_native(), error = %e, "raft post dropped");
+            return;
+        }
+        let from = from.to_native();
         self.0.removed_by(from, removed.iter().map(|g| g.to_native()).collect());
     }
 
