@@ -17,10 +17,10 @@
 //! `on_persist_ready`): committed entries a ready hands out are already durable on a majority,
 //! so they are applied at once, and a leader's appends leave before its own write completes.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, Snapshot};
+use raft::eraftpb::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, MessageType, Snapshot};
 use raft::{Config, RawNode, ReadOnlyOption, StateRole};
 
 use crate::command::{self, Command};
@@ -49,6 +49,11 @@ pub struct ReplicaConfig {
     /// is nearly caught up, so that a cluster's groups are led by different nodes: a leader
     /// does most of its group's work, and one node leading every group would be the bound.
     pub balance_leaders: bool,
+    /// Stand for election after exactly `election_ticks` without a leader instead of a random
+    /// time up to twice that. raft-rs draws that time from the thread's random generator, which
+    /// a seeded simulation cannot replay; with this set, the caller must vary the timing
+    /// itself (the simulator skips ticks by its seed), or replicas time out in lockstep.
+    pub fixed_election_timeout: bool,
 }
 
 impl Default for ReplicaConfig {
@@ -61,6 +66,7 @@ impl Default for ReplicaConfig {
             max_pending: 4096,
             max_append_bytes: 1024 * 1024,
             balance_leaders: true,
+            fixed_election_timeout: false,
         }
     }
 }
@@ -113,6 +119,10 @@ pub struct ReplicaReady {
     pub persisted_messages: Vec<Message>,
     /// Writes that took effect, in log order: answer whoever waits on `(client, seq)`.
     pub applied: Vec<Applied>,
+    /// Writes [`Replica::propose`] took that raft then dropped, as `(client, seq)`: the
+    /// replica stopped leading, or a leadership hand-over began, before the turn. Redirect
+    /// whoever waits on them.
+    pub dropped: Vec<(u64, u64)>,
     /// Reads that may now be served.
     pub reads: Vec<ReadReady>,
     /// The role or leader changed: fail waiting requests that need a leader here.
@@ -161,6 +171,15 @@ pub struct Replica {
     apply_after_persist: VecDeque<(u64, u64)>,
     /// Ticks this replica has led without handing leadership over (see `balance_leader`).
     led_ticks: usize,
+    /// Writes proposed since the last turn, for raft as one batch (see `propose_queued`), and
+    /// their `(client, seq)`.
+    proposals: Vec<Entry>,
+    proposers: Vec<(u64, u64)>,
+    /// Reads asked since the last turn, and those asked of raft by batch number (the read
+    /// index request's context), waiting for its answer.
+    queued_reads: Vec<u64>,
+    read_batches: BTreeMap<u64, Vec<u64>>,
+    next_read_batch: u64,
 }
 
 impl std::fmt::Debug for Replica {
@@ -252,6 +271,9 @@ impl Replica {
             check_quorum: true,
             read_only_option: ReadOnlyOption::Safe,
             skip_bcast_commit: true,
+            // raft-rs draws from [min, max): one value only.
+            min_election_tick: if c.fixed_election_timeout { c.election_ticks } else { 0 },
+            max_election_tick: if c.fixed_election_timeout { c.election_ticks + 1 } else { 0 },
             ..Config::default()
         }
     }
@@ -276,6 +298,11 @@ impl Replica {
             snapshot_taken: None,
             apply_after_persist: VecDeque::new(),
             led_ticks: 0,
+            proposals: Vec::new(),
+            proposers: Vec::new(),
+            queued_reads: Vec::new(),
+            read_batches: BTreeMap::new(),
+            next_read_batch: 1,
         })
     }
 
@@ -453,23 +480,62 @@ impl Replica {
         Ok(())
     }
 
-    /// Proposes a write. Its answer arrives in a later [`ReplicaReady::applied`], here or (after
-    /// a leader change) not at all: the client retries with the same sequence number.
+    /// Proposes a write: queued, and handed to raft with the others of this turn by the next
+    /// [`Replica::ready`]. Its answer arrives in a later [`ReplicaReady::applied`] or (raft
+    /// dropped it) [`ReplicaReady::dropped`], here, or (after a leader change) not at all: the
+    /// client retries with the same sequence number.
     pub fn propose(&mut self, cmd: &Command) -> Result<(), ProposeError> {
         self.check_leader()?;
-        let pending = self.log.last_index().saturating_sub(self.sm.applied());
+        let pending = self.log.last_index().saturating_sub(self.sm.applied()) + self.proposals.len() as u64;
         if pending >= self.config.max_pending {
             return Err(ProposeError::Busy { pending });
         }
-        self.raw.propose(Vec::new(), command::encode(cmd)).map_err(|e| ProposeError::Dropped(e.to_string()))
+        self.proposals.push(Entry { data: command::encode(cmd).into(), ..Entry::default() });
+        self.proposers.push((cmd.client, cmd.seq));
+        Ok(())
+    }
+
+    /// Hands raft the proposals queued since the last turn as one batch: the leader then sends
+    /// each follower one append for all of them, where proposing each alone would send one per
+    /// proposal (and each follower answer it): four messages a write with three replicas.
+    /// Returns the writes raft dropped (the replica stopped leading, or a hand-over started).
+    fn propose_queued(&mut self) -> Vec<(u64, u64)> {
+        if self.proposals.is_empty() {
+            return Vec::new();
+        }
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgPropose);
+        m.from = self.id;
+        m.set_entries(std::mem::take(&mut self.proposals).into());
+        let proposers = std::mem::take(&mut self.proposers);
+        match self.raw.raft.step(m) {
+            Ok(()) => Vec::new(),
+            Err(e) => {
+                tracing::debug!(group = self.group, error = %e, writes = proposers.len(), "proposals dropped");
+                proposers
+            }
+        }
     }
 
     /// Starts a linearizable read: once a later [`ReplicaReady::reads`] names `id`, the state
     /// machine reflects every write acknowledged before this call.
     pub fn read(&mut self, id: u64) -> Result<(), ProposeError> {
         self.check_leader()?;
-        self.raw.read_index(id.to_le_bytes().to_vec());
+        self.queued_reads.push(id);
         Ok(())
+    }
+
+    /// Asks raft for one read index covering every read queued since the last turn: with the
+    /// safe option each ask costs a heartbeat round to the followers, so one per read would
+    /// send four messages a read with three replicas.
+    fn read_queued(&mut self) {
+        if self.queued_reads.is_empty() {
+            return;
+        }
+        let batch = self.next_read_batch;
+        self.next_read_batch += 1;
+        self.raw.read_index(batch.to_le_bytes().to_vec());
+        self.read_batches.insert(batch, std::mem::take(&mut self.queued_reads));
     }
 
     /// Proposes a membership change (add a learner, promote it, remove a member); `cc.context`
@@ -513,11 +579,16 @@ impl Replica {
 
     /// A turn, if raft has anything to do: see the module docs.
     pub fn ready(&mut self) -> Option<ReplicaReady> {
+        let dropped = self.propose_queued();
+        self.read_queued();
         if !self.raw.has_ready() {
-            return None;
+            // Dropped proposals alone come back in a ready without records (number 0: there
+            // is nothing to persist, and `persisted(0)` is a no-op).
+            return (!dropped.is_empty()).then(|| ReplicaReady { dropped, ..ReplicaReady::default() });
         }
         let mut rd = self.raw.ready();
-        let mut out = ReplicaReady { number: rd.number(), messages: rd.take_messages(), ..ReplicaReady::default() };
+        let mut out =
+            ReplicaReady { number: rd.number(), messages: rd.take_messages(), dropped, ..ReplicaReady::default() };
         if !rd.snapshot().is_empty() {
             let snap = rd.snapshot().clone();
             // A group's initial snapshot carries no state: it starts empty.
@@ -569,8 +640,13 @@ impl Replica {
         // ready is not, until its write completes): tell it after `persisted`.
         self.apply_after_persist.push_back((out.number, self.sm.applied()));
         for rs in read_states {
-            let id = rs.request_ctx.get(..8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_le_bytes);
-            self.reads.push_back((rs.index, id));
+            let batch = rs.request_ctx.get(..8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_le_bytes);
+            // Earlier batches still here were dropped by raft (e.g. asked before this leader
+            // committed in its term); they were asked before this one, so its index serves them.
+            let later = self.read_batches.split_off(&(batch + 1));
+            for (_, ids) in std::mem::replace(&mut self.read_batches, later) {
+                self.reads.extend(ids.into_iter().map(|id| (rs.index, id)));
+            }
         }
         while let Some(&(index, id)) = self.reads.front() {
             if index > self.sm.applied() {
@@ -586,6 +662,8 @@ impl Replica {
             if role.0 != StateRole::Leader {
                 // Reads started as leader will never be confirmed now.
                 self.reads.clear();
+                self.read_batches.clear();
+                self.queued_reads.clear();
             }
         }
         self.maybe_snapshot();
@@ -598,7 +676,7 @@ impl Replica {
 
     /// Whether raft has something for a turn.
     pub fn has_ready(&self) -> bool {
-        self.raw.has_ready()
+        !self.proposals.is_empty() || !self.queued_reads.is_empty() || self.raw.has_ready()
     }
 
     /// The records of ready `number` (and of every ready before it) are durable.
@@ -732,5 +810,89 @@ mod tests {
         let line = lines.lock().unwrap()[0].clone();
         assert!(line.starts_with("became leader term=3"), "{line}");
         assert!(line.contains(" group=7") && line.contains(" node=1"), "{line}");
+    }
+
+    /// Three replicas of group 1 whose messages the test moves by hand; node 1 leads.
+    fn led_group() -> Vec<Replica> {
+        let mut rs: Vec<Replica> =
+            (1..=3).map(|id| Replica::bootstrap(id, 1, &[1, 2, 3], ReplicaConfig::default()).unwrap().0).collect();
+        rs[0].campaign();
+        exchange(&mut rs, Vec::new());
+        assert!(rs[0].is_leader());
+        rs
+    }
+
+    /// Delivers `msgs`, then runs turns (each ready persisted at once) until no message is
+    /// left; returns every ready.
+    fn exchange(rs: &mut [Replica], mut msgs: Vec<Message>) -> Vec<ReplicaReady> {
+        let mut readies = Vec::new();
+        for _ in 0..100 {
+            for m in msgs.drain(..) {
+                let to = m.to as usize - 1;
+                rs[to].step(m);
+            }
+            for r in rs.iter_mut() {
+                while let Some(mut rd) = r.ready() {
+                    r.persisted(rd.number());
+                    msgs.append(&mut rd.messages);
+                    msgs.append(&mut rd.persisted_messages);
+                    readies.push(rd);
+                }
+            }
+            if msgs.is_empty() {
+                return readies;
+            }
+        }
+        panic!("messages never stopped");
+    }
+
+    fn put(seq: u64) -> Command {
+        let op = crate::command::Op::Put { key: format!("k{seq}").into_bytes(), value: vec![7; 100] };
+        Command { client: 9, seq, acked_below: seq, ops: vec![op] }
+    }
+
+    #[test]
+    fn writes_proposed_in_one_turn_reach_each_follower_in_one_append() {
+        let mut rs = led_group();
+        for seq in 1..=10 {
+            rs[0].propose(&put(seq)).unwrap();
+        }
+        let mut rd = rs[0].ready().expect("a turn");
+        let appends: Vec<_> = rd.messages.iter().filter(|m| m.get_msg_type() == MessageType::MsgAppend).collect();
+        assert_eq!(appends.len(), 2, "{:?}", rd.messages);
+        assert!(appends.iter().all(|m| m.entries.len() == 10), "{appends:?}");
+        rs[0].persisted(rd.number());
+        let readies = exchange(&mut rs, std::mem::take(&mut rd.messages));
+        let acked: Vec<u64> = readies.iter().flat_map(|r| &r.applied).map(|a| a.seq).collect();
+        // The leader applies all ten, in order (followers learn the commit with the next
+        // append or heartbeat).
+        assert_eq!(acked, (1..=10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn reads_asked_in_one_turn_share_one_heartbeat_round() {
+        let mut rs = led_group();
+        for id in 1..=10 {
+            rs[0].read(id).unwrap();
+        }
+        let mut rd = rs[0].ready().expect("a turn");
+        let beats = rd.messages.iter().filter(|m| m.get_msg_type() == MessageType::MsgHeartbeat).count();
+        assert_eq!(beats, 2, "{:?}", rd.messages);
+        rs[0].persisted(rd.number());
+        let readies = exchange(&mut rs, std::mem::take(&mut rd.messages));
+        let served: Vec<u64> = readies.iter().flat_map(|r| &r.reads).map(|r| r.id).collect();
+        assert_eq!(served, (1..=10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn writes_raft_drops_before_the_turn_come_back_as_dropped() {
+        let mut rs = led_group();
+        rs[0].propose(&put(1)).unwrap();
+        rs[0].propose(&put(2)).unwrap();
+        // A hand-over starts before the turn: raft refuses proposals until it is done.
+        rs[0].transfer_leader(2);
+        let rd = rs[0].ready().expect("a turn");
+        assert_eq!(rd.dropped, vec![(9, 1), (9, 2)]);
+        assert!(rd.applied.is_empty());
     }
 }

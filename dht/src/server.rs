@@ -509,6 +509,11 @@ impl Inner {
                         let _ = tx.send(WriteAnswer::Done(a.result));
                     }
                 }
+                for w in rd.dropped.drain(..) {
+                    if let Some(tx) = slot.writes.remove(&w) {
+                        let _ = tx.send(WriteAnswer::Refused(Refusal::Redirect(group_view(&slot.replica))));
+                    }
+                }
                 for r in rd.reads.drain(..) {
                     if let Some((key, tx)) = slot.reads.remove(&r.id) {
                         let _ = tx.send(ReadAnswer::Value(slot.replica.state().get(&key).map(<[u8]>::to_vec)));

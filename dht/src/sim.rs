@@ -23,6 +23,9 @@ use crate::maps::{GroupId, NodeId};
 use crate::replica::{ProposeError, Replica, ReplicaConfig};
 use crate::storage::Record;
 
+/// Chance (per mille) that a live replica's clock ticks in a turn.
+const TICK_CHANCE: u32 = 700;
+
 /// A small deterministic generator (SplitMix64): enough for fault schedules, no dependency.
 #[derive(Debug, Clone)]
 pub struct Rng(u64);
@@ -197,6 +200,8 @@ impl Sim {
     /// A group of `voters`, bootstrapped and durable, with `clients` clients and no faults yet.
     pub fn new(seed: u64, voters: &[NodeId], clients: u64, config: ReplicaConfig) -> Self {
         let group = 1;
+        // Election timing from the seed (see `turn`), not from raft-rs's thread-local generator.
+        let config = ReplicaConfig { fixed_election_timeout: true, ..config };
         let mut nodes = BTreeMap::new();
         for &id in voters {
             let (replica, init) = Replica::bootstrap(id, group, voters, config.clone()).expect("valid config");
@@ -483,6 +488,17 @@ impl Sim {
         Pending::Write { cmd: Command { client: c.id, seq, acked_below: seq, ops: vec![op] }, increment }
     }
 
+    /// A write the node took was dropped by raft before it reached the log: the client retries
+    /// next turn, elsewhere if the node named no leader.
+    fn on_dropped(&mut self, node: NodeId, client: u64, seq: u64) {
+        let Some(c) = self.clients.iter_mut().find(|c| c.id == client) else { return };
+        if let Some((Pending::Write { cmd, .. }, at, sent)) = &mut c.pending {
+            if *at == node && cmd.seq == seq {
+                *sent = self.now.saturating_sub(CLIENT_TIMEOUT);
+            }
+        }
+    }
+
     fn on_applied(&mut self, node: NodeId, client: u64, seq: u64, result: &WriteResult) {
         let Some(c) = self.clients.iter_mut().find(|c| c.id == client) else { return };
         let Some((Pending::Write { cmd, increment }, at, _)) = &c.pending else { return };
@@ -545,7 +561,11 @@ impl Sim {
         self.inject_faults();
         for id in self.live() {
             if let Some(r) = self.nodes.get_mut(&id).and_then(|s| s.replica.as_mut()) {
-                r.tick();
+                // Ticks skipped at random stand in for raft's randomized election timeouts, which
+                // are fixed here so that a seed replays exactly.
+                if self.rng.chance(TICK_CHANCE) {
+                    r.tick();
+                }
             }
         }
         self.clients_act();
@@ -560,6 +580,9 @@ impl Sim {
             }
             for r in std::mem::take(&mut rd.reads) {
                 self.on_read(id, r.id);
+            }
+            for (client, seq) in std::mem::take(&mut rd.dropped) {
+                self.on_dropped(id, client, seq);
             }
             if self.rng.chance(self.faults.crash_mid_write) {
                 self.stats.crashes_mid_write += 1;
