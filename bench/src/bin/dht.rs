@@ -1,14 +1,14 @@
 //! The replicated table against etcd and Redis: 500-byte puts and gets with 50 concurrent
 //! clients, single-client latency, and leader failover; markdown and JSON.
 //!
-//! `bash bench/table.sh [--quick] [--json PATH]` (installs etcd and Redis from Debian's
+//! `bash bench/table.sh [--quick] [--rounds N] [--json PATH]` (installs etcd and Redis from Debian's
 //! packages, then runs `cargo run --release -p multispace-bench --bin dht -- ...`).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use multispace_bench::table::{put_get_rows, Etcd, OurTable, Redis, TableRow, Workload};
+use multispace_bench::table::{put_get_rows, Etcd, KvOp, OurTable, Redis, TableRow, Workload};
 use multispace_dht::server::Durability;
 use serde::Serialize;
 
@@ -46,11 +46,20 @@ struct Args {
     /// Write the summary as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Rounds: every system is measured once per round, in turn, and each row reports the
+    /// round with the median throughput (runs on this VM vary by up to ~15%; ratios are taken
+    /// between medians, and each round's are listed too). Failovers are timed in round 1.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
 }
 
 #[derive(Serialize)]
 struct Summary {
+    rounds: usize,
+    /// Per system and operation, the round with the median throughput.
     rows: Vec<TableRow>,
+    /// Every round's rows, in the order measured.
+    all_rounds: Vec<Vec<TableRow>>,
     failover_ms: Vec<f64>,
     skipped: Vec<String>,
 }
@@ -66,7 +75,6 @@ fn main() -> anyhow::Result<()> {
     };
     std::fs::create_dir_all(&args.data)?;
     let data = args.data.canonicalize()?;
-    let mut rows = Vec::new();
     let mut skipped = Vec::new();
     let mut failover_ms = Vec::new();
 
@@ -77,37 +85,62 @@ fn main() -> anyhow::Result<()> {
     } else {
         &[("multispace durable", Durability::Durable), ("multispace memory", Durability::Memory)]
     };
-    for &(name, durability) in ours {
-        let mut t = OurTable::start(durability, &data)?;
-        rows.extend(put_get_rows(name, &w, &|op, c, d, n| Ok(t.measure(op, c, d, n, &w)), &|| {
-            t.preload(&w);
-            Ok(())
-        })?);
-        if durability == Durability::Durable {
-            let kills = if args.quick { 3 } else { args.failovers };
-            for _ in 0..kills {
-                let d = t.failover()?;
-                eprintln!("failover: first acknowledged put {:.0} ms after killing the leader", d.as_secs_f64() * 1e3);
-                failover_ms.push(d.as_secs_f64() * 1e3);
+    let mut rounds: Vec<Vec<TableRow>> = Vec::new();
+    for round in 1..=args.rounds.max(1) {
+        if args.rounds > 1 {
+            eprintln!("round {round} of {}", args.rounds);
+        }
+        let mut rows = Vec::new();
+        let kills = if round > 1 {
+            0
+        } else if args.quick {
+            3
+        } else {
+            args.failovers
+        };
+        for &(name, durability) in ours {
+            let mut t = OurTable::start(durability, &data)?;
+            rows.extend(put_get_rows(name, &w, &|op, c, d, n| Ok(t.measure(op, c, d, n, &w)), &|| {
+                t.preload(&w);
+                Ok(())
+            })?);
+            if durability == Durability::Durable {
+                for _ in 0..kills {
+                    let d = t.failover()?;
+                    eprintln!(
+                        "failover: first acknowledged put {:.0} ms after killing the leader",
+                        d.as_secs_f64() * 1e3
+                    );
+                    failover_ms.push(d.as_secs_f64() * 1e3);
+                }
             }
         }
-    }
-    let peers = !args.ours_only;
-    match if peers { Etcd::start(&data)? } else { None } {
-        Some(e) => rows
-            .extend(put_get_rows("etcd 3 members", &w, &|op, c, d, n| e.measure(op, c, d, n, &w), &|| e.preload(&w))?),
-        None if peers => skipped.push("etcd (not installed: apt-get install etcd-server)".to_string()),
-        None => {}
-    }
-    for (name, aof) in [("redis appendfsync always", true), ("redis no persistence", false)] {
-        match if peers { Redis::start(&data, aof)? } else { None } {
-            Some(r) => {
-                rows.extend(put_get_rows(name, &w, &|op, c, d, n| r.measure(op, c, d, n, &w), &|| r.preload(&w))?)
+        let peers = !args.ours_only;
+        match if peers { Etcd::start(&data)? } else { None } {
+            Some(e) => {
+                rows.extend(put_get_rows("etcd 3 members", &w, &|op, c, d, n| e.measure(op, c, d, n, &w), &|| {
+                    e.preload(&w)
+                })?)
             }
-            None if peers => skipped.push(format!("{name} (not installed: apt-get install redis-server)")),
+            None if peers && round == 1 => {
+                skipped.push("etcd (not installed: apt-get install etcd-server)".to_string())
+            }
             None => {}
         }
+        for (name, aof) in [("redis appendfsync always", true), ("redis no persistence", false)] {
+            match if peers { Redis::start(&data, aof)? } else { None } {
+                Some(r) => {
+                    rows.extend(put_get_rows(name, &w, &|op, c, d, n| r.measure(op, c, d, n, &w), &|| r.preload(&w))?)
+                }
+                None if peers && round == 1 => {
+                    skipped.push(format!("{name} (not installed: apt-get install redis-server)"))
+                }
+                None => {}
+            }
+        }
+        rounds.push(rows);
     }
+    let rows = median_rows(&rounds);
 
     println!("| system | op | clients | ops/s | p50 µs | p99 µs | 1-client p50 µs | 1-client p99 µs |");
     println!("|---|---|---|---|---|---|---|---|");
@@ -118,18 +151,18 @@ fn main() -> anyhow::Result<()> {
         );
     }
     let rate =
-        |sys: &str, op: &str| rows.iter().find(|r| r.system == sys && format!("{:?}", r.op) == op).map(|r| r.ops_per_s);
+        |rows: &[TableRow], sys: &str| rows.iter().find(|r| r.system == sys && r.op == KvOp::Put).map(|r| r.ops_per_s);
     let ratio = |a: Option<f64>, b: Option<f64>| a.zip(b).map_or("n/a".to_string(), |(a, b)| format!("{:.2}x", a / b));
     println!();
-    println!("durable puts vs etcd: {}", ratio(rate("multispace durable", "Put"), rate("etcd 3 members", "Put")));
-    println!(
-        "durable puts vs redis appendfsync always: {}",
-        ratio(rate("multispace durable", "Put"), rate("redis appendfsync always", "Put"))
-    );
-    println!(
-        "memory puts vs redis no persistence: {}",
-        ratio(rate("multispace memory", "Put"), rate("redis no persistence", "Put"))
-    );
+    for (what, ours, peer) in [
+        ("durable puts vs etcd", "multispace durable", "etcd 3 members"),
+        ("durable puts vs redis appendfsync always", "multispace durable", "redis appendfsync always"),
+        ("memory puts vs redis no persistence", "multispace memory", "redis no persistence"),
+    ] {
+        let each: Vec<String> = rounds.iter().map(|r| ratio(rate(r, ours), rate(r, peer))).collect();
+        let each = if rounds.len() > 1 { format!(" (each round: {})", each.join(", ")) } else { String::new() };
+        println!("{what}: {}{each}", ratio(rate(&rows, ours), rate(&rows, peer)));
+    }
     if !failover_ms.is_empty() {
         let mut f = failover_ms.clone();
         f.sort_by(f64::total_cmp);
@@ -144,8 +177,22 @@ fn main() -> anyhow::Result<()> {
         println!("skipped: {s}");
     }
     if let Some(path) = args.json {
-        std::fs::write(&path, serde_json::to_string_pretty(&Summary { rows, failover_ms, skipped })?)?;
+        let summary = Summary { rounds: rounds.len(), rows, all_rounds: rounds, failover_ms, skipped };
+        std::fs::write(&path, serde_json::to_string_pretty(&summary)?)?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// Per system and operation (in the order first measured), the round with the median
+/// throughput (the lower middle one for an even count).
+fn median_rows(rounds: &[Vec<TableRow>]) -> Vec<TableRow> {
+    let mut out = Vec::new();
+    for first in rounds.first().into_iter().flatten() {
+        let mut same: Vec<&TableRow> =
+            rounds.iter().flatten().filter(|r| r.system == first.system && r.op == first.op).collect();
+        same.sort_by(|a, b| a.ops_per_s.total_cmp(&b.ops_per_s));
+        out.push(same[(same.len() - 1) / 2].clone());
+    }
+    out
 }
