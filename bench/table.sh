@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The replicated-table benchmark: installs etcd and Redis from Debian's packages if missing,
 # then runs ours, a 3-member etcd cluster and Redis side by side (all on loopback, data under
-# target/dht-bench) and prints the table; pass --json PATH for the summary, --quick for a
+# target/dht-bench) and prints the table; pass --json PATH for the summary, --rounds N to
+# measure every system N times in turn and report the median rounds, --quick for a
 # smoke run. Servers are started and stopped by the benchmark itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
