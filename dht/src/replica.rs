@@ -36,8 +36,14 @@ pub struct ReplicaConfig {
     pub election_ticks: usize,
     /// Ticks between a leader's heartbeats.
     pub heartbeat_ticks: usize,
-    /// Applied entries between snapshots of the state machine.
+    /// Applied entries between snapshots of the state machine (at least).
     pub snapshot_every: u64,
+    /// A snapshot also waits until the entries logged since the last one add up to this many
+    /// times its size: taking snapshots then costs about as much as writing the log at most,
+    /// however large the state grows (a state of gigabytes is not copied every
+    /// `snapshot_every` writes), and the log kept between snapshots stays within this ratio of
+    /// the state. 0: `snapshot_every` alone decides.
+    pub snapshot_log_ratio: f64,
     /// Entries kept behind a snapshot so followers a little behind catch up from the log.
     pub keep_behind_snapshot: u64,
     /// The most entries a leader may hold proposed but not yet applied before it answers
@@ -62,6 +68,7 @@ impl Default for ReplicaConfig {
             election_ticks: 10,
             heartbeat_ticks: 2,
             snapshot_every: 10_000,
+            snapshot_log_ratio: 1.0,
             keep_behind_snapshot: 1_000,
             max_pending: 4096,
             max_append_bytes: 1024 * 1024,
@@ -180,6 +187,10 @@ pub struct Replica {
     queued_reads: Vec<u64>,
     read_batches: BTreeMap<u64, Vec<u64>>,
     next_read_batch: u64,
+    /// Size of the last snapshot's state, and bytes of entries logged since it (see
+    /// `ReplicaConfig::snapshot_log_ratio`).
+    snapshot_bytes: u64,
+    logged_bytes: u64,
 }
 
 impl std::fmt::Debug for Replica {
@@ -303,6 +314,8 @@ impl Replica {
             queued_reads: Vec::new(),
             read_batches: BTreeMap::new(),
             next_read_batch: 1,
+            snapshot_bytes: 0,
+            logged_bytes: 0,
         })
     }
 
@@ -336,8 +349,23 @@ impl Replica {
             Some(s) if !s.get_data().is_empty() => StateMachine::restore(s.get_data()).map_err(StartError::Snapshot)?,
             _ => StateMachine::new(),
         };
+        let snapshot_bytes = snapshot.as_ref().map_or(0, |s| s.get_data().len() as u64);
+        let from = snapshot.as_ref().map_or(0, |s| s.get_metadata().index);
+        let records: Vec<Record> = records.into_iter().collect();
+        let logged_bytes = records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Entries(es) => {
+                    Some(es.iter().filter(|e| e.index > from).map(|e| e.data.len() as u64).sum::<u64>())
+                }
+                _ => None,
+            })
+            .sum();
         let log = GroupLog::recover(snapshot, records)?;
-        Self::with_log(id, group, log, sm, config)
+        let mut replica = Self::with_log(id, group, log, sm, config)?;
+        replica.snapshot_bytes = snapshot_bytes;
+        replica.logged_bytes = logged_bytes;
+        Ok(replica)
     }
 
     /// This replica's node id.
@@ -609,6 +637,7 @@ impl Replica {
                     self.sm = sm;
                     out.records.push(Record::Installed(snap.get_metadata().clone()));
                     self.log.install(snap.clone());
+                    (self.snapshot_bytes, self.logged_bytes) = (snap.get_data().len() as u64, 0);
                     out.snapshot_to_save = Some(snap);
                 }
                 // A leader sent state we cannot read: keep ours and say so loudly.
@@ -616,6 +645,7 @@ impl Replica {
             }
         }
         if !rd.entries().is_empty() {
+            self.logged_bytes += rd.entries().iter().map(|e| e.data.len() as u64).sum::<u64>();
             if let Err(e) = self.log.append(rd.entries()) {
                 tracing::error!(group = self.group, error = %e, "raft handed entries that do not continue the log");
             }
@@ -775,12 +805,14 @@ impl Replica {
     fn maybe_snapshot(&mut self) {
         let applied = self.sm.applied();
         let since = applied.saturating_sub(self.log.snapshot_index());
-        let due = since >= self.config.snapshot_every || (self.log.snapshot_wanted() && since > 0);
+        let log_enough = self.logged_bytes as f64 >= self.snapshot_bytes as f64 * self.config.snapshot_log_ratio;
+        let due = (since >= self.config.snapshot_every && log_enough) || (self.log.snapshot_wanted() && since > 0);
         if !due {
             return;
         }
         let raft_applied = self.raw.raft.raft_log.applied;
         let snap = self.log.take_snapshot(applied, self.sm.snapshot(), self.config.keep_behind_snapshot, raft_applied);
+        (self.snapshot_bytes, self.logged_bytes) = (snap.get_data().len() as u64, 0);
         self.snapshot_taken = Some(snap);
     }
 }
@@ -814,8 +846,12 @@ mod tests {
 
     /// Three replicas of group 1 whose messages the test moves by hand; node 1 leads.
     fn led_group() -> Vec<Replica> {
+        led_group_with(ReplicaConfig::default())
+    }
+
+    fn led_group_with(config: ReplicaConfig) -> Vec<Replica> {
         let mut rs: Vec<Replica> =
-            (1..=3).map(|id| Replica::bootstrap(id, 1, &[1, 2, 3], ReplicaConfig::default()).unwrap().0).collect();
+            (1..=3).map(|id| Replica::bootstrap(id, 1, &[1, 2, 3], config.clone()).unwrap().0).collect();
         rs[0].campaign();
         exchange(&mut rs, Vec::new());
         assert!(rs[0].is_leader());
@@ -847,8 +883,44 @@ mod tests {
     }
 
     fn put(seq: u64) -> Command {
-        let op = crate::command::Op::Put { key: format!("k{seq}").into_bytes(), value: vec![7; 100] };
+        put_sized(seq, format!("k{seq}"), 100)
+    }
+
+    fn put_sized(seq: u64, key: String, value_bytes: usize) -> Command {
+        let op = crate::command::Op::Put { key: key.into_bytes(), value: vec![7; value_bytes] };
         Command { client: 9, seq, acked_below: seq, ops: vec![op] }
+    }
+
+    /// Snapshots the leader took while `cmds` were written, one per turn.
+    fn snapshots_while_writing(rs: &mut [Replica], cmds: impl Iterator<Item = Command>) -> usize {
+        let mut taken = 0;
+        for cmd in cmds {
+            rs[0].propose(&cmd).unwrap();
+            let mut rd = rs[0].ready().expect("a turn");
+            rs[0].persisted(rd.number());
+            taken += usize::from(rd.local_snapshot.is_some());
+            let readies = exchange(rs, std::mem::take(&mut rd.messages));
+            taken += readies.iter().filter(|r| r.local_snapshot.is_some()).count();
+        }
+        taken
+    }
+
+    #[test]
+    fn snapshots_wait_for_as_many_log_bytes_as_the_state_holds() {
+        let config = ReplicaConfig { snapshot_every: 10, ..ReplicaConfig::default() };
+        let mut rs = led_group_with(config.clone());
+        // 40 KB of state in 20 writes: the log grows as fast as the state, so snapshots come
+        // about every `snapshot_every` writes (each replica takes its own).
+        let big = snapshots_while_writing(&mut rs, (1..=20).map(|s| put_sized(s, format!("k{s}"), 2000)));
+        assert!(big >= 3, "{big} snapshots");
+        // 100 small overwrites log ~6 KB, much less than the ~40 KB a snapshot copies: none.
+        let small = snapshots_while_writing(&mut rs, (21..=120).map(|s| put_sized(s, format!("k{}", s % 20), 10)));
+        assert_eq!(small, 0);
+        // Without the ratio, every ten writes snapshot the whole state again.
+        let mut rs = led_group_with(ReplicaConfig { snapshot_log_ratio: 0.0, ..config });
+        snapshots_while_writing(&mut rs, (1..=20).map(|s| put_sized(s, format!("k{s}"), 2000)));
+        let small = snapshots_while_writing(&mut rs, (21..=120).map(|s| put_sized(s, format!("k{}", s % 20), 10)));
+        assert!(small >= 9 * 3, "{small} snapshots");
     }
 
     #[test]
