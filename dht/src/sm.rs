@@ -181,7 +181,11 @@ impl StateMachine {
             sessions,
             removed: self.removed.iter().copied().collect(),
         };
-        rkyv::to_bytes::<rancor::Error>(&snap).map(|b| b.into_vec()).unwrap_or_default()
+        // Sized up front (the archive holds the keys and values and a few words for each) and
+        // written straight into the Vec the snapshot keeps: no regrowth copies, and no copy out
+        // of an aligned buffer (`restore` copies into one before reading).
+        let estimate = self.data.iter().map(|(k, v)| k.len() + v.len() + 32).sum::<usize>() + 4096;
+        rkyv::api::high::to_bytes_in::<_, rancor::Error>(&snap, Vec::with_capacity(estimate)).unwrap_or_default()
     }
 
     /// Replaces the state with a snapshot's, after validating it.
