@@ -178,10 +178,9 @@ pub struct Replica {
     apply_after_persist: VecDeque<(u64, u64)>,
     /// Ticks this replica has led without handing leadership over (see `balance_leader`).
     led_ticks: usize,
-    /// Writes proposed since the last turn, for raft as one batch (see `propose_queued`), and
-    /// their `(client, seq)`.
-    proposals: Vec<Entry>,
-    proposers: Vec<(u64, u64)>,
+    /// Writes proposed since the last turn, as `(client, seq)` and entry, for raft as one
+    /// batch (see `propose_queued`).
+    proposals: Vec<((u64, u64), Entry)>,
     /// Reads asked since the last turn, and those asked of raft by batch number (the read
     /// index request's context), waiting for its answer.
     queued_reads: Vec<u64>,
@@ -310,7 +309,6 @@ impl Replica {
             apply_after_persist: VecDeque::new(),
             led_ticks: 0,
             proposals: Vec::new(),
-            proposers: Vec::new(),
             queued_reads: Vec::new(),
             read_batches: BTreeMap::new(),
             next_read_batch: 1,
@@ -354,11 +352,9 @@ impl Replica {
         let records: Vec<Record> = records.into_iter().collect();
         let logged_bytes = records
             .iter()
-            .filter_map(|r| match r {
-                Record::Entries(es) => {
-                    Some(es.iter().filter(|e| e.index > from).map(|e| e.data.len() as u64).sum::<u64>())
-                }
-                _ => None,
+            .map(|r| match r {
+                Record::Entries(es) => entry_bytes(es.iter().filter(|e| e.index > from)),
+                _ => 0,
             })
             .sum();
         let log = GroupLog::recover(snapshot, records)?;
@@ -518,8 +514,7 @@ impl Replica {
         if pending >= self.config.max_pending {
             return Err(ProposeError::Busy { pending });
         }
-        self.proposals.push(Entry { data: command::encode(cmd).into(), ..Entry::default() });
-        self.proposers.push((cmd.client, cmd.seq));
+        self.proposals.push(((cmd.client, cmd.seq), Entry { data: command::encode(cmd).into(), ..Entry::default() }));
         Ok(())
     }
 
@@ -534,8 +529,8 @@ impl Replica {
         let mut m = Message::default();
         m.set_msg_type(MessageType::MsgPropose);
         m.from = self.id;
-        m.set_entries(std::mem::take(&mut self.proposals).into());
-        let proposers = std::mem::take(&mut self.proposers);
+        let (proposers, entries): (Vec<_>, Vec<_>) = std::mem::take(&mut self.proposals).into_iter().unzip();
+        m.set_entries(entries.into());
         match self.raw.raft.step(m) {
             Ok(()) => Vec::new(),
             Err(e) => {
@@ -645,7 +640,7 @@ impl Replica {
             }
         }
         if !rd.entries().is_empty() {
-            self.logged_bytes += rd.entries().iter().map(|e| e.data.len() as u64).sum::<u64>();
+            self.logged_bytes += entry_bytes(rd.entries());
             if let Err(e) = self.log.append(rd.entries()) {
                 tracing::error!(group = self.group, error = %e, "raft handed entries that do not continue the log");
             }
@@ -817,6 +812,11 @@ impl Replica {
     }
 }
 
+/// Bytes of entry data, as `ReplicaConfig::snapshot_log_ratio` counts the log.
+fn entry_bytes<'a>(entries: impl IntoIterator<Item = &'a Entry>) -> u64 {
+    entries.into_iter().map(|e| e.data.len() as u64).sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -882,6 +882,17 @@ mod tests {
         panic!("messages never stopped");
     }
 
+    /// The leader's turn: its ready (persisted at once), then the exchange its messages start.
+    /// Returns those messages, and every ready, the leader's first.
+    fn leader_turn(rs: &mut [Replica]) -> (Vec<Message>, Vec<ReplicaReady>) {
+        let mut rd = rs[0].ready().expect("a turn");
+        rs[0].persisted(rd.number());
+        let sent = std::mem::take(&mut rd.messages);
+        let mut readies = exchange(rs, sent.clone());
+        readies.insert(0, rd);
+        (sent, readies)
+    }
+
     fn put(seq: u64) -> Command {
         put_sized(seq, format!("k{seq}"), 100)
     }
@@ -896,10 +907,7 @@ mod tests {
         let mut taken = 0;
         for cmd in cmds {
             rs[0].propose(&cmd).unwrap();
-            let mut rd = rs[0].ready().expect("a turn");
-            rs[0].persisted(rd.number());
-            taken += usize::from(rd.local_snapshot.is_some());
-            let readies = exchange(rs, std::mem::take(&mut rd.messages));
+            let (_, readies) = leader_turn(rs);
             taken += readies.iter().filter(|r| r.local_snapshot.is_some()).count();
         }
         taken
@@ -929,12 +937,10 @@ mod tests {
         for seq in 1..=10 {
             rs[0].propose(&put(seq)).unwrap();
         }
-        let mut rd = rs[0].ready().expect("a turn");
-        let appends: Vec<_> = rd.messages.iter().filter(|m| m.get_msg_type() == MessageType::MsgAppend).collect();
-        assert_eq!(appends.len(), 2, "{:?}", rd.messages);
+        let (sent, readies) = leader_turn(&mut rs);
+        let appends: Vec<_> = sent.iter().filter(|m| m.get_msg_type() == MessageType::MsgAppend).collect();
+        assert_eq!(appends.len(), 2, "{sent:?}");
         assert!(appends.iter().all(|m| m.entries.len() == 10), "{appends:?}");
-        rs[0].persisted(rd.number());
-        let readies = exchange(&mut rs, std::mem::take(&mut rd.messages));
         let acked: Vec<u64> = readies.iter().flat_map(|r| &r.applied).map(|a| a.seq).collect();
         // The leader applies all ten, in order (followers learn the commit with the next
         // append or heartbeat).
@@ -947,11 +953,9 @@ mod tests {
         for id in 1..=10 {
             rs[0].read(id).unwrap();
         }
-        let mut rd = rs[0].ready().expect("a turn");
-        let beats = rd.messages.iter().filter(|m| m.get_msg_type() == MessageType::MsgHeartbeat).count();
-        assert_eq!(beats, 2, "{:?}", rd.messages);
-        rs[0].persisted(rd.number());
-        let readies = exchange(&mut rs, std::mem::take(&mut rd.messages));
+        let (sent, readies) = leader_turn(&mut rs);
+        let beats = sent.iter().filter(|m| m.get_msg_type() == MessageType::MsgHeartbeat).count();
+        assert_eq!(beats, 2, "{sent:?}");
         let served: Vec<u64> = readies.iter().flat_map(|r| &r.reads).map(|r| r.id).collect();
         assert_eq!(served, (1..=10).collect::<Vec<_>>());
     }
