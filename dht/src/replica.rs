@@ -81,6 +81,23 @@ impl Default for ReplicaConfig {
 /// How far behind the leader's log the preferred voter may be when asked to take over.
 const HAND_OVER_LAG: u64 = 1024;
 
+/// Election timeouts the preferred voter must have answered a leader without a stall (see
+/// [`Heard`]) before it is handed leadership. A voter that just lost leadership for want of a
+/// quorum (a lossy link, a host too busy to answer in time) would otherwise get it back at
+/// once and lose it again, each round costing its group an election's worth of writes.
+const HAND_OVER_STEADY_ELECTIONS: u64 = 10;
+
+/// What a leader has heard from one voter, in ticks of its own clock.
+#[derive(Debug, Clone, Copy)]
+struct Heard {
+    /// When it last heard from the voter.
+    last: u64,
+    /// Since when every silence was a stall at most: shorter than half an election timeout
+    /// (heartbeats go out every `heartbeat_ticks`, so a voter that keeps up answers several
+    /// times in that span).
+    steady_since: u64,
+}
+
 /// Why a proposal was not taken.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProposeError {
@@ -176,8 +193,10 @@ pub struct Replica {
     snapshot_taken: Option<Snapshot>,
     /// Per ready not yet persisted: the state machine's applied index after it.
     apply_after_persist: VecDeque<(u64, u64)>,
-    /// Ticks this replica has led without handing leadership over (see `balance_leader`).
-    led_ticks: usize,
+    /// Ticks of this replica's clock, and (while it leads, since it last tried to hand over)
+    /// what it heard from each voter (see `balance_leader`).
+    ticks: u64,
+    heard: BTreeMap<NodeId, Heard>,
     /// Writes proposed since the last turn, as `(client, seq)` and entry, for raft as one
     /// batch (see `propose_queued`).
     proposals: Vec<((u64, u64), Entry)>,
@@ -307,7 +326,8 @@ impl Replica {
             last_role: (StateRole::Follower, 0),
             snapshot_taken: None,
             apply_after_persist: VecDeque::new(),
-            led_ticks: 0,
+            ticks: 0,
+            heard: BTreeMap::new(),
             proposals: Vec::new(),
             queued_reads: Vec::new(),
             read_batches: BTreeMap::new(),
@@ -426,7 +446,10 @@ impl Replica {
     /// Advances raft's clock one tick.
     pub fn tick(&mut self) {
         self.raw.tick();
-        self.led_ticks = if self.is_leader() { self.led_ticks + 1 } else { 0 };
+        self.ticks += 1;
+        if !self.is_leader() {
+            self.heard.clear();
+        }
         if self.config.balance_leaders {
             self.balance_leader();
         }
@@ -440,28 +463,46 @@ impl Replica {
         crate::maps::preferred_leader(self.group, &self.members().0)
     }
 
-    /// A leader that has led for a while (two election timeouts: no hand-over right after
-    /// elections) asks the preferred voter to take over once that one is nearly caught up
-    /// and answered lately, with no membership change or hand-over under way (raft sends it
-    /// the rest and refuses proposals until it took over, or an election timeout passed).
-    fn balance_leader(&mut self) {
-        if self.led_ticks < 2 * self.config.election_ticks {
+    /// Half an election timeout: a voter silent longer than this stalled.
+    fn stall_ticks(&self) -> u64 {
+        self.config.election_ticks as u64 / 2
+    }
+
+    /// A leader notes when it hears from a voter (any message), for `balance_leader`.
+    fn note_heard(&mut self, from: NodeId) {
+        if !self.is_leader() {
             return;
         }
+        let (now, stall) = (self.ticks, self.stall_ticks());
+        let h = self.heard.entry(from).or_insert(Heard { last: now, steady_since: now });
+        if now - h.last > stall {
+            h.steady_since = now;
+        }
+        h.last = now;
+    }
+
+    /// A leader asks the preferred voter to take over once that one is nearly caught up and
+    /// has answered without a stall for `HAND_OVER_STEADY_ELECTIONS` election timeouts of this
+    /// leadership (so never right after an election), with no membership change or hand-over
+    /// under way (raft sends it the rest and refuses proposals until it took over, or an
+    /// election timeout passed).
+    fn balance_leader(&mut self) {
         let Some(to) = self.preferred_leader().filter(|p| *p != self.id) else { return };
+        let (now, stall) = (self.ticks, self.stall_ticks());
+        let steady_for = HAND_OVER_STEADY_ELECTIONS * self.config.election_ticks as u64;
+        let steady = self.heard.get(&to).is_some_and(|h| now - h.last <= stall && now - h.steady_since >= steady_for);
         let raft = &self.raw.raft;
-        let ready = raft.lead_transferee.is_none()
+        let ready = steady
+            && raft.lead_transferee.is_none()
             && !raft.has_pending_conf()
-            && raft
-                .prs()
-                .get(to)
-                .is_some_and(|p| p.recent_active && p.matched + HAND_OVER_LAG >= raft.raft_log.last_index());
+            && raft.prs().get(to).is_some_and(|p| p.matched + HAND_OVER_LAG >= raft.raft_log.last_index());
         if !ready {
             return;
         }
         tracing::debug!(group = self.group, from = self.id, to, "handing leadership to the preferred voter");
         self.raw.transfer_leader(to);
-        self.led_ticks = 0;
+        // Should the hand-over fail, the voter has to prove steady again before another.
+        self.heard.clear();
     }
 
     /// Stands for election at once (tests and leadership hand-over).
@@ -492,6 +533,7 @@ impl Replica {
         if msg.to != self.id {
             return;
         }
+        self.note_heard(msg.from);
         if let Err(e) = self.raw.step(msg) {
             tracing::debug!(group = self.group, error = %e, "raft refused a message");
         }
@@ -860,10 +902,19 @@ mod tests {
 
     /// Delivers `msgs`, then runs turns (each ready persisted at once) until no message is
     /// left; returns every ready.
-    fn exchange(rs: &mut [Replica], mut msgs: Vec<Message>) -> Vec<ReplicaReady> {
+    fn exchange(rs: &mut [Replica], msgs: Vec<Message>) -> Vec<ReplicaReady> {
+        exchange_where(rs, msgs, |_| true)
+    }
+
+    /// As `exchange`, losing the messages `deliver` refuses.
+    fn exchange_where(
+        rs: &mut [Replica],
+        mut msgs: Vec<Message>,
+        deliver: impl Fn(&Message) -> bool,
+    ) -> Vec<ReplicaReady> {
         let mut readies = Vec::new();
         for _ in 0..100 {
-            for m in msgs.drain(..) {
+            for m in msgs.drain(..).filter(|m| deliver(m)) {
                 let to = m.to as usize - 1;
                 rs[to].step(m);
             }
@@ -958,6 +1009,38 @@ mod tests {
         assert_eq!(beats, 2, "{sent:?}");
         let served: Vec<u64> = readies.iter().flat_map(|r| &r.reads).map(|r| r.id).collect();
         assert_eq!(served, (1..=10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn leadership_goes_to_the_preferred_voter_only_once_it_answers_without_stalls() {
+        let mut rs = led_group();
+        let preferred = rs[0].preferred_leader().unwrap();
+        assert_eq!(preferred, 2, "node 1 leads, node 2 is group 1's preferred voter");
+        let election = ReplicaConfig::default().election_ticks as u64;
+        // Tick everyone once and deliver what follows, losing what node 2 sends when `stalled`.
+        let tick = |rs: &mut [Replica], stalled: bool| {
+            for r in rs.iter_mut() {
+                r.tick();
+            }
+            exchange_where(rs, Vec::new(), |m| !(stalled && m.from == 2));
+        };
+        // Node 2 goes silent for most of an election timeout in every three (the loop's last
+        // ticks among them): it stays a follower (it hears the leader), node 1 keeps its quorum
+        // through node 3, and never hands over although node 2 is caught up and answered within
+        // every election timeout.
+        for t in 0..30 * election {
+            tick(&mut rs, t % (3 * election) >= 2 * election + 2);
+            assert!(rs[0].is_leader(), "node 1 lost leadership at tick {t}");
+            assert!(rs[0].raw.raft.lead_transferee.is_none(), "a hand-over to a stalling voter at tick {t}");
+        }
+        // Once node 2 answers steadily, it gets leadership: not before the steady span.
+        let mut steady = 0;
+        while !rs[1].is_leader() {
+            tick(&mut rs, false);
+            steady += 1;
+            assert!(steady <= 2 * HAND_OVER_STEADY_ELECTIONS * election, "no hand-over after {steady} steady ticks");
+        }
+        assert!(steady >= HAND_OVER_STEADY_ELECTIONS * election, "handed over after only {steady} steady ticks");
     }
 
     #[test]
