@@ -8,13 +8,16 @@
 use std::cell::{Cell, RefCell};
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::{poll_fn, Future};
 use std::hash::BuildHasher;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use multispace_rpc::runtime::time::sleep;
-use multispace_rpc::CallOptions;
+use multispace_rpc::{CallError, CallOptions};
 
 use crate::api::table::{ChangeAnswer, ClusterView, MemberChange, ReadAnswer, Refusal, TableClient, WriteAnswer};
 use crate::command::{check_key, check_ops, LimitError, Op, WriteResult};
@@ -55,11 +58,20 @@ pub struct ClientConfig {
     pub deadline: Duration,
     /// Give up on one attempt (one node) after this long.
     pub attempt_timeout: Duration,
+    /// While an attempt goes unanswered this long, ask another member of the group the same,
+    /// again every time it passes: a leader cut off or frozen answers nothing until
+    /// `attempt_timeout`, while its group elects another in about half a second (see
+    /// `DhtClient::hedged`). Keep it above the table's slowest normal answers.
+    pub probe_after: Duration,
 }
 
 impl Default for ClientConfig {
     fn default() -> Self {
-        ClientConfig { deadline: Duration::from_secs(10), attempt_timeout: Duration::from_secs(3) }
+        ClientConfig {
+            deadline: Duration::from_secs(10),
+            attempt_timeout: Duration::from_secs(3),
+            probe_after: Duration::from_millis(300),
+        }
     }
 }
 
@@ -284,7 +296,7 @@ impl DhtClient {
     async fn route<T, F, Fut>(&self, group: GroupId, attempt_with: F) -> Result<T, DhtError>
     where
         F: Fn(TableClient, u64) -> Fut,
-        Fut: std::future::Future<Output = Result<Outcome<T>, multispace_rpc::CallError>>,
+        Fut: Future<Output = Result<Outcome<T>, CallError>>,
     {
         let started = Instant::now();
         let (mut attempt, mut pauses) = (0, 0);
@@ -308,17 +320,112 @@ impl DhtClient {
             };
             let next = match stub {
                 None => Next::Other(format!("no address for node {node}")),
-                Some(stub) => match attempt_with(stub, epoch).await {
-                    Ok(Outcome::Done(v)) => return Ok(v),
-                    Ok(Outcome::Refused(r)) => self.on_refusal(group, node, r)?,
-                    Ok(Outcome::Broken(e)) => self.transport_failed(group, node, e),
-                    Err(e) => self.transport_failed(group, node, e),
-                },
+                Some(stub) => {
+                    let (by, outcome) = self.hedged(group, node, epoch, attempt_with(stub, epoch), &attempt_with).await;
+                    if by != node && !skip.contains(&node) {
+                        // A probe found the group led elsewhere while `node` kept silent.
+                        failed.push((node, Instant::now()));
+                    }
+                    match outcome {
+                        Ok(Outcome::Done(v)) => {
+                            if by != node {
+                                self.led_by(group, by);
+                            }
+                            return Ok(v);
+                        }
+                        Ok(Outcome::Refused(r)) => self.on_refusal(group, by, r)?,
+                        Ok(Outcome::Broken(e)) => self.transport_failed(group, by, e),
+                        Err(e) => self.transport_failed(group, by, e),
+                    }
+                }
             };
             if matches!(next, Next::Other(_)) && !skip.contains(&node) {
                 failed.push((node, Instant::now()));
             }
             self.after(next, started, &mut attempt, &mut pauses).await?;
+        }
+    }
+
+    /// A probe got its answer from `node`: the group's leader (only leaders answer writes
+    /// and linearizable reads; a stale read's answer may come from a follower, whose next
+    /// write there is redirected).
+    fn led_by(&self, group: GroupId, node: NodeId) {
+        let mut maps = self.inner.maps.borrow_mut();
+        if let Some(g) = maps.group(group).filter(|g| g.members.contains(&node)).cloned() {
+            maps.learn(&crate::maps::Redirect { group: Group { leader_hint: Some(node), ..g } });
+        }
+    }
+
+    /// Awaits `first`, an attempt at `node`; while it goes unanswered, every `probe_after`
+    /// the same request goes to another member of the group (one probe at a time, members in
+    /// turn). A probe's `Done` (it reached a new leader: a write carries its sequence number,
+    /// so it takes effect once whichever copy lands), or its redirect to another leader or a
+    /// newer epoch, ends the wait (dropping `first` cancels it); any other answer, such as a
+    /// follower naming `node` as leader still, is ignored. Returns who answered, and what.
+    async fn hedged<T, F, Fut>(
+        &self,
+        group: GroupId,
+        node: NodeId,
+        epoch: u64,
+        first: Fut,
+        attempt_with: &F,
+    ) -> (NodeId, Result<Outcome<T>, CallError>)
+    where
+        F: Fn(TableClient, u64) -> Fut,
+        Fut: Future<Output = Result<Outcome<T>, CallError>>,
+    {
+        enum Event<T> {
+            First(Result<Outcome<T>, CallError>),
+            Probe(NodeId, Result<Outcome<T>, CallError>),
+            Tick,
+        }
+        let mut first = std::pin::pin!(first);
+        let mut probe: Option<(NodeId, Pin<Box<Fut>>)> = None;
+        let mut timer = sleep(self.inner.config.probe_after);
+        let mut asked = 0;
+        loop {
+            let event = poll_fn(|cx| {
+                if let Poll::Ready(r) = first.as_mut().poll(cx) {
+                    return Poll::Ready(Event::First(r));
+                }
+                if let Some((p, f)) = probe.as_mut() {
+                    if let Poll::Ready(r) = f.as_mut().poll(cx) {
+                        let p = *p;
+                        probe = None;
+                        return Poll::Ready(Event::Probe(p, r));
+                    }
+                }
+                Pin::new(&mut timer).poll(cx).map(|()| Event::Tick)
+            })
+            .await;
+            match event {
+                Event::First(r) => return (node, r),
+                Event::Probe(p, Ok(Outcome::Done(v))) => return (p, Ok(Outcome::Done(v))),
+                Event::Probe(p, Ok(Outcome::Refused(Refusal::Redirect(g))))
+                    if g.epoch > epoch || g.leader_hint.is_some_and(|l| l != node) =>
+                {
+                    return (p, Ok(Outcome::Refused(Refusal::Redirect(g))))
+                }
+                Event::Probe(..) => {}
+                Event::Tick => {
+                    timer = sleep(self.inner.config.probe_after);
+                    if probe.is_some() {
+                        continue;
+                    }
+                    let others: Vec<NodeId> = match self.inner.maps.borrow().group(group) {
+                        Some(g) => g.members.iter().copied().filter(|m| *m != node).collect(),
+                        None => Vec::new(),
+                    };
+                    if others.is_empty() {
+                        continue;
+                    }
+                    let p = others[asked % others.len()];
+                    asked += 1;
+                    if let Some(stub) = self.stub(p) {
+                        probe = Some((p, Box::pin(attempt_with(stub, epoch))));
+                    }
+                }
+            }
         }
     }
 

@@ -1127,7 +1127,11 @@ fn nodes_only() -> multispace_rpc::AccessList {
 async fn meta_loop(inner: Rc<Inner>) {
     use crate::client::{ClientConfig, DhtClient};
     const REREAD: Duration = Duration::from_secs(5);
-    let config = ClientConfig { deadline: Duration::from_secs(3), attempt_timeout: Duration::from_secs(1) };
+    let config = ClientConfig {
+        deadline: Duration::from_secs(3),
+        attempt_timeout: Duration::from_secs(1),
+        ..ClientConfig::default()
+    };
     let client = DhtClient::new(inner.config.maps.clone(), inner.nodes.borrow().clone(), config);
     let mut failures = 0u32;
     // Re-read at once: a joiner's configuration may be out of date.

@@ -703,3 +703,47 @@ fn a_full_disk_stops_one_node_cleanly_and_it_recovers_once_space_is_back() {
     });
     drop(cluster);
 }
+
+#[test]
+fn requests_to_a_frozen_leader_go_to_its_successor_before_the_attempt_times_out() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    // A leader frozen (its core blocked) keeps its connections open and answers nothing, unlike
+    // a dead process whose sockets close at once. With an attempt timeout of an hour, a put and
+    // a get of its group succeed while it is still frozen only if the client asks the other
+    // members meanwhile and follows them to the leader they elect.
+    let cluster = Cluster::start(3, 2, Durability::Memory);
+    let any = cluster.configs.values().next().unwrap();
+    let config = ClientConfig {
+        deadline: Duration::from_secs(7200),
+        attempt_timeout: Duration::from_secs(3600),
+        ..ClientConfig::default()
+    };
+    let client = DhtClient::new(any.maps.clone(), any.nodes.clone(), config);
+    let group = client.maps().group_of(b"k-0").id;
+    let rt = rt();
+    // The client learns the leader, which is then asked first.
+    rt.block_on(async { client.put(b"k-0", b"before").await.unwrap() });
+    let leader = cluster.leader_of(group).expect("a leader after the first write");
+    let thawed = Arc::new(AtomicBool::new(false));
+    std::thread::scope(|s| {
+        let (frozen_tx, frozen_rx) = std::sync::mpsc::channel::<()>();
+        let (thaw_tx, thaw_rx) = std::sync::mpsc::channel::<()>();
+        let (node, flag) = (&cluster.nodes[&leader], thawed.clone());
+        s.spawn(move || {
+            node.with(move |_| {
+                let _ = frozen_tx.send(());
+                let _ = thaw_rx.recv_timeout(Duration::from_secs(60));
+                flag.store(true, Ordering::SeqCst);
+            })
+        });
+        frozen_rx.recv_timeout(Duration::from_secs(10)).expect("the leader froze");
+        rt.block_on(async {
+            client.put(b"k-0", b"after").await.unwrap();
+            assert_eq!(client.get(b"k-0").await.unwrap(), Some(b"after".to_vec()));
+        });
+        assert!(!thawed.load(Ordering::SeqCst), "the requests waited for the frozen leader {leader} to thaw");
+        thaw_tx.send(()).unwrap();
+    });
+    assert_ne!(client.maps().group(group).unwrap().leader_hint, Some(leader), "the client follows the new leader");
+}

@@ -195,6 +195,7 @@ async fn client(conn: &ConnArgs) -> anyhow::Result<DhtClient> {
     let config = ClientConfig {
         deadline: Duration::from_millis(conn.timeout_ms),
         attempt_timeout: Duration::from_millis(conn.timeout_ms.min(3000)),
+        ..ClientConfig::default()
     };
     Ok(DhtClient::connect(&conn.seeds, config).await?)
 }
@@ -332,7 +333,11 @@ pub(crate) fn partitions_json(rows: &NodeViews) -> serde_json::Value {
 /// Keep `into` up to date with the table's partitions (for a node's status page): asks
 /// every table node once a second, learning them from `seeds`. Runs until its core stops.
 pub(crate) async fn watch_partitions(seeds: Vec<SocketAddr>, into: std::rc::Rc<std::cell::RefCell<serde_json::Value>>) {
-    let config = ClientConfig { deadline: Duration::from_secs(2), attempt_timeout: Duration::from_secs(1) };
+    let config = ClientConfig {
+        deadline: Duration::from_secs(2),
+        attempt_timeout: Duration::from_secs(1),
+        ..ClientConfig::default()
+    };
     let mut client = None;
     loop {
         if client.is_none() {

@@ -222,7 +222,11 @@ fn leaders_killed_and_nodes_paused_lose_no_acknowledged_write_and_stay_lineariza
     .unwrap();
     let conn = multispace_rpc::ConnConfig { tls: Some(tls), ..Default::default() };
     let rt = LocalRuntime::new(multispace_rpc::Config { conn, ..Default::default() }).unwrap();
-    let config = ClientConfig { deadline: Duration::from_secs(15), attempt_timeout: Duration::from_secs(2) };
+    let config = ClientConfig {
+        deadline: Duration::from_secs(15),
+        attempt_timeout: Duration::from_secs(2),
+        ..ClientConfig::default()
+    };
     let seeds: Vec<SocketAddr> = addrs.values().copied().collect();
     let t0 = Instant::now();
     let rec = Rc::new(RefCell::new(Record::default()));
