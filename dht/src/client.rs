@@ -1,6 +1,7 @@
 //! The client library: routes each request to the group owning its key, follows redirects and
-//! leader hints, retries writes with the same sequence number (so they take effect once), and
-//! gives up with a clear error when no replica answers in time.
+//! leader hints, asks another member when the one it asked stays silent (a leader cut off or
+//! frozen: see [`ClientConfig::probe_after`]), retries writes with the same sequence number (so
+//! they take effect once), and gives up with a clear error when no replica answers in time.
 //!
 //! A client handle lives on one core of our runtime (it is `!Send`, cheap to clone, and its
 //! clones share routing knowledge and the session). Many requests may be in flight at once.
