@@ -51,6 +51,84 @@ struct SnapshotData {
     removed: Vec<NodeId>,
 }
 
+/// A [`SnapshotData`] archived straight from the state machine's map: the same bytes, without
+/// first copying every key and value (a state of gigabytes would need as much again).
+struct SnapshotRef<'a> {
+    applied: u64,
+    conf_epoch: u64,
+    data: MapAsPairs<'a>,
+    sessions: Vec<(u64, Session)>,
+    removed: Vec<NodeId>,
+}
+
+// By hand: the derive's `as = ArchivedSnapshotData` does not see through the borrowed field.
+impl Archive for SnapshotRef<'_> {
+    type Archived = ArchivedSnapshotData;
+    type Resolver = [rkyv::vec::VecResolver; 3];
+
+    fn resolve(&self, [data_r, sessions_r, removed_r]: Self::Resolver, out: rkyv::Place<Self::Archived>) {
+        rkyv::munge::munge!(let ArchivedSnapshotData { applied, conf_epoch, data, sessions, removed } = out);
+        self.applied.resolve((), applied);
+        self.conf_epoch.resolve((), conf_epoch);
+        self.data.resolve(data_r, data);
+        self.sessions.resolve(sessions_r, sessions);
+        self.removed.resolve(removed_r, removed);
+    }
+}
+
+impl<S> Serialize<S> for SnapshotRef<'_>
+where
+    S: rancor::Fallible + rkyv::ser::Allocator + rkyv::ser::Writer + ?Sized,
+    S::Error: rancor::Source,
+{
+    fn serialize(&self, serializer: &mut S) -> Result<Self::Resolver, S::Error> {
+        // In field order, as the derived `SnapshotData` serializes: the same bytes.
+        Ok([
+            self.data.serialize(serializer)?,
+            self.sessions.serialize(serializer)?,
+            self.removed.serialize(serializer)?,
+        ])
+    }
+}
+
+/// A map archived as its `(key, value)` pairs in order, as a `Vec<(Vec<u8>, Vec<u8>)>` is.
+struct MapAsPairs<'a>(&'a BTreeMap<Vec<u8>, Vec<u8>>);
+
+/// A byte slice archived as a `Vec<u8>` is.
+struct BytesAsVec<'a>(&'a [u8]);
+
+impl Archive for BytesAsVec<'_> {
+    type Archived = rkyv::vec::ArchivedVec<u8>;
+    type Resolver = rkyv::vec::VecResolver;
+
+    fn resolve(&self, resolver: Self::Resolver, out: rkyv::Place<Self::Archived>) {
+        rkyv::vec::ArchivedVec::resolve_from_len(self.0.len(), resolver, out);
+    }
+}
+
+impl<S: rancor::Fallible + rkyv::ser::Allocator + rkyv::ser::Writer + ?Sized> Serialize<S> for BytesAsVec<'_> {
+    fn serialize(&self, serializer: &mut S) -> Result<Self::Resolver, S::Error> {
+        rkyv::vec::ArchivedVec::<u8>::serialize_from_slice(self.0, serializer)
+    }
+}
+
+impl Archive for MapAsPairs<'_> {
+    type Archived =
+        rkyv::vec::ArchivedVec<rkyv::tuple::ArchivedTuple2<rkyv::vec::ArchivedVec<u8>, rkyv::vec::ArchivedVec<u8>>>;
+    type Resolver = rkyv::vec::VecResolver;
+
+    fn resolve(&self, resolver: Self::Resolver, out: rkyv::Place<Self::Archived>) {
+        rkyv::vec::ArchivedVec::resolve_from_len(self.0.len(), resolver, out);
+    }
+}
+
+impl<S: rancor::Fallible + rkyv::ser::Allocator + rkyv::ser::Writer + ?Sized> Serialize<S> for MapAsPairs<'_> {
+    fn serialize(&self, serializer: &mut S) -> Result<Self::Resolver, S::Error> {
+        let pairs = self.0.iter().map(|(k, v)| (BytesAsVec(k), BytesAsVec(v)));
+        rkyv::vec::ArchivedVec::serialize_from_iter::<(BytesAsVec<'_>, BytesAsVec<'_>), _, _>(pairs, serializer)
+    }
+}
+
 /// The answer a write produced, for whoever waits on `(client, seq)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Applied {
@@ -174,10 +252,10 @@ impl StateMachine {
     pub fn snapshot(&self) -> Vec<u8> {
         let mut sessions: Vec<(u64, Session)> = self.sessions.iter().map(|(c, s)| (*c, s.clone())).collect();
         sessions.sort_by_key(|(c, _)| *c);
-        let snap = SnapshotData {
+        let snap = SnapshotRef {
             applied: self.applied,
             conf_epoch: self.conf_epoch,
-            data: self.data.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            data: MapAsPairs(&self.data),
             sessions,
             removed: self.removed.iter().copied().collect(),
         };
@@ -302,6 +380,28 @@ mod tests {
         assert!(matches!(sm.apply(2, &cmd(1, 1, vec![huge])).unwrap().result, WriteResult::Rejected { .. }));
         assert!(sm.is_empty());
         assert_eq!(sm.applied(), 2);
+    }
+
+    #[test]
+    fn a_snapshot_archives_the_map_in_place_with_the_bytes_of_the_owned_form() {
+        let mut sm = StateMachine::new();
+        for i in 0..300u64 {
+            // Keys and values of varied lengths, empty values among them.
+            let value = "v".repeat((i * 7 % 40) as usize);
+            sm.apply(i + 1, &cmd(i % 5, i, vec![put(&format!("k{i}"), &value)]));
+        }
+        sm.member_changed(4, true);
+        let mut sessions: Vec<(u64, Session)> = sm.sessions.iter().map(|(c, s)| (*c, s.clone())).collect();
+        sessions.sort_by_key(|(c, _)| *c);
+        let owned = SnapshotData {
+            applied: sm.applied,
+            conf_epoch: sm.conf_epoch,
+            data: sm.data.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            sessions,
+            removed: sm.removed.iter().copied().collect(),
+        };
+        let expected = rkyv::to_bytes::<rancor::Error>(&owned).unwrap();
+        assert_eq!(sm.snapshot(), expected.as_slice());
     }
 
     #[test]
