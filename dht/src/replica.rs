@@ -470,7 +470,7 @@ impl Replica {
 
     /// A leader notes when it hears from a voter (any message), for `balance_leader`.
     fn note_heard(&mut self, from: NodeId) {
-        if !self.is_leader() {
+        if !self.config.balance_leaders || !self.is_leader() {
             return;
         }
         let (now, stall) = (self.ticks, self.stall_ticks());

@@ -248,15 +248,21 @@ impl StateMachine {
         }
     }
 
-    /// The state as bytes, for a raft snapshot.
-    pub fn snapshot(&self) -> Vec<u8> {
+    /// The client sessions by client id, as a snapshot holds them (the same order on every
+    /// replica, so equal states give equal snapshots).
+    fn sorted_sessions(&self) -> Vec<(u64, Session)> {
         let mut sessions: Vec<(u64, Session)> = self.sessions.iter().map(|(c, s)| (*c, s.clone())).collect();
         sessions.sort_by_key(|(c, _)| *c);
+        sessions
+    }
+
+    /// The state as bytes, for a raft snapshot.
+    pub fn snapshot(&self) -> Vec<u8> {
         let snap = SnapshotRef {
             applied: self.applied,
             conf_epoch: self.conf_epoch,
             data: MapAsPairs(&self.data),
-            sessions,
+            sessions: self.sorted_sessions(),
             removed: self.removed.iter().copied().collect(),
         };
         // Sized up front (the archive holds the keys and values and a few words for each) and
@@ -391,13 +397,11 @@ mod tests {
             sm.apply(i + 1, &cmd(i % 5, i, vec![put(&format!("k{i}"), &value)]));
         }
         sm.member_changed(4, true);
-        let mut sessions: Vec<(u64, Session)> = sm.sessions.iter().map(|(c, s)| (*c, s.clone())).collect();
-        sessions.sort_by_key(|(c, _)| *c);
         let owned = SnapshotData {
             applied: sm.applied,
             conf_epoch: sm.conf_epoch,
             data: sm.data.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-            sessions,
+            sessions: sm.sorted_sessions(),
             removed: sm.removed.iter().copied().collect(),
         };
         let expected = rkyv::to_bytes::<rancor::Error>(&owned).unwrap();
