@@ -309,8 +309,9 @@ impl DhtClient {
         loop {
             failed.retain(|(_, at)| at.elapsed() < SKIP_FAILED);
             let skip: Vec<NodeId> = failed.iter().map(|(n, _)| *n).collect();
-            let (node, epoch) =
-                self.target(group, attempt, &skip).ok_or(DhtError::Invalid(format!("unknown group {group}")))?;
+            let (node, epoch) = self
+                .target(group, attempt, &skip)
+                .ok_or_else(|| DhtError::Invalid(format!("unknown group {group}")))?;
             let stub = match self.stub(node) {
                 Some(stub) => Some(stub),
                 // A member this client has not heard of: ask the cluster for its address.

@@ -218,7 +218,10 @@ impl StateMachine {
         session.last_index = index;
         session.acked_below = session.acked_below.max(acked_below);
         let floor = session.acked_below;
-        session.answers.retain(|s, _| *s >= floor);
+        // Answers are kept in sequence order: drop from the front (`retain` would visit all).
+        while session.answers.first_key_value().is_some_and(|(s, _)| *s < floor) {
+            session.answers.pop_first();
+        }
         let result = if seq < floor {
             WriteResult::Forgotten
         } else if let Some(answer) = session.answers.get(&seq) {
