@@ -97,6 +97,11 @@ pub enum System {
     /// Raw UDP ping-pong whose echo serves any client from one unconnected socket
     /// (`recvfrom`/`sendto`, routed per datagram), as a server of many clients must.
     RawUdpUnconnected,
+    /// Raw UDP ping-pong carrying the bytes of our null call over UDP (a 48-byte request:
+    /// header and session block; a 32-byte reply: header), where [`System::RawUdp`] sends
+    /// empty datagrams, which the kernel handles a little faster than any non-empty one.
+    /// Null call (`Shape::Void`) only.
+    RawUdpCallBytes,
     /// Raw TCP ping-pong, std sockets: the kernel's TCP cost.
     RawTcp,
     /// Multispace reliable call on the io_uring driver.
@@ -124,9 +129,10 @@ pub enum System {
 }
 
 /// The systems of the quick null-call comparison (`nullcall`, `benches/null_call.rs`).
-pub const NULL_CALL_SYSTEMS: [System; 8] = [
+pub const NULL_CALL_SYSTEMS: [System; 9] = [
     System::RawUdp,
     System::RawUdpUnconnected,
+    System::RawUdpCallBytes,
     System::RawTcp,
     System::RpcUring,
     System::RpcEpoll,
@@ -160,6 +166,7 @@ impl System {
             System::RawUdp => "raw UDP",
             System::RawUringUdp => "raw UDP (io_uring)",
             System::RawUdpUnconnected => "raw UDP, unconnected echo",
+            System::RawUdpCallBytes => "raw UDP, the null call's bytes",
             System::RawTcp => "raw TCP",
             System::RpcUring => "multispace rpc (io_uring)",
             System::RpcEpoll => "multispace rpc (epoll)",
@@ -181,6 +188,7 @@ impl System {
             System::RawUdp => "raw_udp",
             System::RawUringUdp => "raw_udp_uring",
             System::RawUdpUnconnected => "raw_udp_unconnected",
+            System::RawUdpCallBytes => "raw_udp_call_bytes",
             System::RawTcp => "raw_tcp",
             System::RpcUring => "rpc_uring",
             System::RpcEpoll => "rpc_epoll",
@@ -201,7 +209,7 @@ impl System {
         match self {
             System::RawUringUdp => waiting == Waiting::Sleep,
             System::OneWayUring | System::OneWayEpoll => shape.no_result(),
-            System::StubUring => shape == Shape::Void,
+            System::StubUring | System::RawUdpCallBytes => shape == Shape::Void,
             // Peers run only when built in, and only in their own (sleeping) style.
             System::Tarpc => cfg!(feature = "tarpc") && waiting == Waiting::Sleep,
             System::Tonic => cfg!(feature = "tonic") && waiting == Waiting::Sleep,
@@ -216,6 +224,10 @@ impl System {
         Ok(match self {
             System::RawUdp => Box::new(raw::RawUdp::new(req, resp, waiting)?),
             System::RawUdpUnconnected => Box::new(raw::RawUdp::unconnected(req, resp, waiting)?),
+            System::RawUdpCallBytes => {
+                use multispace_rpc::proto::{frame::HEADER_LEN, session::SESSION_BLOCK_LEN};
+                Box::new(raw::RawUdp::new(HEADER_LEN + SESSION_BLOCK_LEN, HEADER_LEN, waiting)?)
+            }
             System::RawUringUdp => Box::new(raw::RawUringUdp::new(req, resp)?),
             System::RawTcp => Box::new(raw::RawTcp::new(req, resp, waiting)?),
             System::RpcUring => Box::new(ours::Rpc::new(DriverKind::Uring, waiting, shape)?),
