@@ -70,9 +70,11 @@ impl DriverChoice {
 /// What a core's I/O driver has done since the core started (for `/metrics`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DriverStats {
-    /// Event-loop turns (one driver turn each).
+    /// Event-loop turns.
     pub turns: u64,
-    /// Turns that entered the kernel (`io_uring_enter` or `epoll_wait`).
+    /// Turns that entered the kernel (`io_uring_enter` or `epoll_wait`; io_uring only when it
+    /// has work to submit or reap, epoll on every turn but busy-polling ones that read sockets
+    /// directly, where it polls once per 8 direct reads).
     pub enters: u64,
     /// Of those, turns that were allowed to sleep (nothing ready, not busy-polling).
     pub sleeps: u64,
@@ -133,6 +135,12 @@ impl Driver {
             Driver::Uring(_) => DriverKind::Uring,
             Driver::Epoll(_) => DriverKind::Epoll,
         }
+    }
+
+    /// Whether a turn that must not sleep costs no syscall when nothing happened: io_uring
+    /// checks its rings in memory; epoll must ask the kernel.
+    pub(crate) fn idle_turn_is_free(&self) -> bool {
+        matches!(self, Driver::Uring(_))
     }
 
     /// Submit, wait per `wait`, and wake tasks. Returns true when the core's eventfd fired.

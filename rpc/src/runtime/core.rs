@@ -132,6 +132,8 @@ pub(crate) struct Core {
     in_run_ready: Cell<bool>,
     /// A spinner found something this turn.
     worked: Cell<bool>,
+    /// Direct reads since the driver was last polled (see [`POLL_EVERY_DIRECT_READS`]).
+    unpolled_reads: Cell<usize>,
     /// The loop's clock: read by the first `turn_now` of a turn's tasks, and after they ran;
     /// and when the core last did any work.
     now: Cell<Option<Instant>>,
@@ -171,6 +173,13 @@ pub(crate) async fn spin_yield() {
 /// Sockets a core reads directly at most: each costs a syscall per turn, so past this many
 /// the rest wait on the driver, whose readiness scales (one enter for any number).
 const MAX_SPINNERS: usize = 16;
+
+/// Busy-poll with sockets read directly: a driver whose poll is a syscall of its own (epoll) is
+/// polled once per this many direct reads rather than every turn, so a spinning core spends
+/// about one syscall per read of its hot sockets, as a raw spinning loop does. Readiness of the
+/// other sockets (and their wakers) comes up to this many reads later; nothing is lost, since
+/// epoll keeps the events until polled, and remote wake-ups are seen through their queue.
+const POLL_EVERY_DIRECT_READS: usize = 8;
 
 /// True if a task may read its socket directly this turn: the core busy-polls right now (see
 /// [`Core::spinning`]) and not too many others already do.
@@ -293,6 +302,7 @@ impl Core {
             resumed: Cell::new(0),
             in_run_ready: Cell::new(false),
             worked: Cell::new(false),
+            unpolled_reads: Cell::new(0),
             now: Cell::new(None),
             idle_since: Cell::new(Instant::now()),
             start: Instant::now(),
@@ -399,10 +409,19 @@ impl Core {
             self.idle_since.set(now);
         }
         self.fire_timers(now);
-        let has_spinners = !self.spinners.borrow().is_empty();
+        let spinners = self.spinners.borrow().len();
+        let has_spinners = spinners > 0;
         let ready = has_spinners || !self.run_queue.borrow().is_empty() || main_ready.load(Ordering::Acquire);
         let wait = if ready || self.spinning() { Wait::No } else { Wait::Sleep(self.sleep_timeout(now)) };
-        let woke = self.driver.borrow_mut().turn(wait)?;
+        let unpolled = self.unpolled_reads.get() + spinners;
+        let woke = if has_spinners && unpolled < POLL_EVERY_DIRECT_READS && !self.driver.borrow().idle_turn_is_free() {
+            self.unpolled_reads.set(unpolled);
+            self.driver.borrow_mut().stats_mut().turns += 1;
+            false
+        } else {
+            self.unpolled_reads.set(0);
+            self.driver.borrow_mut().turn(wait)?
+        };
         // Spinners run again next turn: they poll their socket once more, or (the core going
         // idle) fall back to waiting on the driver.
         if has_spinners {
