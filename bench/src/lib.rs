@@ -102,6 +102,9 @@ pub enum System {
     /// empty datagrams, which the kernel handles a little faster than any non-empty one.
     /// Null call (`Shape::Void`) only.
     RawUdpCallBytes,
+    /// Both of the above: the null call's bytes, answered from one unconnected socket. The
+    /// floor of a server of many clients carrying our null call, with no code of ours at all.
+    RawUdpCallBytesUnconnected,
     /// Raw TCP ping-pong, std sockets: the kernel's TCP cost.
     RawTcp,
     /// Multispace reliable call on the io_uring driver.
@@ -129,10 +132,11 @@ pub enum System {
 }
 
 /// The systems of the quick null-call comparison (`nullcall`, `benches/null_call.rs`).
-pub const NULL_CALL_SYSTEMS: [System; 9] = [
+pub const NULL_CALL_SYSTEMS: [System; 10] = [
     System::RawUdp,
     System::RawUdpUnconnected,
     System::RawUdpCallBytes,
+    System::RawUdpCallBytesUnconnected,
     System::RawTcp,
     System::RpcUring,
     System::RpcEpoll,
@@ -167,6 +171,7 @@ impl System {
             System::RawUringUdp => "raw UDP (io_uring)",
             System::RawUdpUnconnected => "raw UDP, unconnected echo",
             System::RawUdpCallBytes => "raw UDP, the null call's bytes",
+            System::RawUdpCallBytesUnconnected => "raw UDP, the null call's bytes, unconnected echo",
             System::RawTcp => "raw TCP",
             System::RpcUring => "multispace rpc (io_uring)",
             System::RpcEpoll => "multispace rpc (epoll)",
@@ -189,6 +194,7 @@ impl System {
             System::RawUringUdp => "raw_udp_uring",
             System::RawUdpUnconnected => "raw_udp_unconnected",
             System::RawUdpCallBytes => "raw_udp_call_bytes",
+            System::RawUdpCallBytesUnconnected => "raw_udp_call_bytes_unconnected",
             System::RawTcp => "raw_tcp",
             System::RpcUring => "rpc_uring",
             System::RpcEpoll => "rpc_epoll",
@@ -209,7 +215,7 @@ impl System {
         match self {
             System::RawUringUdp => waiting == Waiting::Sleep,
             System::OneWayUring | System::OneWayEpoll => shape.no_result(),
-            System::StubUring | System::RawUdpCallBytes => shape == Shape::Void,
+            System::StubUring | System::RawUdpCallBytes | System::RawUdpCallBytesUnconnected => shape == Shape::Void,
             // Peers run only when built in, and only in their own (sleeping) style.
             System::Tarpc => cfg!(feature = "tarpc") && waiting == Waiting::Sleep,
             System::Tonic => cfg!(feature = "tonic") && waiting == Waiting::Sleep,
@@ -224,9 +230,14 @@ impl System {
         Ok(match self {
             System::RawUdp => Box::new(raw::RawUdp::new(req, resp, waiting)?),
             System::RawUdpUnconnected => Box::new(raw::RawUdp::unconnected(req, resp, waiting)?),
-            System::RawUdpCallBytes => {
+            System::RawUdpCallBytes | System::RawUdpCallBytesUnconnected => {
                 use multispace_rpc::proto::{frame::HEADER_LEN, session::SESSION_BLOCK_LEN};
-                Box::new(raw::RawUdp::new(HEADER_LEN + SESSION_BLOCK_LEN, HEADER_LEN, waiting)?)
+                let (req, resp) = (HEADER_LEN + SESSION_BLOCK_LEN, HEADER_LEN);
+                Box::new(if self == System::RawUdpCallBytes {
+                    raw::RawUdp::new(req, resp, waiting)?
+                } else {
+                    raw::RawUdp::unconnected(req, resp, waiting)?
+                })
             }
             System::RawUringUdp => Box::new(raw::RawUringUdp::new(req, resp)?),
             System::RawTcp => Box::new(raw::RawTcp::new(req, resp, waiting)?),

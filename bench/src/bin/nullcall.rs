@@ -27,7 +27,7 @@ struct Args {
     json: Option<std::path::PathBuf>,
 }
 
-const SYSTEMS: [System; 9] = multispace_bench::NULL_CALL_SYSTEMS;
+const SYSTEMS: [System; 10] = multispace_bench::NULL_CALL_SYSTEMS;
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
