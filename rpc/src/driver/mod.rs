@@ -73,8 +73,8 @@ pub struct DriverStats {
     /// Event-loop turns.
     pub turns: u64,
     /// Turns that entered the kernel (`io_uring_enter` or `epoll_wait`; io_uring only when it
-    /// has work to submit or reap, epoll on every turn but busy-polling ones that read sockets
-    /// directly, where it polls once per 8 direct reads).
+    /// has work to submit or reap; epoll on every turn but busy-polling turns that did nothing
+    /// but read sockets directly, where it polls once per 8 such reads).
     pub enters: u64,
     /// Of those, turns that were allowed to sleep (nothing ready, not busy-polling).
     pub sleeps: u64,

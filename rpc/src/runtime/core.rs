@@ -132,8 +132,11 @@ pub(crate) struct Core {
     in_run_ready: Cell<bool>,
     /// A spinner found something this turn.
     worked: Cell<bool>,
-    /// Direct reads since the driver was last polled (see [`POLL_EVERY_DIRECT_READS`]).
+    /// Direct read attempts in the turns since the driver was last polled (see
+    /// [`POLL_EVERY_DIRECT_READS`]).
     unpolled_reads: Cell<usize>,
+    /// `block_on` polled its future since the last turn (work the run queue does not see).
+    main_polled: Cell<bool>,
     /// The loop's clock: read by the first `turn_now` of a turn's tasks, and after they ran;
     /// and when the core last did any work.
     now: Cell<Option<Instant>>,
@@ -174,11 +177,12 @@ pub(crate) async fn spin_yield() {
 /// the rest wait on the driver, whose readiness scales (one enter for any number).
 const MAX_SPINNERS: usize = 16;
 
-/// Busy-poll with sockets read directly: a driver whose poll is a syscall of its own (epoll) is
-/// polled once per this many direct reads rather than every turn, so a spinning core spends
-/// about one syscall per read of its hot sockets, as a raw spinning loop does. Readiness of the
-/// other sockets (and their wakers) comes up to this many reads later; nothing is lost, since
-/// epoll keeps the events until polled, and remote wake-ups are seen through their queue.
+/// Busy-poll with sockets read directly: in turns where nothing happened but those reads, a
+/// driver whose poll is a syscall of its own (epoll) is polled once per this many of them rather
+/// than every turn, so a spinning core spends about one syscall per read of its hot sockets, as
+/// a raw spinning loop does. Readiness of the other sockets comes at most this many empty reads
+/// late (a turn that ran any task polls); nothing is lost, since epoll keeps the events until
+/// polled, and remote wake-ups are seen through their queue.
 const POLL_EVERY_DIRECT_READS: usize = 8;
 
 /// True if a task may read its socket directly this turn: the core busy-polls right now (see
@@ -303,6 +307,7 @@ impl Core {
             in_run_ready: Cell::new(false),
             worked: Cell::new(false),
             unpolled_reads: Cell::new(0),
+            main_polled: Cell::new(false),
             now: Cell::new(None),
             idle_since: Cell::new(Instant::now()),
             start: Instant::now(),
@@ -405,16 +410,19 @@ impl Core {
         self.now.set(Some(now));
         // A spinner's empty poll is not work, or a busy-polling core would never fall asleep.
         let worked = self.worked.take();
-        if ran > self.resumed.take() || worked {
+        let busy = ran > self.resumed.take() || worked;
+        if busy {
             self.idle_since.set(now);
         }
+        let main_polled = self.main_polled.take();
         self.fire_timers(now);
         let spinners = self.spinners.borrow().len();
         let has_spinners = spinners > 0;
         let ready = has_spinners || !self.run_queue.borrow().is_empty() || main_ready.load(Ordering::Acquire);
         let wait = if ready || self.spinning() { Wait::No } else { Wait::Sleep(self.sleep_timeout(now)) };
+        let spin_only = has_spinners && !busy && !main_polled;
         let unpolled = self.unpolled_reads.get() + spinners;
-        let woke = if has_spinners && unpolled < POLL_EVERY_DIRECT_READS && !self.driver.borrow().idle_turn_is_free() {
+        let woke = if spin_only && unpolled < POLL_EVERY_DIRECT_READS && !self.driver.borrow().idle_turn_is_free() {
             self.unpolled_reads.set(unpolled);
             self.driver.borrow_mut().stats_mut().turns += 1;
             false
@@ -528,6 +536,7 @@ impl LocalRuntime {
         self.core.now.set(None);
         loop {
             if woken.swap(false, Ordering::AcqRel) {
+                self.core.main_polled.set(true);
                 if let Poll::Ready(v) = future.as_mut().poll(&mut cx) {
                     return v;
                 }
