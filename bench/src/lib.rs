@@ -131,6 +131,12 @@ pub enum System {
     Capnp,
 }
 
+/// Our null call over UDP as datagrams: the request's header and session block, the reply's
+/// header (the raw rows that carry the same bytes).
+const NULL_CALL_REQUEST: usize =
+    multispace_rpc::proto::frame::HEADER_LEN + multispace_rpc::proto::session::SESSION_BLOCK_LEN;
+const NULL_CALL_REPLY: usize = multispace_rpc::proto::frame::HEADER_LEN;
+
 /// The systems of the quick null-call comparison (`nullcall`, `benches/null_call.rs`).
 pub const NULL_CALL_SYSTEMS: [System; 10] = [
     System::RawUdp,
@@ -230,14 +236,9 @@ impl System {
         Ok(match self {
             System::RawUdp => Box::new(raw::RawUdp::new(req, resp, waiting)?),
             System::RawUdpUnconnected => Box::new(raw::RawUdp::unconnected(req, resp, waiting)?),
-            System::RawUdpCallBytes | System::RawUdpCallBytesUnconnected => {
-                use multispace_rpc::proto::{frame::HEADER_LEN, session::SESSION_BLOCK_LEN};
-                let (req, resp) = (HEADER_LEN + SESSION_BLOCK_LEN, HEADER_LEN);
-                Box::new(if self == System::RawUdpCallBytes {
-                    raw::RawUdp::new(req, resp, waiting)?
-                } else {
-                    raw::RawUdp::unconnected(req, resp, waiting)?
-                })
+            System::RawUdpCallBytes => Box::new(raw::RawUdp::new(NULL_CALL_REQUEST, NULL_CALL_REPLY, waiting)?),
+            System::RawUdpCallBytesUnconnected => {
+                Box::new(raw::RawUdp::unconnected(NULL_CALL_REQUEST, NULL_CALL_REPLY, waiting)?)
             }
             System::RawUringUdp => Box::new(raw::RawUringUdp::new(req, resp)?),
             System::RawTcp => Box::new(raw::RawTcp::new(req, resp, waiting)?),

@@ -143,6 +143,11 @@ impl Driver {
         matches!(self, Driver::Uring(_))
     }
 
+    /// A loop turn that leaves the driver unpolled (counted as a turn, not an enter).
+    pub(crate) fn skip_turn(&mut self) {
+        self.stats_mut().turns += 1;
+    }
+
     /// Submit, wait per `wait`, and wake tasks. Returns true when the core's eventfd fired.
     pub(crate) fn turn(&mut self, wait: Wait) -> io::Result<bool> {
         match self {

@@ -424,7 +424,7 @@ impl Core {
         let unpolled = self.unpolled_reads.get() + spinners;
         let woke = if spin_only && unpolled < POLL_EVERY_DIRECT_READS && !self.driver.borrow().idle_turn_is_free() {
             self.unpolled_reads.set(unpolled);
-            self.driver.borrow_mut().stats_mut().turns += 1;
+            self.driver.borrow_mut().skip_turn();
             false
         } else {
             self.unpolled_reads.set(0);
